@@ -1,0 +1,1 @@
+"""clawstream: AI-agent conversations as Avro events on Kafka."""

@@ -1,0 +1,131 @@
+"""The operator's and the service developer's one command line."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clawstream.render import print_answer
+from clawstream.settings import Settings
+
+app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_is_help=True)
+console = Console()
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@app.command()
+def up(workers: Annotated[bool, typer.Option(help="Start the Faust worker too.")] = True) -> None:
+    """Start the local stack (Kafka, Redis, Ray Serve + model, worker); idempotent."""
+    from deploy.local import RichProgress, StackError
+    from deploy.local import up as stack_up
+    from deploy.local import worker as worker_proc
+    from streams.admin import ensure_topics
+
+    settings = _settings()
+    try:
+        stack_up(settings, with_workers=False, progress=RichProgress(console))
+        created = ensure_topics(settings.bootstrap_servers, settings.partitions)
+        if created:
+            console.print(f"created topics: {', '.join(created)}")
+        if workers:
+            worker_proc.start(settings, 0)
+    except StackError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    _print_status(settings)
+
+
+@app.command()
+def down(purge: Annotated[bool, typer.Option(help="Also delete the stack's data.")] = False
+         ) -> None:
+    """Stop the local stack; idempotent."""
+    from deploy.local import RichProgress
+    from deploy.local import down as stack_down
+
+    stack_down(_settings(), purge=purge, progress=RichProgress(console))
+
+
+def _print_status(settings: Settings) -> None:
+    from deploy.local import status as stack_status
+
+    table = Table("component", "running", "pid", "address", "detail")
+    for row in stack_status(settings):
+        table.add_row(row.name, "yes" if row.running else "[red]no[/]", str(row.pid or ""),
+                      row.address, row.detail)
+    console.print(table)
+
+
+@app.command()
+def status() -> None:
+    """Show what runs in the local stack."""
+    _print_status(_settings())
+
+
+@app.command()
+def ask(
+    text: str,
+    agent: Annotated[str, typer.Option(help="Agent name (researcher, chat).")] = "researcher",
+    conversation: Annotated[str | None, typer.Option(help="Conversation id.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Repeat-safe key.")] = None,
+    tenant: str = "default",
+    lane: str = "interactive",
+    timeout: float = 120.0,
+) -> None:
+    """Publish a request and wait for its answer (a repeated key returns the first answer)."""
+    from streams.publisher import Publisher, new_request, publish_request
+    from streams.subscriber import wait_for_answer
+    from streams.topics import ANSWERS
+
+    settings = _settings()
+    try:
+        request = new_request(agent=agent, conversation_id=conversation or uuid.uuid4().hex,
+                              text=text, idempotency_key=idempotency_key, tenant_id=tenant,
+                              lane=lane, deadline_s=settings.request_deadline_s)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    publisher = Publisher(settings.bootstrap_servers)
+    publish_request(publisher, request)
+    answer = wait_for_answer(settings.bootstrap_servers, ANSWERS.name,
+                             idempotency_key=request["idempotency_key"],
+                             conversation_id=request["conversation_id"], timeout_s=timeout)
+    if answer is None:
+        console.print(f"[red]no answer within {timeout:.0f}s[/] (request "
+                      f"{request['request_id']}); is the worker running? `clawstream status`")
+        raise typer.Exit(1)
+    print_answer(console, answer)
+
+
+@app.command()
+def tail(from_beginning: bool = False, idle: float = 3600.0) -> None:
+    """Follow the answer topic, decoded."""
+    from streams.subscriber import read_topic
+    from streams.topics import ANSWERS
+
+    for _, answer in read_topic(_settings().bootstrap_servers, ANSWERS.name,
+                                timeout_s=idle, from_beginning=from_beginning):
+        print_answer(console, answer)
+
+
+@app.command()
+def demo() -> None:
+    """Start the stack and run a two-turn conversation with a tool and the model."""
+    up(workers=True)
+    conversation = f"demo-{uuid.uuid4().hex[:8]}"
+    for question in ("Where does clawstream keep its caches?",
+                     "And how long are tool results kept there?"):
+        console.rule(f"[bold]user:[/] {question}")
+        ask(question, agent="researcher", conversation=conversation, idempotency_key=None,
+            tenant="default", lane="interactive", timeout=180.0)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,30 @@
+"""Rich rendering of answers and their step timelines, shared by ask, tail and demo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def timeline_table(answer: dict[str, Any]) -> Table:
+    table = Table(title=f"request {answer['request_id'][:8]} · {answer['status']}",
+                  title_justify="left")
+    for col in ("step", "name", "worker", "queue wait ms", "run ms", "result wait ms",
+                "attempt", "cache", "status"):
+        table.add_column(col, justify="right" if "ms" in col else "left")
+    for e in answer["timeline"]:
+        table.add_row(e["step_type"], e["name"], e["worker"], f"{e['queue_wait_ms']:.0f}",
+                      f"{e['run_ms']:.0f}", f"{e['result_wait_ms']:.0f}", str(e["attempt"]),
+                      "hit" if e["cache_hit"] else "miss", e["status"])
+    return table
+
+
+def print_answer(console: Console, answer: dict[str, Any]) -> None:
+    total = answer["answered_at_ms"] - answer["created_at_ms"]
+    usage = answer["usage"]
+    console.print(f"[bold]{answer['agent']}[/] ({answer['status']}, {total} ms, "
+                  f"{usage['prompt_tokens']}+{usage['completion_tokens']} tokens): "
+                  f"{answer['text'] or answer.get('reason') or ''}")
+    console.print(timeline_table(answer))

@@ -1,0 +1,114 @@
+"""One typed place for configuration.
+
+Every process (CLI, Faust worker, Ray Serve app, tests) reads the same settings from
+environment variables prefixed ``CLAWSTREAM_`` so that a test stack and a developer stack
+can run side by side just by pointing ``CLAWSTREAM_STATE_DIR`` and the ports elsewhere.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLAWSTREAM_", extra="ignore")
+
+    state_dir: Path = Field(
+        default=REPO_ROOT / ".clawstream",
+        description="Runtime data of the local stack: broker logs, Redis dump, pid and log files.",
+    )
+
+    # Kafka (single KRaft node on loopback)
+    kafka_version: str = "3.9.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "768m"
+    partitions: int = 4
+
+    # Redis
+    redis_port: int = 6379
+    redis_maxmemory: str = "256mb"
+    redis_persist: bool = Field(
+        default=False,
+        description="Append-only file (fsync every second) so the ledger survives a restart.",
+    )
+
+    # Ray / Ray Serve
+    ray_port: int = 6390
+    ray_num_cpus: int = 2
+    ray_object_store_mb: int = Field(
+        default=512,
+        description="Plasma store size; Ray's default (30 % of RAM) is far more than we ship.",
+    )
+    serve_http_port: int = 8000
+    inference_backend: str = Field(
+        default="llama_cpp",
+        description="'llama_cpp' (real SmolLM2 GGUF) or 'simulated' (benchmarks only).",
+    )
+    simulated_delay_ms: float = 20.0
+    max_new_tokens: int = 64
+    inference_max_queued_requests: int = Field(
+        default=16,
+        description="Requests waiting for a busy model replica before Serve answers 503.",
+    )
+    inference_max_ongoing_requests: int | None = Field(
+        default=None,
+        description="Concurrent requests per generation replica; None = the backend's default "
+        "(2 for llama_cpp, which runs one at a time; 64 for simulated).",
+    )
+    inference_retry_after_s: float = Field(
+        default=1.0, description="Retry-After sent with an overload (503) answer."
+    )
+    inference_llama_threads: int = Field(
+        default=2,
+        description="llama.cpp threads of the generation replica (1 is faster on a busy 2-core "
+        "machine: ggml threads spin-wait on each other).",
+    )
+
+    # Faust worker
+    app_id: str = "clawstream"
+    worker_web_port: int = 6066
+    worker_count: int = Field(
+        default=1, description="Faust workers `up` starts; worker i serves on web port + i."
+    )
+    rocksdb_block_cache_mb: int = 8
+
+    # Contracts (fields exist from day one; later issues fill in behaviour)
+    interactive_step_timeout_s: float = 20.0
+    batch_step_timeout_s: float = 60.0
+    request_deadline_s: float = 120.0
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://127.0.0.1:{self.serve_http_port}"
+
+    @property
+    def ray_address(self) -> str:
+        return f"127.0.0.1:{self.ray_port}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

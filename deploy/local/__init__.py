@@ -1,0 +1,32 @@
+"""The local stack: real Kafka, Redis, Ray Serve and Faust workers as detached processes.
+
+Entry points: ``up``, ``down``, ``status`` (``deploy.local.stack``); one module per
+component (``kafka``, ``redis``, ``ray_cluster``, ``worker``), each with ``start``/``stop``;
+``process.Processes`` for pid files, logs and crash tests (``kill``).
+"""
+
+from deploy.local.errors import (
+    FetchError,
+    MissingToolError,
+    NotReadyError,
+    PortInUseError,
+    StackError,
+)
+from deploy.local.process import Processes, ProcessInfo
+from deploy.local.stack import ComponentStatus, Progress, RichProgress, down, status, up
+
+__all__ = [
+    "ComponentStatus",
+    "FetchError",
+    "MissingToolError",
+    "NotReadyError",
+    "PortInUseError",
+    "ProcessInfo",
+    "Processes",
+    "Progress",
+    "RichProgress",
+    "StackError",
+    "down",
+    "status",
+    "up",
+]

@@ -1,0 +1,51 @@
+"""Settings as ``CLAWSTREAM_*`` environment variables for the processes the stack starts.
+
+A worker started by ``up`` must see exactly the settings ``up`` was called with (test
+stacks override ports and the state dir in code, not only in the environment), so the
+settings object is written out field by field on top of the inherited environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from clawstream.settings import REPO_ROOT, Settings
+
+PREFIX = "CLAWSTREAM_"
+
+
+def _encode(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float | Path):
+        return str(value)
+    return json.dumps(value, default=str)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``CLAWSTREAM_<FIELD>`` for every set field of ``settings`` (None fields are left out)."""
+    env: dict[str, str] = {}
+    for field in type(settings).model_fields:
+        value = getattr(settings, field)
+        if value is not None:
+            env[PREFIX + field.upper()] = _encode(value)
+    return env
+
+
+def child_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The inherited environment, overlaid with ``settings`` and then ``extra``.
+
+    The repository root goes first on ``PYTHONPATH``: a worker, or a Ray worker process
+    unpickling a Serve deployment, imports this checkout's code even when the virtualenv
+    holds a non-editable install of the package.
+    """
+    env = dict(os.environ)
+    path = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+    env.update(settings_env(settings))
+    if extra:
+        env.update(extra)
+    return env

@@ -1,0 +1,165 @@
+"""A local Ray head node (``ray start --head --block``) and the Serve app on it.
+
+Why ``--block`` under our own supervisor instead of a plain ``ray start``: ``ray stop`` has
+no way to name a cluster; it stops every Ray process of the machine, including another
+developer's or another test stack's. Started with ``--block`` in a session of its own, the
+``ray start`` process stays up as the parent of the cluster's daemons, so stopping *our*
+cluster is "signal our session": SIGTERM to everything in it, SIGKILL what is left after the
+grace period. ``ray stop`` is never called. Daemons that moved to their own process group
+are still found by session id (see ``deploy.local.process``).
+
+Ray binds its GCS and raylet on all interfaces and advertises the machine's address, not
+127.0.0.1, even with ``--node-ip-address 127.0.0.1`` (it resolves loopback to the node IP on
+purpose, for multi-node clusters); drivers still connect with ``127.0.0.1:<ray_port>``.
+
+Ports: the GCS listens on ``ray_port`` (6390, not Ray's 6379, which is Redis's). Ray's
+fixed-by-default auxiliary ports (client server 10001, dashboard agent 52365) are given free
+ports picked at start, so two stacks on one machine do not fight over them. The temp dir
+is ``/tmp/clawstream-ray-<ray_port>``: per cluster (logs and sockets never mix with another
+cluster's ``/tmp/ray/session_latest``) and short (Unix socket paths must stay under 108
+bytes, which a deep state dir would break).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from clawstream.settings import REPO_ROOT, Settings
+from deploy.local.env import child_env
+from deploy.local.errors import NotReadyError, StackError
+from deploy.local.ports import ensure_ports_free, free_port, port_accepts
+from deploy.local.process import Processes, ProcessInfo
+from deploy.local.tools import venv_script
+from deploy.local.wait import wait_for
+
+NAME = "ray"
+READY_TIMEOUT_S = 90.0
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # On SIGTERM, `ray start --block` first drains the node for up to 30 s so Kubernetes can
+    # move Serve replicas elsewhere. A single local node has nowhere to move them to.
+    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+}
+STOP_TIMEOUT_S = 30.0
+
+
+def temp_dir(settings: Settings) -> Path:
+    """Ray's root temp dir for this cluster (short on purpose, see the module docstring)."""
+    return Path(tempfile.gettempdir()) / f"clawstream-ray-{settings.ray_port}"
+
+
+def _address_file(settings: Settings) -> Path:
+    # `ray start` writes the GCS address here once the head node is fully up.
+    return temp_dir(settings) / "ray_current_cluster"
+
+
+def command(settings: Settings, ray: str, *, client_port: int, agent_port: int) -> list[str]:
+    """The ``ray start`` command line for the head node of this stack."""
+    return [
+        ray,
+        "start",
+        "--head",
+        "--block",
+        "--port",
+        str(settings.ray_port),
+        "--num-cpus",
+        str(settings.ray_num_cpus),
+        "--object-store-memory",
+        str(settings.ray_object_store_mb * 1024 * 1024),
+        "--include-dashboard",
+        "false",
+        "--disable-usage-stats",
+        "--temp-dir",
+        str(temp_dir(settings)),
+        "--ray-client-server-port",
+        str(client_port),
+        "--dashboard-agent-listen-port",
+        str(agent_port),
+        "--log-style",
+        "record",
+        "--log-color",
+        "false",
+    ]
+
+
+def is_ready(settings: Settings) -> bool:
+    """True if the head node finished starting (address file written, GCS port open)."""
+    return _address_file(settings).is_file() and port_accepts(settings.ray_port)
+
+
+def start(
+    settings: Settings,
+    *,
+    timeout: float = READY_TIMEOUT_S,
+    note: Callable[[str], None] | None = None,
+) -> ProcessInfo:
+    """Start the Ray head node unless it runs, and wait until it accepts drivers. Idempotent."""
+    procs = Processes(settings.run_dir, settings.log_dir)
+    info = procs.info(NAME)
+    if info is None:
+        procs.reclaim(NAME)  # leftovers of a crash may hold our ports
+        ray = venv_script("ray")
+        ensure_ports_free(
+            {"ray_port": settings.ray_port, "serve_http_port": settings.serve_http_port},
+            component=NAME,
+        )
+        temp_dir(settings).mkdir(parents=True, exist_ok=True)
+        _address_file(settings).unlink(missing_ok=True)
+        argv = command(settings, ray, client_port=free_port(), agent_port=free_port())
+        env = child_env(settings, RAY_ENV)
+        info = procs.start(NAME, argv, env=env, cwd=REPO_ROOT)
+
+    def died() -> str | None:
+        return None if procs.is_running(NAME) else "`ray start` exited"
+
+    reason = wait_for(lambda: is_ready(settings), timeout=timeout, interval=0.25, abort=died)
+    if reason is not None:
+        raise NotReadyError(
+            f"ray head on {settings.ray_address}: {reason}. Log {procs.log_file(NAME)} "
+            f"ends with:\n{procs.tail(NAME)}\n(more in {temp_dir(settings)}/session_latest/logs)"
+        )
+    return info
+
+
+def deploy_serve(settings: Settings) -> None:
+    """Deploy the Serve app onto the running cluster (blocks until it answers health).
+
+    ``inference.deploy`` is imported here, not at module level, so the stack can start
+    Kafka and Redis on a machine where the inference dependencies do not import (and by
+    name, so type-checking ``deploy`` does not type-check the inference app).
+    """
+    if not is_ready(settings):
+        raise StackError(f"Ray is not running on {settings.ray_address}; start it first")
+    try:
+        module = importlib.import_module("inference.deploy")
+    except ImportError as exc:
+        raise StackError(f"cannot import inference.deploy: {exc}") from exc
+    deploy: Callable[[Settings], None] = module.deploy
+    deploy(settings)
+
+
+def serve_is_ready(settings: Settings, timeout: float = 1.0) -> bool:
+    """True if the Serve HTTP proxy answers its health route."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{settings.serve_url}/-/healthz", timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def stop(settings: Settings, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Stop this stack's cluster only (its session), never other Ray clusters."""
+    return Processes(settings.run_dir, settings.log_dir).stop(NAME, timeout)
+
+
+def purge(settings: Settings) -> None:
+    """Delete this cluster's Ray temp dir (logs, spilled objects). Stop it first."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(temp_dir(settings))

@@ -1,0 +1,133 @@
+"""Faust workers of the stack: ``python -m processors.main worker --name NAME``, detached.
+
+Workers are numbered: worker ``i`` is named ``worker-<i>`` and serves its web endpoints on
+``worker_web_port + i``, so several run side by side in one consumer group (that is how the
+stack scales on one machine, and how tests kill one and watch the others take over).
+The port reaches the worker as ``CLAWSTREAM_WORKER_WEB_PORT``, on top of every other setting
+of the stack (see ``deploy.local.env``), so a test stack's workers talk to the test broker.
+
+Readiness is ``GET /ready`` answering 200 (the worker says it joined the group and
+recovered its tables), not the web port opening, which happens long before that.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from clawstream.settings import REPO_ROOT, Settings
+from deploy.local.env import child_env
+from deploy.local.errors import NotReadyError
+from deploy.local.ports import ensure_ports_free
+from deploy.local.process import Processes, ProcessInfo
+from deploy.local.wait import wait_for
+
+PREFIX = "worker-"
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+
+def worker_name(index: int) -> str:
+    return f"{PREFIX}{index}"
+
+
+def web_port(settings: Settings, index: int) -> int:
+    return settings.worker_web_port + index
+
+
+def command(name: str) -> list[str]:
+    return [sys.executable, "-m", "processors.main", "worker", "--name", name]
+
+
+def worker_env(settings: Settings, index: int) -> dict[str, str]:
+    """Inherited environment + the stack's settings + this worker's own web port."""
+    return child_env(settings, {"CLAWSTREAM_WORKER_WEB_PORT": str(web_port(settings, index))})
+
+
+def is_ready(settings: Settings, index: int, timeout: float = 1.0) -> bool:
+    """True if worker ``index`` answers ``GET /ready`` with 200."""
+    import httpx
+
+    url = f"http://127.0.0.1:{web_port(settings, index)}/ready"
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start(
+    settings: Settings,
+    index: int = 0,
+    *,
+    wait: bool = True,
+    timeout: float = READY_TIMEOUT_S,
+    note: Callable[[str], None] | None = None,
+) -> ProcessInfo:
+    """Start worker ``index`` unless it runs; with ``wait``, block until it is ready."""
+    procs = Processes(settings.run_dir, settings.log_dir)
+    name = worker_name(index)
+    info = procs.info(name)
+    if info is None:
+        procs.reclaim(name)  # leftovers of a crash may hold our port
+        ensure_ports_free({"worker_web_port": web_port(settings, index)}, component=name)
+        info = procs.start(name, command(name), env=worker_env(settings, index), cwd=REPO_ROOT)
+    if wait:
+        wait_ready(settings, index, timeout=timeout)
+    return info
+
+
+def wait_ready(settings: Settings, index: int, timeout: float = READY_TIMEOUT_S) -> None:
+    procs = Processes(settings.run_dir, settings.log_dir)
+    name = worker_name(index)
+
+    def died() -> str | None:
+        return None if procs.is_running(name) else f"{name} exited"
+
+    reason = wait_for(lambda: is_ready(settings, index), timeout=timeout, interval=0.5, abort=died)
+    if reason is not None:
+        raise NotReadyError(
+            f"{name} (web port {web_port(settings, index)}): {reason}. "
+            f"Log {procs.log_file(name)} ends with:\n{procs.tail(name)}"
+        )
+
+
+def start_many(
+    settings: Settings, count: int, *, timeout: float = READY_TIMEOUT_S
+) -> list[ProcessInfo]:
+    """Start workers ``0..count-1`` at once, then wait for all (they join one group)."""
+    infos = [start(settings, i, wait=False) for i in range(count)]
+    for i in range(count):
+        wait_ready(settings, i, timeout=timeout)
+    return infos
+
+
+def running(settings: Settings) -> list[str]:
+    """Names of the workers that have a live process, in index order."""
+    procs = Processes(settings.run_dir, settings.log_dir)
+    names = [n for n in procs.names() if n.startswith(PREFIX) and procs.is_running(n)]
+    return sorted(names, key=index_of)
+
+
+def index_of(name: str) -> int:
+    suffix = name.removeprefix(PREFIX)
+    return int(suffix) if suffix.isdigit() else 1_000_000
+
+
+def stop(settings: Settings, index: int, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Graceful stop (SIGTERM: Faust commits offsets and leaves the group)."""
+    return Processes(settings.run_dir, settings.log_dir).stop(worker_name(index), timeout)
+
+
+def kill(settings: Settings, index: int) -> bool:
+    """SIGKILL worker ``index`` (a crash: no commit, no leave-group). For tests."""
+    return Processes(settings.run_dir, settings.log_dir).kill(worker_name(index))
+
+
+def stop_all(settings: Settings, timeout: float = STOP_TIMEOUT_S) -> list[str]:
+    """Stop every running worker (all get SIGTERM first, then each is waited for)."""
+    procs = Processes(settings.run_dir, settings.log_dir)
+    names = running(settings)
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        list(pool.map(lambda n: procs.stop(n, timeout), names))
+    return names

@@ -1,0 +1,94 @@
+"""The HTTP surface: routes, validation and the mapping from failure kind to status code.
+
+It is built around a :class:`ModelGateway` rather than Ray handles so that the HTTP
+contract (400 vs 500 vs 503, error bodies, defaults) is tested without a cluster; the
+Serve ingress in :mod:`inference.app` supplies a gateway backed by deployment handles.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from inference.protocol import (
+    EmbeddingResult,
+    EmbedRequest,
+    ErrorBody,
+    GenerateRequest,
+    GenerationResult,
+    HealthReport,
+)
+
+
+class ModelGateway(Protocol):
+    async def generate(self, request: GenerateRequest, received_at: float) -> GenerationResult:
+        """``received_at`` (time.time()) lets the replica report how long the call queued."""
+        ...
+
+    async def embed(self, request: EmbedRequest) -> EmbeddingResult: ...
+
+    async def health(self) -> HealthReport:
+        """Raise :class:`NotReady` while a model deployment cannot answer yet."""
+        ...
+
+
+def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body.model_dump(mode="json"), headers=headers)
+
+
+def create_api(gateway: ModelGateway) -> FastAPI:
+    api = FastAPI(title="clawstream inference", docs_url=None, redoc_url=None)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI answers 422 by default; the contract is 400 so that callers have a single
+        # "never retry" status. ``ctx`` may hold exception objects, hence the jsonable dump.
+        detail = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")}
+            for err in exc.errors()
+        ]
+        return _error(400, ErrorBody(error="validation", detail=detail))
+
+    @api.exception_handler(InputRejected)
+    async def _rejected(_: Request, exc: InputRejected) -> JSONResponse:
+        return _error(400, ErrorBody(error="validation", detail=str(exc)))
+
+    @api.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        headers = None
+        if exc.retry_after_s is not None:
+            headers = {"Retry-After": str(max(0, math.ceil(exc.retry_after_s)))}
+        return _error(503, ErrorBody(error="overloaded", detail=str(exc)), headers)
+
+    @api.exception_handler(BackendFailure)
+    async def _backend(_: Request, exc: BackendFailure) -> JSONResponse:
+        return _error(500, ErrorBody(error="backend", detail=str(exc)))
+
+    @api.exception_handler(NotReady)
+    async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
+        return _error(503, ErrorBody(error="not_ready", detail=str(exc)))
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Anything the gateway did not classify is the backend's fault, and retryable.
+        return _error(500, ErrorBody(error="backend", detail=f"{type(exc).__name__}: {exc}"))
+
+    @api.post("/generate", response_model=GenerationResult)
+    async def generate(body: GenerateRequest) -> GenerationResult:
+        return await gateway.generate(body, received_at=time.time())
+
+    @api.post("/embed", response_model=EmbeddingResult)
+    async def embed(body: EmbedRequest) -> EmbeddingResult:
+        return await gateway.embed(body)
+
+    @api.get("/health", response_model=HealthReport)
+    async def health() -> HealthReport:
+        return await gateway.health()
+
+    return api

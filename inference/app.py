@@ -1,0 +1,229 @@
+"""The Ray Serve application: an HTTP ingress in front of two model deployments.
+
+Why three deployments and not one: generation (llama.cpp, one request at a time) and
+embeddings (MiniLM, micro-batched) have different concurrency and are scaled
+separately; the ingress validates before anything queues, so a bad request costs no
+model time, and it turns Serve's back-pressure into the JSON error contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.config import BackpressureConfig
+from ray.serve.deployment import Application, Deployment
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from inference.api import create_api
+from inference.backends import make_backend
+from inference.config import InferenceConfig
+from inference.embeddings import Embedder
+from inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from inference.protocol import (
+    ComponentHealth,
+    EmbeddingResult,
+    EmbedRequest,
+    GenerateRequest,
+    GenerationResult,
+    HealthReport,
+)
+
+APP_NAME = "clawstream-inference"
+
+
+def _replica_id() -> str:
+    context = serve.get_replica_context()
+    return f"{context.deployment}#{context.replica_id.unique_id}"
+
+
+@serve.deployment(name="generator")
+class GenerationDeployment:
+    def __init__(self, config: InferenceConfig) -> None:
+        self._backend = make_backend(config)
+        self._default_max_tokens = config.max_new_tokens
+
+    async def ready(self) -> ComponentHealth:
+        return ComponentHealth(model=self._backend.model_id, backend=self._backend.name)
+
+    async def generate(self, request: GenerateRequest, received_at: float) -> GenerationResult:
+        started = time.time()
+        backend = self._backend
+        if request.model is not None and request.model != backend.model_id:
+            raise InputRejected(
+                f"model {request.model!r} is not served here; this deployment serves "
+                f"{backend.model_id!r} (send null to use it)"
+            )
+        max_tokens = request.max_tokens or self._default_max_tokens
+        clock = time.perf_counter()
+        generation = await backend.generate(request.messages, max_tokens, request.temperature)
+        run_ms = (time.perf_counter() - clock) * 1000.0
+        return GenerationResult(
+            text=generation.text,
+            model=backend.model_id,
+            backend=backend.name,
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            finish_reason=generation.finish_reason,
+            replica=_replica_id(),
+            queue_ms=max(0.0, (started - received_at) * 1000.0),
+            run_ms=run_ms,
+        )
+
+
+@serve.deployment(name="embedder")
+class EmbeddingDeployment:
+    def __init__(self, config: InferenceConfig) -> None:
+        self._embedder = Embedder(threads=config.embed_threads)
+        batcher: Any = self._encode_batch  # @serve.batch adds setters its typing hides
+        batcher.set_max_batch_size(config.embed_max_batch_size)
+        batcher.set_batch_wait_timeout_s(config.embed_batch_wait_s)
+
+    async def ready(self) -> ComponentHealth:
+        return ComponentHealth(model=self._embedder.model_id, backend="sentence_transformers")
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        vectors = await self._encode_batch(texts)
+        embedder = self._embedder
+        return EmbeddingResult(model=embedder.model_id, dim=embedder.dim, vectors=vectors)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _encode_batch(self, requests: list[list[str]]) -> list[list[list[float]]]:
+        """One forward pass for several requests' texts: per-call overhead dominates MiniLM."""
+        flat = [text for texts in requests for text in texts]
+        # A thread keeps the replica's event loop (health checks, batch assembly) responsive.
+        vectors = await asyncio.to_thread(self._embedder.encode, flat)
+        out: list[list[list[float]]] = []
+        start = 0
+        for texts in requests:
+            out.append(vectors[start : start + len(texts)])
+            start += len(texts)
+        return out
+
+
+def _original_message(exc: Exception) -> str:
+    """Ray re-raises a replica's exception as a RayTaskError that subclasses the original
+    and whose message is the remote traceback; callers should see the original message."""
+    return str(getattr(exc, "cause", None) or exc)
+
+
+class HandleGateway:
+    """A :class:`inference.api.ModelGateway` that calls the model deployments."""
+
+    def __init__(
+        self, generator: DeploymentHandle, embedder: DeploymentHandle, config: InferenceConfig
+    ) -> None:
+        self._generator = generator
+        self._embedder = embedder
+        self._config = config
+        self._ready: HealthReport | None = None
+
+    async def _call(self, response: Any) -> Any:
+        try:
+            return await response
+        except InputRejected as exc:
+            raise InputRejected(_original_message(exc)) from None
+        except BackendFailure as exc:
+            raise BackendFailure(_original_message(exc)) from None
+        except BackPressureError as exc:
+            raise Overloaded(exc.message, self._config.retry_after_s) from exc
+        except DeploymentUnavailableError as exc:
+            raise Overloaded(exc.message, self._config.retry_after_s) from exc
+        except Exception as exc:
+            raise BackendFailure(f"{type(exc).__name__}: {exc}") from exc
+
+    async def generate(self, request: GenerateRequest, received_at: float) -> GenerationResult:
+        result: GenerationResult = await self._call(
+            self._generator.generate.remote(request, received_at)
+        )
+        return result
+
+    async def embed(self, request: EmbedRequest) -> EmbeddingResult:
+        result: EmbeddingResult = await self._call(self._embedder.embed.remote(request.texts))
+        return result
+
+    async def health(self) -> HealthReport:
+        # Once both models have answered, they stay loaded for the replica's lifetime (Serve
+        # restarts a dead replica, which reloads before taking traffic), so later probes
+        # need not queue behind long generations.
+        if self._ready is not None:
+            return self._ready
+        try:
+            generation, embedding = await asyncio.wait_for(
+                asyncio.gather(self._generator.ready.remote(), self._embedder.ready.remote()),
+                timeout=self._config.health_probe_timeout_s,
+            )
+        except TimeoutError as exc:
+            raise NotReady("model deployments did not answer the readiness probe yet") from exc
+        except Exception as exc:
+            raise NotReady(f"readiness probe failed: {type(exc).__name__}: {exc}") from exc
+        self._ready = HealthReport(status="ok", generation=generation, embedding=embedding)
+        return self._ready
+
+
+@serve.deployment(name="ingress")
+@serve.ingress()
+class InferenceIngress:
+    def __init__(
+        self, generator: DeploymentHandle, embedder: DeploymentHandle, config: InferenceConfig
+    ) -> None:
+        self._gateway = HandleGateway(generator, embedder, config)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self._gateway)
+
+
+def _deployment(decorated: object) -> Deployment:
+    """@serve.deployment returns a Deployment, but its annotations say the class itself."""
+    if not isinstance(decorated, Deployment):
+        raise TypeError(f"expected a Serve Deployment, got {decorated!r}")
+    return decorated
+
+
+def build_app(config: InferenceConfig) -> Application:
+    """The bound application, deployment options taken from ``config``.
+
+    Options are set here rather than in the decorators because they come from settings
+    (back-pressure limits differ between the real and the simulated backend). Replicas
+    get no runtime_env of their own so that Serve gives them the deploying job's (see
+    :func:`inference.deploy.job_runtime_env`): a deployment-level runtime_env would
+    replace it, py_modules included.
+    """
+    backpressure = BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s)
+    generator = (
+        _deployment(GenerationDeployment)
+        .options(
+            max_ongoing_requests=config.generate_max_ongoing_requests,
+            max_queued_requests=config.max_queued_requests,
+            backpressure_config=backpressure,
+            ray_actor_options={"num_cpus": config.generate_num_cpus},
+        )
+        .bind(config)
+    )
+    embedder = (
+        _deployment(EmbeddingDeployment)
+        .options(
+            max_ongoing_requests=config.embed_max_ongoing_requests,
+            # An embed call takes tens of ms and is batched, so a deeper queue still
+            # drains in well under a second.
+            max_queued_requests=config.max_queued_requests * 4,
+            backpressure_config=backpressure,
+            ray_actor_options={"num_cpus": config.embed_num_cpus},
+        )
+        .bind(config)
+    )
+    return (
+        _deployment(InferenceIngress)
+        .options(
+            # The ingress only awaits handles; its own limit is a last line of defence.
+            max_ongoing_requests=512,
+            max_queued_requests=1024,
+            backpressure_config=backpressure,
+            ray_actor_options={"num_cpus": config.ingress_num_cpus},
+        )
+        .bind(generator, embedder, config)
+    )

@@ -1,0 +1,85 @@
+"""A stand-in model for load tests: fixed latency, deterministic text, no weights.
+
+It measures the system around the model (queues, limits, retries) without paying for
+the model. It says what it is: ``name`` and every response's ``backend`` are
+"simulated", so its numbers can never be mistaken for the real model's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Sequence
+
+from inference.backends.base import Generation
+from inference.protocol import ChatMessage
+
+SIMULATED_MODEL_ID = "simulated-echo"
+
+_WORDS = (
+    "agent reads request plans step calls tool waits result checks budget writes answer cites "
+    "each source care queue moves event lands log replay the and a for with"
+)
+_VOCABULARY = tuple(_WORDS.split())
+
+# Chat templates add a few tokens per message (role markers, separators).
+_TEMPLATE_TOKENS_PER_MESSAGE = 4
+
+
+def _approx_tokens(text: str) -> int:
+    """About one token per four characters, the usual rule of thumb for English BPE."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def prompt_digest(messages: Sequence[ChatMessage]) -> bytes:
+    hasher = hashlib.sha256()
+    for message in messages:
+        hasher.update(message.role.encode())
+        hasher.update(b"\x00")
+        hasher.update(message.content.encode())
+        hasher.update(b"\x01")
+    return hasher.digest()
+
+
+class SimulatedBackend:
+    """Answers after ``delay_ms`` with text that depends only on the prompt and max_tokens."""
+
+    name = "simulated"
+    model_id = SIMULATED_MODEL_ID
+
+    def __init__(self, delay_ms: float = 20.0) -> None:
+        self.delay_ms = delay_ms
+
+    async def generate(
+        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+    ) -> Generation:
+        # temperature is accepted for interface parity and deliberately ignored: load tests
+        # need repeatable output regardless of sampling parameters.
+        digest = prompt_digest(messages)
+        await asyncio.sleep(self.delay_ms / 1000.0)
+        self._inject_faults(digest)
+        return self.answer(messages, max_tokens, digest)
+
+    def _inject_faults(self, digest: bytes) -> None:
+        """Hook for a configurable fault rate (raise BackendFailure / Overloaded); none yet."""
+
+    @staticmethod
+    def answer(
+        messages: Sequence[ChatMessage], max_tokens: int, digest: bytes | None = None
+    ) -> Generation:
+        digest = digest if digest is not None else prompt_digest(messages)
+        rng = random.Random(digest)
+        # Between a quarter of max_tokens and all of it, like a model that sometimes stops.
+        completion_tokens = rng.randint(max(1, max_tokens // 4), max_tokens)
+        words = [rng.choice(_VOCABULARY) for _ in range(completion_tokens)]
+        text = f"[simulated {digest.hex()[:8]}] " + " ".join(words)
+        prompt_tokens = sum(
+            _approx_tokens(m.content) + _TEMPLATE_TOKENS_PER_MESSAGE for m in messages
+        )
+        return Generation(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason="length" if completion_tokens == max_tokens else "stop",
+        )

@@ -1,0 +1,217 @@
+"""Async client for the inference app, for the dispatcher and the tests.
+
+It turns HTTP outcomes into exception types that carry the retry decision, so callers
+write ``except InferenceError as e: if e.retryable: ...`` and never parse status codes.
+Imports only httpx and pydantic: no Ray, torch or llama.cpp in the caller's process.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from inference.protocol import (
+    ChatMessage,
+    EmbeddingResult,
+    EmbedRequest,
+    GenerateRequest,
+    GenerationResult,
+    HealthReport,
+)
+
+__all__ = [
+    "ChatMessage",
+    "EmbeddingResult",
+    "GenerationResult",
+    "HealthReport",
+    "InferenceBackendError",
+    "InferenceClient",
+    "InferenceError",
+    "InferenceOverloaded",
+    "InferenceTimeout",
+    "InferenceValidationError",
+]
+
+DEFAULT_TIMEOUT_S = 60.0
+
+
+class InferenceError(Exception):
+    """Base of every client error; ``retryable`` says whether another attempt may succeed."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, status: int | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class InferenceValidationError(InferenceError):
+    """400: the request itself is wrong; retrying sends the same wrong request."""
+
+    retryable = False
+
+
+class InferenceOverloaded(InferenceError):
+    """503/429: the app shed load; wait ``retry_after`` seconds (when sent) and retry."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        detail: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, detail=detail)
+        self.retry_after = retry_after
+
+
+class InferenceBackendError(InferenceError):
+    """5xx other than 503, an unexpected status, or the app unreachable."""
+
+
+class InferenceTimeout(InferenceError):
+    """No answer in time (client timeout, or the server's own 408/504)."""
+
+
+MessageLike = ChatMessage | Mapping[str, str]
+_Request = TypeVar("_Request", bound=BaseModel)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """RFC 9110 Retry-After: delay-seconds or an HTTP-date; None when absent or garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _detail(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict) and "detail" in body:
+        return body["detail"]
+    return body
+
+
+def error_for_response(response: httpx.Response) -> InferenceError:
+    """The exception for a non-2xx answer; exposed so other HTTP callers classify alike."""
+    status = response.status_code
+    detail = _detail(response)
+    message = f"inference {response.request.method} {response.request.url.path}: HTTP {status}"
+    if status in (400, 422):
+        return InferenceValidationError(f"{message}: {detail}", status=status, detail=detail)
+    if status in (429, 503):
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return InferenceOverloaded(message, status=status, detail=detail, retry_after=retry_after)
+    if status in (408, 504):
+        return InferenceTimeout(message, status=status, detail=detail)
+    return InferenceBackendError(f"{message}: {detail}", status=status, detail=detail)
+
+
+class InferenceClient:
+    """One connection pool to the app; use as ``async with InferenceClient(url) as c``.
+
+    ``timeout`` bounds a whole call. Pass ``http`` to share a pool (or a test transport);
+    a client passed in is not closed by :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
+        self._timeout = timeout
+
+    async def __aenter__(self) -> InferenceClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def generate(
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        max_tokens: int | None = None,
+        temperature: float = 0.0,
+        model: str | None = None,
+    ) -> GenerationResult:
+        """Raises InferenceValidationError locally, before any I/O, for a malformed request."""
+        request = _validated(
+            GenerateRequest,
+            messages=list(messages),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            model=model,
+        )
+        data = await self._post("/generate", request.model_dump(mode="json"))
+        return GenerationResult.model_validate(data)
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return (await self.embed_result(texts)).vectors
+
+    async def embed_result(self, texts: Sequence[str]) -> EmbeddingResult:
+        """Like :meth:`embed`, with the model id (embedding cache keys include it)."""
+        request = _validated(EmbedRequest, texts=list(texts))
+        data = await self._post("/embed", request.model_dump(mode="json"))
+        return EmbeddingResult.model_validate(data)
+
+    async def health(self) -> HealthReport:
+        return HealthReport.model_validate(await self._send("GET", "/health", None))
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        return await self._send("POST", path, payload)
+
+    async def _send(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
+        try:
+            response = await self._http.request(method, path, json=payload, timeout=self._timeout)
+        except httpx.TimeoutException as exc:
+            raise InferenceTimeout(f"inference {method} {path}: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise InferenceBackendError(
+                f"inference {method} {path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if response.is_success:
+            return response.json()
+        raise error_for_response(response)
+
+
+def _validated(schema: type[_Request], **fields: Any) -> _Request:
+    try:
+        return schema.model_validate(fields)
+    except ValidationError as exc:
+        raise InferenceValidationError(
+            f"invalid {schema.__name__}: {exc}",
+            detail=exc.errors(include_url=False, include_context=False),
+        ) from exc

@@ -1,0 +1,33 @@
+# clawstream tasks. On a fresh machine use ./dev <task> (it installs, then runs just).
+set dotenv-load := false
+export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
+
+default:
+    @just --list
+
+# Start the local stack: Kafka (KRaft), Redis, Ray Serve with the model, a Faust worker
+up:
+    clawstream up
+
+# Stop the local stack
+down:
+    clawstream down
+
+status:
+    clawstream status
+
+# Start everything and run a two-turn conversation, printing answers and step timelines
+demo:
+    clawstream demo
+
+# The whole test suite against the real stack (its own ports and state dir)
+test *ARGS:
+    python -m pytest -q {{ARGS}}
+
+lint:
+    ruff check .
+    mypy
+
+# Benchmarks: just bench e2e
+bench NAME *ARGS:
+    python -m benchmarks.{{NAME}} {{ARGS}}

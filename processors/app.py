@@ -1,0 +1,58 @@
+"""The Faust app: one definition of the worker's topics and RocksDB tables."""
+
+from __future__ import annotations
+
+import os
+
+import faust
+
+from clawstream.settings import get_settings
+from streams.topics import (
+    INFERENCE_REQUESTS,
+    REQUESTS_BATCH,
+    REQUESTS_INTERACTIVE,
+    RESULTS,
+    TOOL_REQUESTS,
+)
+
+settings = get_settings()
+WORKER_NAME = os.environ.get("CLAWSTREAM_WORKER_NAME", "worker-0")
+DATA_DIR = settings.state_dir / "faust" / WORKER_NAME
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.bootstrap_servers}",
+    store="rocksdb://",
+    datadir=str(DATA_DIR),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    table_standby_replicas=0,
+    consumer_auto_offset_reset="earliest",
+    web_host="127.0.0.1",
+    web_port=settings.worker_web_port,
+    producer_acks=-1,
+)
+
+
+def raw_topic(*names: str) -> faust.TopicT:
+    """Values are Avro single-object bytes that we decode ourselves, so a malformed message
+    reaches our code (and the DLQ) instead of crashing Faust's deserialiser."""
+    return app.topic(*names, key_type=bytes, value_type=bytes,
+                     key_serializer="raw", value_serializer="raw")
+
+
+coordinator_topic = raw_topic(REQUESTS_INTERACTIVE.name, REQUESTS_BATCH.name, RESULTS.name)
+inference_topic = raw_topic(INFERENCE_REQUESTS.name)
+tool_topic = raw_topic(TOOL_REQUESTS.name)
+
+conversations = app.Table("conversations", default=None, partitions=settings.partitions)
+request_dedup = app.Table("request_dedup", default=None, partitions=settings.partitions)
+
+
+@app.page("/ready")
+async def ready(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+    """200 once the worker has partitions and its tables are recovered."""
+    recovered = app.tables.recovery.completed.is_set() and not app.in_recovery
+    body = {"worker": WORKER_NAME, "recovered": recovered, "rebalancing": app.rebalancing}
+    return web.json(body, status=200 if recovered and not app.rebalancing else 503)

@@ -1,0 +1,58 @@
+"""The per-conversation coordinator: the only writer of a conversation's state."""
+
+from __future__ import annotations
+
+import logging
+
+from clawstream.settings import get_settings
+from processors.app import WORKER_NAME, app, conversations, coordinator_topic, request_dedup
+from processors.conversation import on_request, on_result
+from processors.emit import dead_letter, now_ms, send
+from processors.keys import dedup_key
+from schemas import DecodeError, decode
+from schemas.names import AGENT_REQUEST, STEP_RESULT
+
+log = logging.getLogger(__name__)
+
+
+def _timeout_ms(lane: str) -> int:
+    cfg = get_settings()
+    seconds = cfg.interactive_step_timeout_s if lane == "interactive" else cfg.batch_step_timeout_s
+    return int(seconds * 1000)
+
+
+@app.agent(coordinator_topic)
+async def coordinate(stream):  # type: ignore[no-untyped-def]
+    async for event in stream.events():
+        try:
+            name, record = decode(event.value)
+        except DecodeError as exc:
+            log.warning("dead-lettering undecodable message: %s", exc)
+            await dead_letter(event, str(exc), "DecodeError")
+            continue
+        if name == AGENT_REQUEST:
+            key = dedup_key(record["tenant_id"], record["conversation_id"],
+                            record["idempotency_key"])
+            decision = on_request(conversations.get(record["conversation_id"]),
+                                  request_dedup.get(key), record, now_ms(),
+                                  _timeout_ms(record["lane"]))
+            request_dedup[key] = decision.dedup
+            conversations[record["conversation_id"]] = decision.conversation
+            outputs = decision.outputs
+        elif name == STEP_RESULT:
+            conv = conversations.get(record["conversation_id"])
+            lane = conv["active"]["request"]["lane"] if conv and conv["active"] else "interactive"
+            conv, outputs, answered = on_result(conv, record, now_ms(), _timeout_ms(lane))
+            if answered is not None and conv is not None:
+                tenant = next(o.record["tenant_id"] for o in outputs
+                              if o.record.get("idempotency_key") == answered)
+                key = dedup_key(tenant, record["conversation_id"], answered)
+                request_dedup[key] = {**(request_dedup.get(key) or {}), "status": "answered"}
+            conversations[record["conversation_id"]] = conv
+        else:
+            await dead_letter(event, f"unexpected {name} on {event.message.topic}",
+                              "UnexpectedSchema", record)
+            continue
+        for output in outputs:
+            await send(output)
+        log.debug("%s handled %s", WORKER_NAME, name)

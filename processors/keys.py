@@ -1,0 +1,30 @@
+"""Key construction, defined once: step idempotency keys and dedup keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def canonical_json(value: Any) -> str:
+    """Stable JSON: same value, same bytes, whatever the dict order."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def short_hash(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
+
+
+def step_key(step_type: str, conversation_id: str, canonical_input: Any) -> str:
+    """``step_type:conversation_id:hash(canonical input)``.
+
+    The input includes the request id and step index, so a tool called twice with the same
+    arguments in two turns gets two keys, while retries of one step share one key.
+    """
+    return f"{step_type}:{conversation_id}:{short_hash(canonical_input)}"
+
+
+def dedup_key(tenant_id: str, conversation_id: str, idempotency_key: str) -> str:
+    """Idempotency keys are scoped to a tenant's conversation: two clients may pick the same."""
+    return f"{tenant_id}|{conversation_id}|{idempotency_key}"

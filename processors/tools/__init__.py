@@ -1,0 +1,1 @@
+"""Tools the executor can run; each declares its version and whether it mutates."""

@@ -1,0 +1,130 @@
+"""Avro single-object encoding without a registry server.
+
+Every message is ``C3 01`` + the 8-byte little-endian CRC-64-AVRO fingerprint of the writer
+schema's parsing canonical form + the Avro body. The fingerprint index is built from the
+``.avsc`` files in ``schemas/avro`` (current) and ``schemas/history`` (every earlier
+version), so any consumer holding this folder can decode any message ever written, and
+reads it through the *current* schema (Avro schema resolution fills new fields' defaults).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.schema import load_schema as _fastavro_load
+
+from schemas.names import EVENT_SCHEMAS
+
+MAGIC = b"\xc3\x01"
+HEADER_LEN = len(MAGIC) + 8
+AVRO_DIR = Path(__file__).parent / "avro"
+HISTORY_DIR = Path(__file__).parent / "history"
+
+Schema = dict[str, Any]
+
+
+class DecodeError(ValueError):
+    """A message that is not a clawstream event: wrong magic, unknown schema or bad body."""
+
+
+def load_schema(name: str, directory: Path = AVRO_DIR) -> Schema:
+    """Load ``name`` from ``directory``, resolving references to sibling ``.avsc`` files."""
+    schema = _fastavro_load(str(directory / f"{name}.avsc"), _write_hint=False)
+    if not isinstance(schema, dict):
+        raise TypeError(f"{name} is not a named record schema")
+    return schema
+
+
+def fingerprint_of(schema: Schema) -> bytes:
+    """The 8 bytes that identify ``schema`` on the wire (little-endian, as the spec says)."""
+    canonical = to_parsing_canonical_form(schema)
+    value = int(fingerprint(canonical, "CRC-64-AVRO"), 16)
+    return struct.pack("<Q", value)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    writer: Schema
+
+
+@lru_cache(maxsize=1)
+def _current() -> dict[str, Schema]:
+    return {name: load_schema(name) for name in EVENT_SCHEMAS}
+
+
+@lru_cache(maxsize=1)
+def _index() -> dict[bytes, _Entry]:
+    index = {fingerprint_of(s): _Entry(n, s) for n, s in _current().items()}
+    if HISTORY_DIR.is_dir():
+        for version_dir in sorted(p for p in HISTORY_DIR.iterdir() if p.is_dir()):
+            for name in EVENT_SCHEMAS:
+                if (version_dir / f"{name}.avsc").exists():
+                    old = load_schema(name, version_dir)
+                    index.setdefault(fingerprint_of(old), _Entry(name, old))
+    return index
+
+
+class _Current:
+    """Mapping-like access to the current schemas, loaded once on first use."""
+
+    def __getitem__(self, name: str) -> Schema:
+        return _current()[name]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(_current())
+
+
+CURRENT = _Current()
+
+
+@lru_cache(maxsize=16)
+def _header(name: str) -> bytes:
+    return MAGIC + fingerprint_of(_current()[name])
+
+
+def encode(name: str, record: dict[str, Any]) -> bytes:
+    """Encode ``record`` with the current schema ``name``; raises on a record that does not fit."""
+    buf = io.BytesIO()
+    buf.write(_header(name))
+    fastavro.schemaless_writer(buf, _current()[name], record, strict_allow_default=True)
+    return buf.getvalue()
+
+
+def decode(data: bytes | None) -> tuple[str, dict[str, Any]]:
+    """Decode any clawstream event: returns (schema name, record as the current schema sees it)."""
+    if data is None or len(data) < HEADER_LEN or data[:2] != MAGIC:
+        raise DecodeError("not Avro single-object encoded (missing C3 01 header)")
+    entry = _index().get(bytes(data[2:HEADER_LEN]))
+    if entry is None:
+        raise DecodeError(f"unknown schema fingerprint {bytes(data[2:HEADER_LEN]).hex()}")
+    try:
+        record = fastavro.schemaless_reader(
+            io.BytesIO(data[HEADER_LEN:]), entry.writer, _current()[entry.name]
+        )
+    except Exception as exc:  # fastavro raises several types for a corrupt body
+        raise DecodeError(f"corrupt {entry.name} body: {exc}") from exc
+    if not isinstance(record, dict):
+        raise DecodeError(f"{entry.name} body is not a record")
+    return entry.name, record
+
+
+def decode_as(name: str, data: bytes | None) -> dict[str, Any]:
+    """Decode and insist on one schema: a request topic carrying an answer is an error."""
+    got, record = decode(data)
+    if got != name:
+        raise DecodeError(f"expected {name}, got {got}")
+    return record
+
+
+def describe(name: str) -> str:
+    """Parsing canonical form, for the docs and for humans comparing versions."""
+    return json.dumps(json.loads(to_parsing_canonical_form(_current()[name])), indent=2)

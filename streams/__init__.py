@@ -1,0 +1,1 @@
+"""Kafka side of clawstream: the topic catalogue and the clients services import."""

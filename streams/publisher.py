@@ -1,0 +1,94 @@
+"""Publishing clawstream events: acks=all, idempotent producer, Avro single-object encoding."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from schemas import encode
+from schemas.names import AGENT_REQUEST
+from streams.topics import request_topic
+
+
+class PublishError(RuntimeError):
+    """The broker did not take the message."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Publisher:
+    """A thin, typed producer; one per process is enough."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            # Java's (and aiokafka's) partitioner: requests must land on the same partition
+            # as the results Faust produces for that conversation, or co-partitioning breaks.
+            "partitioner": "murmur2_random",
+        })
+
+    def publish(self, topic: str, key: str, schema: str, record: dict[str, Any],
+                timeout_s: float = 30.0) -> None:
+        """Publish and wait for the broker's ack, so a caller knows nothing was lost."""
+        errors: list[KafkaError] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(err)
+
+        self._producer.produce(topic, key=key.encode(), value=encode(schema, record),
+                               on_delivery=on_delivery)
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            raise PublishError(f"{remaining} message(s) not acknowledged within {timeout_s}s")
+        if errors:
+            raise PublishError(str(errors[0]))
+
+    def publish_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Raw bytes, for tools that redrive stored payloads (and tests of bad input)."""
+        self._producer.produce(topic, key=key, value=value)
+        if self._producer.flush(30.0):
+            raise PublishError("raw message not acknowledged")
+
+    def close(self) -> None:
+        self._producer.flush(30.0)
+
+
+def new_request(*, agent: str, conversation_id: str, text: str,
+                idempotency_key: str | None = None, tenant_id: str = "default",
+                user_id: str = "anonymous", lane: str = "interactive",
+                deadline_s: float = 120.0, options: dict[str, str] | None = None
+                ) -> dict[str, Any]:
+    """A well-formed AgentRequest; the idempotency key defaults to a fresh request id."""
+    if not text.strip():
+        raise ValueError("request text is empty")
+    request_topic(lane)  # validates the lane
+    request_id = str(uuid.uuid4())
+    created = now_ms()
+    return {
+        "request_id": request_id,
+        "idempotency_key": idempotency_key or request_id,
+        "conversation_id": conversation_id,
+        "tenant_id": tenant_id,
+        "user_id": user_id,
+        "agent": agent,
+        "lane": lane,
+        "text": text,
+        "created_at_ms": created,
+        "deadline_ms": created + int(deadline_s * 1000),
+        "trace_id": uuid.uuid4().hex,
+        "options": options or {},
+    }
+
+
+def publish_request(publisher: Publisher, request: dict[str, Any]) -> None:
+    publisher.publish(request_topic(request["lane"]).name, request["conversation_id"],
+                      AGENT_REQUEST, request)

@@ -1,0 +1,81 @@
+"""Reading decoded events: the answer subscriber services and downstream consumers import."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from schemas import DecodeError, decode
+
+Record = dict[str, Any]
+
+
+def _consumer(bootstrap: str, group: str | None = None) -> Consumer:
+    return Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group or f"clawstream-reader-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": group is not None,
+        "auto.offset.reset": "earliest",
+    })
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[str, Record], bool] | None = None,
+    timeout_s: float = 10.0,
+    from_beginning: bool = True,
+) -> Iterator[tuple[str, Record]]:
+    """Yield (schema name, record) from ``topic`` until ``until`` says stop or nothing new
+    arrives for ``timeout_s`` (the topic's end for an analyst's replay)."""
+    consumer = _consumer(bootstrap)
+    try:
+        metadata = consumer.list_topics(topic, timeout=10.0).topics[topic]
+        start = OFFSET_BEGINNING if from_beginning else -1  # -1 = end
+        consumer.assign([TopicPartition(topic, p, start) for p in metadata.partitions])
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < timeout_s:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            idle_since = time.monotonic()
+            try:
+                name, record = decode(msg.value())
+            except DecodeError:
+                continue
+            yield name, record
+            if until is not None and until(name, record):
+                return
+    finally:
+        consumer.close()
+
+
+def wait_for_answer(bootstrap: str, answers_topic: str, *, idempotency_key: str,
+                    conversation_id: str, timeout_s: float = 120.0) -> Record | None:
+    """The first answer for ``idempotency_key``: a repeat of a request gets no new answer
+    event, so this reads the conversation's history from the beginning."""
+    deadline = time.monotonic() + timeout_s
+    consumer = _consumer(bootstrap)
+    try:
+        metadata = consumer.list_topics(answers_topic, timeout=10.0).topics[answers_topic]
+        consumer.assign([TopicPartition(answers_topic, p, OFFSET_BEGINNING)
+                         for p in metadata.partitions])
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            try:
+                _, record = decode(msg.value())
+            except DecodeError:
+                continue
+            if (record.get("conversation_id") == conversation_id
+                    and record.get("idempotency_key") == idempotency_key):
+                return record
+        return None
+    finally:
+        consumer.close()

@@ -1,0 +1,70 @@
+"""The topic catalogue: every topic's name, partitions, retention and compaction, once.
+
+Conversation-scoped topics share the key (conversation_id) and the partition count, so one
+worker owns a conversation at a time and its state never leaves RocksDB + changelog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+DAY_MS: Final = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    conversation_scoped: bool = True
+    retention_ms: int = 7 * DAY_MS
+    compacted: bool = False
+    fixed_partitions: int | None = None
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+    def partitions(self, conversation_partitions: int) -> int:
+        if self.fixed_partitions is not None:
+            return self.fixed_partitions
+        return conversation_partitions
+
+    def config(self) -> dict[str, str]:
+        conf = {
+            "cleanup.policy": "compact" if self.compacted else "delete",
+            "retention.ms": str(self.retention_ms),
+        }
+        conf.update(self.extra_config)
+        return conf
+
+
+REQUESTS_INTERACTIVE: Final = TopicSpec("agent.requests.interactive")
+REQUESTS_BATCH: Final = TopicSpec("agent.requests.batch")
+INFERENCE_REQUESTS: Final = TopicSpec("inference.requests")
+TOOL_REQUESTS: Final = TopicSpec("tool.requests")
+RESULTS: Final = TopicSpec("agent.results")
+ANSWERS: Final = TopicSpec("agent.answers", retention_ms=30 * DAY_MS)
+EVENTS: Final = TopicSpec("agent.events", retention_ms=30 * DAY_MS)
+DLQ: Final = TopicSpec("agent.dlq", conversation_scoped=False, retention_ms=30 * DAY_MS,
+                       fixed_partitions=1)
+CONTROL_FLAGS: Final = TopicSpec("control.flags", conversation_scoped=False, compacted=True,
+                                 retention_ms=-1, fixed_partitions=1)
+
+CATALOGUE: Final = (
+    REQUESTS_INTERACTIVE,
+    REQUESTS_BATCH,
+    INFERENCE_REQUESTS,
+    TOOL_REQUESTS,
+    RESULTS,
+    ANSWERS,
+    EVENTS,
+    DLQ,
+    CONTROL_FLAGS,
+)
+
+LANE_TOPICS: Final = {"interactive": REQUESTS_INTERACTIVE, "batch": REQUESTS_BATCH}
+
+
+def request_topic(lane: str) -> TopicSpec:
+    """The request topic of a lane; an unknown lane is a caller error, not a default."""
+    try:
+        return LANE_TOPICS[lane]
+    except KeyError:
+        raise ValueError(f"unknown lane {lane!r}; expected one of {sorted(LANE_TOPICS)}") from None

@@ -1,0 +1,126 @@
+"""Kafka broker config, jar cache and tool checks (no broker started here)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from clawstream.settings import Settings
+from deploy.local import kafka
+from deploy.local.errors import MissingToolError, NotReadyError
+from deploy.local.process import Processes
+from deploy.local.tools import parse_java_major
+
+
+def _parse(text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if line and line[0] != "#")
+    return {key: value for key, value in pairs}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(state_dir=tmp_path, kafka_port=39192, kafka_controller_port=39193)
+
+
+def test_single_combined_kraft_node_on_loopback(settings: Settings) -> None:
+    props = kafka.server_properties(settings)
+    assert props["process.roles"] == "broker,controller"
+    assert props["node.id"] == "1"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:39193"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:39192,CONTROLLER://127.0.0.1:39193"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:39192"
+    assert props["controller.listener.names"] == "CONTROLLER"
+    assert "CONTROLLER:PLAINTEXT" in props["listener.security.protocol.map"]
+    assert props["group.initial.rebalance.delay.ms"] == "0"
+    assert props["auto.create.topics.enable"] == "false"
+    assert Path(props["log.dirs"]).is_relative_to(settings.state_dir)
+
+
+def test_replication_factors_are_one(settings: Settings) -> None:
+    props = kafka.server_properties(settings)
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "default.replication.factor",
+    ):
+        assert props[key] == "1", key
+    assert not any(key.startswith("share.") for key in props)  # 3.9 does not know them
+
+
+def test_kafka_4_gets_share_coordinator_settings(tmp_path: Path) -> None:
+    props = kafka.server_properties(Settings(state_dir=tmp_path, kafka_version="4.1.0"))
+    assert props["share.coordinator.state.topic.replication.factor"] == "1"
+    assert props["share.coordinator.state.topic.min.isr"] == "1"
+
+
+def test_properties_file_round_trips(settings: Settings) -> None:
+    path = kafka.write_properties(settings)
+    assert path.parent == settings.state_dir / "kafka"
+    assert _parse(path.read_text()) == kafka.server_properties(settings)
+
+
+def test_broker_command(settings: Settings) -> None:
+    cmd = kafka.broker_command(settings, "/usr/bin/java", Path("/cache/libs"))
+    assert cmd[0] == "/usr/bin/java"
+    assert f"-Xmx{settings.kafka_heap}" in cmd
+    assert cmd[cmd.index("-cp") + 1] == "/cache/libs/*"
+    assert cmd[-2:] == ["kafka.Kafka", str(kafka.properties_file(settings))]
+
+
+def test_jar_cache_lives_outside_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert kafka.libs_dir("3.9.1") == tmp_path / "xdg" / "clawstream" / "kafka-3.9.1" / "libs"
+    assert not kafka.jars_present("3.9.1")
+    kafka.libs_dir("3.9.1").mkdir(parents=True)
+    (kafka.libs_dir("3.9.1") / "kafka_2.13-3.9.1.jar").write_bytes(b"")
+    assert kafka.jars_present("3.9.1")
+    assert kafka.ensure_jars("3.9.1") == kafka.libs_dir("3.9.1")  # cached: no maven run
+
+
+def test_maven_command_and_pom() -> None:
+    cmd = kafka.maven_command("mvn", "3.9.1", Path("/out"))
+    assert cmd[:3] == ["mvn", "-q", "-B"]
+    assert "-Dkafka.version=3.9.1" in cmd
+    assert "-Dkafka.libs.dir=/out" in cmd
+    assert cmd[-1] == "dependency:copy-dependencies"
+    pom = kafka.POM.read_text()
+    assert "<artifactId>maven-dependency-plugin</artifactId>" in pom
+    assert "<version>3.8.1</version>" in pom
+    assert "<includeScope>runtime</includeScope>" in pom
+    assert "<artifactId>kafka_2.13</artifactId>" in pom
+    assert "<kafka.version>3.9.1</kafka.version>" in pom
+
+
+def test_missing_maven_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(MissingToolError, match="apt-get install -y maven"):
+        kafka.ensure_jars("3.9.1")
+
+
+@pytest.mark.parametrize(
+    ("output", "major"),
+    [
+        ('openjdk version "17.0.15" 2025-04-15', 17),
+        ('java version "1.8.0_392"', 8),
+        ('openjdk version "21" 2023-09-19', 21),
+        ("garbage", None),
+    ],
+)
+def test_java_version_parsing(output: str, major: int | None) -> None:
+    assert parse_java_major(output) == major
+
+
+def test_readiness_fails_fast_when_the_broker_is_not_running(settings: Settings) -> None:
+    procs = Processes(settings.run_dir, settings.log_dir)
+    t = time.monotonic()
+    with pytest.raises(NotReadyError, match="exited"):
+        kafka.wait_ready(settings, procs, timeout=30.0)
+    assert time.monotonic() - t < 5.0

@@ -1,0 +1,113 @@
+"""Worker naming, ports, environment, and pid-file discovery (with stand-in processes)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clawstream.settings import REPO_ROOT, Settings
+from deploy.local import worker
+from deploy.local.env import settings_env
+from deploy.local.errors import NotReadyError
+from deploy.local.ports import free_port
+from deploy.local.process import Processes
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(state_dir=tmp_path, worker_web_port=46066, kafka_port=39292)
+
+
+def test_command_and_ports(settings: Settings) -> None:
+    assert worker.command("worker-1") == [
+        sys.executable, "-m", "processors.main", "worker", "--name", "worker-1",
+    ]  # fmt: skip
+    assert worker.web_port(settings, 0) == 46066
+    assert worker.web_port(settings, 2) == 46068
+
+
+def test_env_carries_the_stack_settings_and_own_port(settings: Settings) -> None:
+    env = worker.worker_env(settings, 2)
+    assert env["CLAWSTREAM_WORKER_WEB_PORT"] == "46068"
+    assert env["CLAWSTREAM_STATE_DIR"] == str(settings.state_dir)
+    assert env["CLAWSTREAM_KAFKA_PORT"] == "39292"
+    assert "HOME" in env  # inherited
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO_ROOT)
+
+
+def test_settings_env_round_trips(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in settings_env(settings).items():
+        monkeypatch.setenv(key, value)
+    assert Settings().model_dump() == settings.model_dump()
+
+
+def test_running_lists_live_workers_and_stop_all_stops_them(settings: Settings) -> None:
+    procs = Processes(settings.run_dir, settings.log_dir)
+    for name in ("worker-1", "worker-0", "redis"):
+        procs.start(name, ["sleep", "60"])
+    try:
+        assert worker.running(settings) == ["worker-0", "worker-1"]
+        assert worker.kill(settings, 1)
+        assert worker.running(settings) == ["worker-0"]
+        assert worker.stop_all(settings, timeout=5.0) == ["worker-0"]
+        assert worker.running(settings) == []
+        assert procs.is_running("redis")
+    finally:
+        for name in ("worker-0", "worker-1", "redis"):
+            procs.kill(name)
+
+
+def test_not_ready_without_a_worker(settings: Settings) -> None:
+    assert not worker.is_ready(settings, 0, timeout=0.2)
+
+
+FAKE_WORKER = """
+import http.server, os, sys, time
+port = int(os.environ["CLAWSTREAM_WORKER_WEB_PORT"])
+name = sys.argv[1]
+started = time.monotonic()
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ready = self.path == "/ready" and time.monotonic() - started > 0.5
+        self.send_response(200 if ready else 503)
+        self.end_headers()
+        self.wfile.write(name.encode())
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def test_start_waits_for_ready_on_its_own_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    monkeypatch.setattr(worker, "command", lambda name: [sys.executable, str(script), name])
+    settings = Settings(state_dir=tmp_path / "state", worker_web_port=free_port())
+    try:
+        infos = worker.start_many(settings, 2, timeout=20.0)
+        assert [i.started for i in infos] == [True, True]
+        assert worker.is_ready(settings, 0) and worker.is_ready(settings, 1)
+        assert worker.start(settings, 1).started is False  # idempotent
+    finally:
+        assert worker.stop_all(settings, timeout=5.0) == ["worker-0", "worker-1"]
+
+
+def test_a_worker_that_dies_fails_fast_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash = [sys.executable, "-c", "print('boom: no broker'); raise SystemExit(2)"]
+    monkeypatch.setattr(worker, "command", lambda name: crash)
+    settings = Settings(state_dir=tmp_path / "state", worker_web_port=free_port())
+    t = time.monotonic()
+    with pytest.raises(NotReadyError, match="boom: no broker"):
+        worker.start(settings, 0, timeout=60.0)
+    assert time.monotonic() - t < 10.0

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processors.keys import canonical_json, dedup_key, step_key
+from streams.topics import CATALOGUE, CONTROL_FLAGS, DLQ, request_topic
+
+json_values = st.recursive(st.none() | st.integers() | st.text(max_size=8),
+                           lambda c: st.dictionaries(st.text(max_size=5), c, max_size=4),
+                           max_leaves=10)
+
+
+@given(st.dictionaries(st.text(max_size=5), json_values, max_size=6))
+def test_step_key_ignores_dict_order(value: dict) -> None:
+    reordered = dict(reversed(list(value.items())))
+    assert step_key("tool", "c1", value) == step_key("tool", "c1", reordered)
+    assert canonical_json(value) == canonical_json(reordered)
+
+
+def test_step_key_shape_and_sensitivity() -> None:
+    key = step_key("model", "conv-1", {"request_id": "r", "index": 1})
+    step_type, conversation, digest = key.split(":")
+    assert (step_type, conversation, len(digest)) == ("model", "conv-1", 16)
+    assert key != step_key("model", "conv-1", {"request_id": "r", "index": 2})
+    assert key != step_key("tool", "conv-1", {"request_id": "r", "index": 1})
+
+
+def test_dedup_key_is_scoped_to_tenant_and_conversation() -> None:
+    assert dedup_key("t1", "c", "k") != dedup_key("t2", "c", "k")
+    assert dedup_key("t1", "c", "k") != dedup_key("t1", "d", "k")
+
+
+def test_catalogue_names_are_unique_and_conversation_topics_copartitioned() -> None:
+    names = [t.name for t in CATALOGUE]
+    assert len(names) == len(set(names))
+    scoped = {t.partitions(6) for t in CATALOGUE if t.conversation_scoped}
+    assert scoped == {6}
+    assert CONTROL_FLAGS.compacted and CONTROL_FLAGS.config()["cleanup.policy"] == "compact"
+    assert DLQ.partitions(6) == 1
+
+
+def test_unknown_lane_is_an_error() -> None:
+    assert request_topic("batch").name == "agent.requests.batch"
+    with pytest.raises(ValueError, match="unknown lane"):
+        request_topic("urgent")

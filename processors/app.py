@@ -51,8 +51,9 @@ request_dedup = app.Table("request_dedup", default=None, partitions=settings.par
 
 
 @app.page("/ready")
-async def ready(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
     """200 once the worker has partitions and its tables are recovered."""
-    recovered = app.tables.recovery.completed.is_set() and not app.in_recovery
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
+    recovered = recovery.completed.is_set() and not app.in_recovery
     body = {"worker": WORKER_NAME, "recovered": recovered, "rebalancing": app.rebalancing}
     return web.json(body, status=200 if recovered and not app.rebalancing else 503)

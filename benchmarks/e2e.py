@@ -1,0 +1,128 @@
+"""``just bench e2e``: N requests through the whole flow with the SIMULATED model backend.
+
+Prints end-to-end p50/p95/p99 and the split per hop, and as a same-run baseline the latency
+of calling the inference app directly, so the figure to watch is the ratio (what Kafka,
+Faust and the tool step add on top of the model call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+BENCH_ENV = {
+    "CLAWSTREAM_STATE_DIR": os.path.abspath(".clawstream-bench"),
+    "CLAWSTREAM_KAFKA_PORT": "39092",
+    "CLAWSTREAM_KAFKA_CONTROLLER_PORT": "39093",
+    "CLAWSTREAM_REDIS_PORT": "36379",
+    "CLAWSTREAM_RAY_PORT": "36390",
+    "CLAWSTREAM_SERVE_HTTP_PORT": "38000",
+    "CLAWSTREAM_WORKER_WEB_PORT": "36066",
+    "CLAWSTREAM_INFERENCE_BACKEND": "simulated",
+}
+console = Console()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def hops(answer: dict[str, Any], received_ms: float) -> dict[str, float]:
+    t = answer["timeline"]
+    out = {"request topic + coordinator": t[0]["issued_at_ms"] - answer["created_at_ms"]}
+    for e in t:
+        out[f"{e['step_type']} queue wait"] = e["queue_wait_ms"]
+        out[f"{e['step_type']} run"] = e["run_ms"]
+        out[f"{e['step_type']} result back"] = e["result_wait_ms"]
+    out["answer topic → subscriber"] = received_ms - answer["answered_at_ms"]
+    out["end to end"] = received_ms - answer["created_at_ms"]
+    return out
+
+
+async def direct_baseline(serve_url: str, n: int) -> list[float]:
+    from inference.client import InferenceClient
+
+    times = []
+    async with InferenceClient(serve_url) as client:
+        for i in range(n):
+            start = time.perf_counter()
+            await client.generate([{"role": "user", "content": f"question {i}"}], max_tokens=64)
+            times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def main(requests: int = 200, in_flight: int = 8, keep_stack: bool = False) -> None:
+    os.environ.update(BENCH_ENV)
+    from clawstream.settings import Settings
+    from deploy.local import RichProgress, down, up
+    from deploy.local import worker as worker_proc
+    from streams.admin import ensure_topics
+    from streams.publisher import Publisher, new_request, publish_request
+    from streams.subscriber import read_topic
+    from streams.topics import ANSWERS
+
+    settings = Settings()
+    console.print(f"[bold]bench e2e[/]: {requests} requests, {in_flight} in flight, "
+                  f"backend={settings.inference_backend} (simulated, "
+                  f"{settings.simulated_delay_ms:.0f} ms)")
+    up(settings, with_workers=False, progress=RichProgress(console), redeploy=True)
+    ensure_topics(settings.bootstrap_servers, settings.partitions)
+    worker_proc.start(settings, 0)
+    try:
+        baseline = asyncio.run(direct_baseline(settings.serve_url, 50))
+        publisher = Publisher(settings.bootstrap_servers)
+        results: list[dict[str, float]] = []
+        with Progress(console=console) as progress:
+            task = progress.add_task("requests", total=requests)
+            sent = 0
+            while sent < requests:
+                batch = [new_request(agent="researcher", conversation_id=uuid.uuid4().hex,
+                                     text=f"Where does clawstream keep caches? #{sent + i}")
+                         for i in range(min(in_flight, requests - sent))]
+                wanted = {r["request_id"] for r in batch}
+                for r in batch:
+                    publish_request(publisher, r)
+                # From the beginning: answers may land before a reader at the end is assigned.
+                for _, answer in read_topic(settings.bootstrap_servers, ANSWERS.name,
+                                            timeout_s=60):
+                    if answer["request_id"] in wanted:
+                        wanted.discard(answer["request_id"])
+                        results.append(hops(answer, time.time() * 1000))
+                        progress.advance(task)
+                    if not wanted:
+                        break
+                if wanted:
+                    raise SystemExit(f"{len(wanted)} request(s) got no answer: lost?")
+                sent += len(batch)
+        report(results, baseline)
+    finally:
+        if not keep_stack:
+            down(settings)
+
+
+def report(results: list[dict[str, float]], baseline: list[float]) -> None:
+    table = Table("hop", "p50 ms", "p95 ms", "p99 ms", title="per hop (median over requests)")
+    for name in results[0]:
+        values = [r[name] for r in results if name in r]
+        table.add_row(name, f"{pct(values, 0.5):.1f}", f"{pct(values, 0.95):.1f}",
+                      f"{pct(values, 0.99):.1f}")
+    table.add_row("baseline: direct /generate", f"{pct(baseline, 0.5):.1f}",
+                  f"{pct(baseline, 0.95):.1f}", f"{pct(baseline, 0.99):.1f}")
+    console.print(table)
+    e2e = statistics.median(r["end to end"] for r in results)
+    console.print(f"answers: {len(results)}; end-to-end median {e2e:.1f} ms = "
+                  f"{e2e / statistics.median(baseline):.1f} x the direct model call")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -46,8 +46,19 @@ coordinator_topic = raw_topic(REQUESTS_INTERACTIVE.name, REQUESTS_BATCH.name, RE
 inference_topic = raw_topic(INFERENCE_REQUESTS.name)
 tool_topic = raw_topic(TOOL_REQUESTS.name)
 
-conversations = app.Table("conversations", default=None, partitions=settings.partitions)
-request_dedup = app.Table("request_dedup", default=None, partitions=settings.partitions)
+
+
+def _rocksdb_options() -> dict[str, object]:
+    """A fresh dict per table (faust pops keys from it); RocksDB's default block cache is
+    2 GiB per partition database, far too much for a laptop or a 24 GiB CI machine."""
+    return {"driver": "rocksdict",
+            "block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024}
+
+
+conversations = app.Table("conversations", default=None, partitions=settings.partitions,
+                          options=_rocksdb_options())
+request_dedup = app.Table("request_dedup", default=None, partitions=settings.partitions,
+                          options=_rocksdb_options())
 
 
 @app.page("/ready")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from clawstream.settings import get_settings
 from processors.app import WORKER_NAME, app, conversations, coordinator_topic, request_dedup
@@ -30,29 +31,38 @@ async def coordinate(stream):  # type: ignore[no-untyped-def]
             log.warning("dead-lettering undecodable message: %s", exc)
             await dead_letter(event, str(exc), "DecodeError")
             continue
-        if name == AGENT_REQUEST:
-            key = dedup_key(record["tenant_id"], record["conversation_id"],
-                            record["idempotency_key"])
-            decision = on_request(conversations.get(record["conversation_id"]),
-                                  request_dedup.get(key), record, now_ms(),
-                                  _timeout_ms(record["lane"]))
-            request_dedup[key] = decision.dedup
-            conversations[record["conversation_id"]] = decision.conversation
-            outputs = decision.outputs
-        elif name == STEP_RESULT:
-            conv = conversations.get(record["conversation_id"])
-            lane = conv["active"]["request"]["lane"] if conv and conv["active"] else "interactive"
-            conv, outputs, answered = on_result(conv, record, now_ms(), _timeout_ms(lane))
-            if answered is not None and conv is not None:
-                tenant = next(o.record["tenant_id"] for o in outputs
-                              if o.record.get("idempotency_key") == answered)
-                key = dedup_key(tenant, record["conversation_id"], answered)
-                request_dedup[key] = {**(request_dedup.get(key) or {}), "status": "answered"}
-            conversations[record["conversation_id"]] = conv
-        else:
-            await dead_letter(event, f"unexpected {name} on {event.message.topic}",
-                              "UnexpectedSchema", record)
-            continue
-        for output in outputs:
-            await send(output)
-        log.debug("%s handled %s", WORKER_NAME, name)
+        try:
+            await _handle(event, name, record)
+        except Exception as exc:
+            # A poison message must not stop every other conversation on this worker.
+            log.exception("dead-lettering %s that could not be processed", name)
+            await dead_letter(event, f"processing failed: {exc!r}", type(exc).__name__, record)
+
+
+async def _handle(event: Any, name: str, record: dict[str, Any]) -> None:
+    if name == AGENT_REQUEST:
+        key = dedup_key(record["tenant_id"], record["conversation_id"],
+                        record["idempotency_key"])
+        decision = on_request(conversations.get(record["conversation_id"]),
+                              request_dedup.get(key), record, now_ms(),
+                              _timeout_ms(record["lane"]))
+        request_dedup[key] = decision.dedup
+        conversations[record["conversation_id"]] = decision.conversation
+        outputs = decision.outputs
+    elif name == STEP_RESULT:
+        conv = conversations.get(record["conversation_id"])
+        lane = conv["active"]["request"]["lane"] if conv and conv["active"] else "interactive"
+        conv, outputs, answered = on_result(conv, record, now_ms(), _timeout_ms(lane))
+        if answered is not None and conv is not None:
+            tenant = next(o.record["tenant_id"] for o in outputs
+                          if o.record.get("idempotency_key") == answered)
+            key = dedup_key(tenant, record["conversation_id"], answered)
+            request_dedup[key] = {**(request_dedup.get(key) or {}), "status": "answered"}
+        conversations[record["conversation_id"]] = conv
+    else:
+        await dead_letter(event, f"unexpected {name} on {event.message.topic}",
+                          "UnexpectedSchema", record)
+        return
+    for output in outputs:
+        await send(output)
+    log.debug("%s handled %s", WORKER_NAME, name)

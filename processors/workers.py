@@ -92,7 +92,12 @@ async def _serve(stream: Any, run: Any) -> None:
         except DecodeError as exc:
             await dead_letter(event, str(exc), "DecodeError")
             continue
-        await send(await run(cmd))
+        try:
+            await send(await run(cmd))
+        except Exception as exc:
+            # Expected failures become error results inside ``run``; this is the poison case.
+            log.exception("dead-lettering step %s", cmd["step_id"])
+            await dead_letter(event, f"processing failed: {exc!r}", type(exc).__name__, cmd)
 
 
 @app.agent(inference_topic, concurrency=2)

@@ -218,8 +218,8 @@ def _timeline_entry(cmd: Record, res: Record, now_ms: int) -> Record:
 
 
 def on_result(conv: Record | None, res: Record, now_ms: int, timeout_ms: int
-              ) -> tuple[Record | None, list[Output], str | None]:
-    """Returns (conversation, outputs, idempotency key answered or None)."""
+              ) -> tuple[Record | None, list[Output], Record | None]:
+    """Returns (conversation, outputs, the request this result answered, or None)."""
     active = conv["active"] if conv else None
     pending = active["pending"] if active else None
     if conv is None or active is None or pending is None or (
@@ -260,7 +260,7 @@ def _notes(tool_output: str) -> str:
 
 def _finish(conv: Record, agent: AgentSpec, status: str, text: str, reason: str | None,
             now_ms: int, timeout_ms: int, outputs: list[Output]
-            ) -> tuple[Record, list[Output], str | None]:
+            ) -> tuple[Record, list[Output], Record | None]:
     req = conv["active"]["request"]
     outputs.append(_answer(conv, status, text, reason, now_ms, agent.version))
     outputs.append(_event("answer_emitted", now_ms, req, agent_version=agent.version,
@@ -274,4 +274,4 @@ def _finish(conv: Record, agent: AgentSpec, status: str, text: str, reason: str 
         nxt_agent = get_agent(nxt["agent"])
         if nxt_agent is not None:
             outputs += _start(conv, nxt, nxt_agent, now_ms, timeout_ms)
-    return conv, outputs, req["idempotency_key"]
+    return conv, outputs, req

@@ -53,10 +53,9 @@ async def _handle(event: Any, name: str, record: dict[str, Any]) -> None:
         conv = conversations.get(record["conversation_id"])
         lane = conv["active"]["request"]["lane"] if conv and conv["active"] else "interactive"
         conv, outputs, answered = on_result(conv, record, now_ms(), _timeout_ms(lane))
-        if answered is not None and conv is not None:
-            tenant = next(o.record["tenant_id"] for o in outputs
-                          if o.record.get("idempotency_key") == answered)
-            key = dedup_key(tenant, record["conversation_id"], answered)
+        if answered is not None:
+            key = dedup_key(answered["tenant_id"], answered["conversation_id"],
+                            answered["idempotency_key"])
             request_dedup[key] = {**(request_dedup.get(key) or {}), "status": "answered"}
         conversations[record["conversation_id"]] = conv
     else:

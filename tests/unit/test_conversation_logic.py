@@ -35,7 +35,7 @@ def _run_turn(conv: Any, text: str, answer: str) -> tuple[Any, list[Any]]:
     conv, outputs, _ = on_result(decision.conversation, _result(tool_cmd, hits), 1, 1000)
     model_cmd = next(o.record for o in outputs if o.topic == INFERENCE_REQUESTS.name)
     conv, outputs, answered = on_result(conv, _result(model_cmd, answer), 2, 1000)
-    assert answered == req["idempotency_key"]
+    assert answered is not None and answered["request_id"] == req["request_id"]
     return conv, [model_cmd, *outputs]
 
 

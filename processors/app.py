@@ -47,7 +47,6 @@ inference_topic = raw_topic(INFERENCE_REQUESTS.name)
 tool_topic = raw_topic(TOOL_REQUESTS.name)
 
 
-
 def _rocksdb_options() -> dict[str, object]:
     """A fresh dict per table (faust pops keys from it); RocksDB's default block cache is
     2 GiB per partition database, far too much for a laptop or a 24 GiB CI machine."""

@@ -10,7 +10,6 @@ reads it through the *current* schema (Avro schema resolution fills new fields' 
 from __future__ import annotations
 
 import io
-import json
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -124,7 +123,3 @@ def decode_as(name: str, data: bytes | None) -> dict[str, Any]:
         raise DecodeError(f"expected {name}, got {got}")
     return record
 
-
-def describe(name: str) -> str:
-    """Parsing canonical form, for the docs and for humans comparing versions."""
-    return json.dumps(json.loads(to_parsing_canonical_form(_current()[name])), indent=2)

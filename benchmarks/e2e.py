@@ -8,33 +8,16 @@ Faust and the tool step add on top of the model call).
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import time
 import uuid
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-BENCH_ENV = {
-    "CLAWSTREAM_STATE_DIR": os.path.abspath(".clawstream-bench"),
-    "CLAWSTREAM_KAFKA_PORT": "39092",
-    "CLAWSTREAM_KAFKA_CONTROLLER_PORT": "39093",
-    "CLAWSTREAM_REDIS_PORT": "36379",
-    "CLAWSTREAM_RAY_PORT": "36390",
-    "CLAWSTREAM_SERVE_HTTP_PORT": "38000",
-    "CLAWSTREAM_WORKER_WEB_PORT": "36066",
-    "CLAWSTREAM_INFERENCE_BACKEND": "simulated",
-}
-console = Console()
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from benchmarks.common import bench_stack, console, pct
 
 
 def hops(answer: dict[str, Any], received_ms: float) -> dict[str, float]:
@@ -62,23 +45,14 @@ async def direct_baseline(serve_url: str, n: int) -> list[float]:
 
 
 def main(requests: int = 200, in_flight: int = 8, keep_stack: bool = False) -> None:
-    os.environ.update(BENCH_ENV)
-    from clawstream.settings import Settings
-    from deploy.local import RichProgress, down, up
-    from deploy.local import worker as worker_proc
-    from streams.admin import ensure_topics
     from streams.publisher import Publisher, new_request, publish_request
     from streams.subscriber import read_topic
     from streams.topics import ANSWERS
 
-    settings = Settings()
-    console.print(f"[bold]bench e2e[/]: {requests} requests, {in_flight} in flight, "
-                  f"backend={settings.inference_backend} (simulated, "
-                  f"{settings.simulated_delay_ms:.0f} ms)")
-    up(settings, with_workers=False, progress=RichProgress(console), redeploy=True)
-    ensure_topics(settings.bootstrap_servers, settings.partitions)
-    worker_proc.start(settings, 0)
-    try:
+    with bench_stack(keep=keep_stack) as settings:
+        console.print(f"[bold]bench e2e[/]: {requests} requests, {in_flight} in flight, "
+                      f"backend={settings.inference_backend} (simulated, "
+                      f"{settings.simulated_delay_ms:.0f} ms)")
         baseline = asyncio.run(direct_baseline(settings.serve_url, 50))
         publisher = Publisher(settings.bootstrap_servers)
         results: list[dict[str, float]] = []
@@ -105,9 +79,6 @@ def main(requests: int = 200, in_flight: int = 8, keep_stack: bool = False) -> N
                     raise SystemExit(f"{len(wanted)} request(s) got no answer: lost?")
                 sent += len(batch)
         report(results, baseline)
-    finally:
-        if not keep_stack:
-            down(settings)
 
 
 def report(results: list[dict[str, float]], baseline: list[float]) -> None:

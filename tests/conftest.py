@@ -9,15 +9,12 @@ from collections.abc import Iterator
 import pytest
 
 from clawstream.settings import REPO_ROOT, Settings
+from deploy.local.env import isolated_env
 
 TEST_ENV = {
-    "CLAWSTREAM_STATE_DIR": str(REPO_ROOT / ".clawstream-test"),
-    "CLAWSTREAM_KAFKA_PORT": "29092",
-    "CLAWSTREAM_KAFKA_CONTROLLER_PORT": "29093",
-    "CLAWSTREAM_REDIS_PORT": "26379",
-    "CLAWSTREAM_RAY_PORT": "26390",
-    "CLAWSTREAM_SERVE_HTTP_PORT": "28000",
-    "CLAWSTREAM_WORKER_WEB_PORT": "26066",
+    **isolated_env(REPO_ROOT / ".clawstream-test", {
+        "kafka_port": 29092, "kafka_controller_port": 29093, "redis_port": 26379,
+        "ray_port": 26390, "serve_http_port": 28000, "worker_web_port": 26066}),
     "CLAWSTREAM_INFERENCE_LLAMA_THREADS": "1",
 }
 os.environ.update(TEST_ENV)

@@ -35,6 +35,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def isolated_env(state_dir: Path, ports: Mapping[str, int]) -> dict[str, str]:
+    """Environment for a side stack (tests, benchmarks) that must not touch the dev stack.
+
+    ``CLAWSTREAM_PORT_OFFSET`` shifts every port, so two checkouts (git worktrees) can run
+    their test suites or benchmarks at the same time on one machine.
+    """
+    offset = int(os.environ.get("CLAWSTREAM_PORT_OFFSET", "0"))
+    env = {f"{PREFIX}{name.upper()}": str(port + offset) for name, port in ports.items()}
+    env[f"{PREFIX}STATE_DIR"] = str(state_dir)
+    return env
+
+
 def child_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The inherited environment, overlaid with ``settings`` and then ``extra``.
 

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     context_exchanges: int = Field(
         default=6, ge=1, description="Exchanges kept in the prompt (4-8 is sensible); older "
         "ones are found by the recall tool.")
+    expensive_tools: list[str] = Field(
+        default_factory=lambda: ["retrieve"],
+        description="Tool steps `degrade` cuts (they cost model calls or slow services).")
     flag_poll_s: float = Field(default=0.2, description="How often flag readers poll.")
 
     @property

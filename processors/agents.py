@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from clawstream.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -14,7 +16,10 @@ class AgentSpec:
     max_tokens: int = 64
     temperature: float = 0.0
     prompt_version: str = "p1"
-    context_exchanges: int = 6
+    context_exchanges: int = field(default_factory=lambda: get_settings().context_exchanges)
+    task_class: str = "chat"
+    """Picks the model pool (settings.task_pools): short interface messages -> small model,
+    research and reports -> large."""
 
 
 AGENTS: dict[str, AgentSpec] = {
@@ -28,6 +33,7 @@ AGENTS: dict[str, AgentSpec] = {
                 "short sentences, using the notes when they help."
             ),
             uses_retrieval=True,
+            task_class="research",
         ),
         AgentSpec(
             name="chat",

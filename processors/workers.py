@@ -23,6 +23,7 @@ from processors.flow import runtime
 from processors.flow.dispatch import Dispatcher, Overloaded, PauseRule, Unlimited
 from processors.flow.limiter import PoolAdmission
 from processors.flow.pools import estimate_tokens, smallest_pool
+from processors.flow.recall import Recall
 from processors.flow.scheduler import LaneScheduler, Pending
 from processors.tools.retrieval import Retriever
 from schemas import DecodeError, decode_as
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 inference = InferenceClient(settings.serve_url, timeout=settings.interactive_step_timeout_s)
 cache = aioredis.Redis.from_url(settings.redis_url)
-TOOLS = {tool.name: tool for tool in (Retriever(inference, cache),)}
+TOOLS = {tool.name: tool for tool in (Retriever(inference, cache),
+                                      Recall(cache, settings.context_exchanges))}
 
 
 def _result(cmd: dict[str, Any], started: int, **fields: Any) -> Output:

@@ -57,3 +57,28 @@ async def older(redis: aioredis.Redis, conversation_id: str, kept: int) -> list[
             seen.add(ex["request_id"])
             out.append(ex)
     return out[:-kept] if kept else out
+
+
+class Recall:
+    """The ``recall`` tool: older exchanges of a conversation that match a query.
+
+    Arguments: ``conversation_id``, ``query``, ``k`` (default 2) and ``kept`` (exchanges
+    still in the prompt, left out of the search; default settings.context_exchanges)."""
+
+    name = "recall"
+    version = "1"
+    mutating = False
+
+    def __init__(self, redis: aioredis.Redis, kept_default: int) -> None:
+        self._redis = redis
+        self._kept = kept_default
+
+    async def run(self, arguments: dict[str, object]) -> str:
+        conversation = str(arguments.get("conversation_id", "")).strip()
+        query = str(arguments.get("query", "")).strip()
+        if not conversation or not query:
+            raise ValueError("recall needs 'conversation_id' and 'query'")
+        kept = int(str(arguments.get("kept", self._kept)))
+        hits = search(await older(self._redis, conversation, kept), query,
+                      int(str(arguments.get("k", 2))))
+        return json.dumps(hits)

@@ -28,3 +28,8 @@ def step_key(step_type: str, conversation_id: str, canonical_input: Any) -> str:
 def dedup_key(tenant_id: str, conversation_id: str, idempotency_key: str) -> str:
     """Idempotency keys are scoped to a tenant's conversation: two clients may pick the same."""
     return f"{tenant_id}|{conversation_id}|{idempotency_key}"
+
+
+def ledger_key(step_id: str) -> str:
+    """The side-effect ledger's entry for one step (all its attempts share it)."""
+    return f"ledger:{step_id}"

@@ -49,3 +49,8 @@ def recall_key(conversation_id: str) -> str:
 def admissions_key(pool: str) -> str:
     """The limiter's admission log of a pool (capped), for measuring achieved tokens/s."""
     return f"clawstream:admissions:{pool}"
+
+
+def ledger_key(step_id: str) -> str:
+    """The side-effect ledger's entry for one step (all its attempts share it)."""
+    return f"ledger:{step_id}"

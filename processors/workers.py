@@ -1,8 +1,11 @@
 """The inference dispatcher and the tool executor: they turn step commands into results.
 
+Workers never retry or sleep on a failure: they report it (with the backend's Retry-After)
+and the coordinator schedules the next attempt, so a failing step holds no partition.
+
 Both fetch through :mod:`processors.flow.dispatch`: lanes (interactive first), tenants in
-turn, the tokens/s limiter per model pool for model steps, and paused partitions (not
-retries) while a downstream is overloaded.
+turn, the tokens/s limiter per model pool for model steps, and paused partitions while a
+downstream reports overload (Serve's 503 + Retry-After): no new step is fetched until then.
 """
 
 from __future__ import annotations
@@ -13,18 +16,21 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from clawstream.settings import get_settings
 from inference.client import InferenceClient, InferenceError, InferenceOverloaded
 from processors.app import WORKER_NAME, app, inference_topic, tool_topic
-from processors.conversation import Output
 from processors.emit import dead_letter, now_ms, send
 from processors.flow import runtime
-from processors.flow.dispatch import Dispatcher, Overloaded, PauseRule, Unlimited
+from processors.flow.dispatch import Dispatcher, PauseRule, Unlimited
 from processors.flow.limiter import PoolAdmission
 from processors.flow.pools import estimate_tokens, smallest_pool
 from processors.flow.recall import Recall
 from processors.flow.scheduler import LaneScheduler, Pending
+from processors.ledger import EffectLedger
+from processors.records import Output
+from processors.tools.base import Tool, ToolContext, ToolError
 from processors.tools.retrieval import Retriever
 from schemas import DecodeError, decode_as
 from schemas.names import STEP_COMMAND, STEP_RESULT
@@ -32,10 +38,42 @@ from streams.topics import INFERENCE_REQUESTS, INFERENCE_REQUESTS_BATCH, RESULTS
 
 log = logging.getLogger(__name__)
 settings = get_settings()
-inference = InferenceClient(settings.serve_url, timeout=settings.interactive_step_timeout_s)
+inference = InferenceClient(settings.serve_url, timeout=settings.batch_step_timeout_s)
 cache = aioredis.Redis.from_url(settings.redis_url)
-TOOLS = {tool.name: tool for tool in (Retriever(inference, cache),
-                                      Recall(cache, settings.context_exchanges))}
+ledger = EffectLedger(cache)
+
+
+def _tools() -> dict[str, Tool]:
+    tools: list[Tool] = [Retriever(inference, cache), Recall(cache, settings.context_exchanges)]
+    if settings.fault_injection:
+        from processors.tools.faults import fault_tools
+
+        tools += fault_tools(cache)
+    return {tool.spec.name: tool for tool in tools}
+
+
+TOOLS = _tools()
+
+
+class InFlight:
+    """Steps being run by this worker, so SIGTERM can wait for them (see processors.main)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
+in_flight = InFlight()
 
 
 def _result(cmd: dict[str, Any], started: int, **fields: Any) -> Output:
@@ -64,33 +102,53 @@ def _result(cmd: dict[str, Any], started: int, **fields: Any) -> Output:
     return Output(RESULTS.name, cmd["conversation_id"], STEP_RESULT, record)
 
 
-def _error(exc: Exception, retryable: bool) -> dict[str, Any]:
-    return {"error_class": type(exc).__name__, "message": str(exc)[:500],
-            "retryable": retryable}
-
-
-def _overloaded(exc: InferenceOverloaded) -> Overloaded:
-    return Overloaded(str(exc), exc.retry_after)
+def _error(exc: BaseException, retryable: bool, retry_after_s: float | None = None
+           ) -> dict[str, Any]:
+    return {"error_class": type(exc).__name__, "message": str(exc)[:500] or repr(exc),
+            "retryable": retryable,
+            "retry_after_ms": None if retry_after_s is None else int(retry_after_s * 1000)}
 
 
 async def run_model_step(cmd: dict[str, Any], pool: str | None = None) -> Output:
-    """Raises :class:`Overloaded` on Serve's back-pressure: the dispatcher pauses, and the
-    step waits at the head of its queue instead of failing."""
     started = now_ms()
     call = cmd["model_call"]
     spec = settings.pools.get(pool or call["model"])
     try:
-        gen = await inference.generate(call["messages"], max_tokens=call["max_tokens"],
-                                       temperature=call["temperature"],
-                                       model=spec.backend_model if spec else None)
-    except InferenceOverloaded as exc:
-        raise _overloaded(exc) from exc
+        gen = await asyncio.wait_for(
+            inference.generate(call["messages"], max_tokens=call["max_tokens"],
+                               temperature=call["temperature"],
+                               model=spec.backend_model if spec else None),
+            timeout=cmd["timeout_ms"] / 1000)
+    except TimeoutError:
+        return _result(cmd, started, status="error", error=_error(
+            TimeoutError(f"model call exceeded its {cmd['timeout_ms']} ms limit"), True))
     except InferenceError as exc:
-        return _result(cmd, started, status="error", error=_error(exc, exc.retryable))
+        retry_after = exc.retry_after if isinstance(exc, InferenceOverloaded) else None
+        if isinstance(exc, InferenceOverloaded):  # backpressure: stop fetching meanwhile
+            model_dispatcher.hold(retry_after or settings.inference_retry_after_s)
+        return _result(cmd, started, status="error",
+                       error=_error(exc, exc.retryable, retry_after))
     usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
              "cost_usd": 0.0, "saved_tokens": 0, "saved_cost_usd": 0.0}
     return _result(cmd, started, output=gen.text, model=gen.model, backend=gen.backend,
                    usage=usage)
+
+
+async def _call_tool(tool: Tool, cmd: dict[str, Any], ctx: ToolContext) -> str:
+    """Mutating calls go through the ledger. The hard cut comes one limit after the
+    coordinator's budget, so the coordinator gives the attempt up first and the cut only
+    frees this worker's slot from a tool that ignores its limit."""
+    arguments = json.loads(cmd["tool_call"]["arguments_json"])
+    hard_cut_s = ctx.timeout_s * (settings.step_budget_factor + 1)
+    if not tool.spec.mutating:
+        return await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
+    recorded = await ledger.recorded(ctx.step_id)
+    if recorded is not None:
+        log.info("step %s already applied: returning the ledger's result", ctx.step_id)
+        return recorded
+    output = await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
+    await ledger.record(ctx.step_id, output, WORKER_NAME, now_ms())
+    return output
 
 
 async def run_tool_step(cmd: dict[str, Any]) -> Output:
@@ -103,12 +161,17 @@ async def run_tool_step(cmd: dict[str, Any]) -> Output:
     if runtime.flags().tool_killed(call["name"]):
         return _result(cmd, started, status="error", error=_error(
             RuntimeError(f"tool {call['name']} is switched off (kill switch)"), False))
+    ctx = ToolContext(step_id=cmd["step_id"], attempt=cmd["attempt"],
+                      timeout_s=cmd["timeout_ms"] / 1000)
     try:
-        output = await tool.run(json.loads(call["arguments_json"]))
-    except InferenceOverloaded as exc:
-        raise _overloaded(exc) from exc
-    except (ValueError, InferenceError) as exc:
-        retryable = isinstance(exc, InferenceError) and exc.retryable
+        output = await _call_tool(tool, cmd, ctx)
+    except ToolError as exc:
+        return _result(cmd, started, status="error",
+                       error=_error(exc, exc.retryable, exc.retry_after_s))
+    except ValueError as exc:
+        return _result(cmd, started, status="error", error=_error(exc, False))
+    except (InferenceError, RedisError, TimeoutError) as exc:
+        retryable = not isinstance(exc, InferenceError) or exc.retryable
         return _result(cmd, started, status="error", error=_error(exc, retryable))
     return _result(cmd, started, output=output)
 
@@ -132,11 +195,13 @@ def _model_item(cmd: dict[str, Any], event: Any) -> Pending:
 
 
 async def _run_model_item(item: Pending) -> Output:
-    return await run_model_step(item.cmd, item.pool)
+    with in_flight:
+        return await run_model_step(item.cmd, item.pool)
 
 
 async def _run_tool_item(item: Pending) -> Output:
-    return await run_tool_step(item.cmd)
+    with in_flight:
+        return await run_tool_step(item.cmd)
 
 
 buffer = settings.dispatch_buffer_per_lane
@@ -182,3 +247,16 @@ async def execute_tools(stream):  # type: ignore[no-untyped-def]
 async def run_dispatchers() -> None:
     runtime.flag_reader()
     await asyncio.gather(model_dispatcher.run_forever(), tool_dispatcher.run_forever())
+
+
+async def drain(timeout_s: float) -> bool:
+    """Stop fetching, then wait for the steps in flight; True if they all finished."""
+    consumer = app.consumer
+    consumer.pause_partitions(consumer.assignment())
+    log.info("draining %d in-flight step(s), up to %.0f s", in_flight.count, timeout_s)
+    try:
+        await asyncio.wait_for(in_flight.idle.wait(), timeout_s)
+    except TimeoutError:
+        log.warning("drain timed out with %d step(s) in flight", in_flight.count)
+        return False
+    return True

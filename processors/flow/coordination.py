@@ -20,16 +20,17 @@ so the coordinator's own rules stay unaware of flags:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from clawstream.settings import Settings
 from processors.agents import get_agent
-from processors.conversation import Output, on_result
+from processors.conversation import Decision, on_result
 from processors.flow import budgets, limits, recall, runtime
 from processors.flow.buckets import TokenBuckets
 from processors.flow.flags import FlagView
 from processors.flow.pools import NoPoolAvailable, route
+from processors.policy import Policy
+from processors.records import Output, event
 from schemas.names import AGENT_ANSWER, AGENT_EVENT, STEP_COMMAND
 from streams.topics import INFERENCE_REQUESTS, inference_topic
 
@@ -38,9 +39,7 @@ FLOW_WORKER = "flow-control"
 
 
 def _event(kind: str, req: Record, detail: dict[str, str]) -> Output:
-    from processors.conversation import _event as conversation_event
-
-    return conversation_event(kind, int(time.time() * 1000), req, detail=detail)
+    return event(kind, int(time.time() * 1000), req, detail=detail)
 
 
 def rejection_outputs(req: Record, rejection: limits.Rejection) -> list[Output]:
@@ -87,9 +86,16 @@ def _cut_reason(conv: Record, cmd: Record, flags: FlagView, settings: Settings) 
         return None
     if flags.tool_killed(tool["name"]):
         return f"tool {tool['name']} is switched off"
-    if flags.degrade and tool["name"] in settings.expensive_tools:
+    if flags.degrade and _expensive(conv, cmd):
         return f"degrade: expensive tool {tool['name']} skipped"
     return None
+
+
+def _expensive(conv: Record, cmd: Record) -> bool:
+    """The agent's plan marks the step expensive."""
+    agent = get_agent(conv["active"]["request"]["agent"])
+    index = cmd["step_index"]
+    return bool(agent and index < len(agent.plan) and agent.plan[index].expensive)
 
 
 def _skipped_result(cmd: Record, reason: str) -> Record:
@@ -147,16 +153,14 @@ def _fix_event(out: Output, cmd_pool: dict[str, str]) -> Output:
     return out
 
 
-async def apply(conv: Record | None, outputs: list[Output], timeout_ms: Callable[[str], int],
-                settings: Settings) -> tuple[Record | None, list[Output], list[Record]]:
-    """Route, cut and mark the decision's outputs; returns (conversation, outputs to send,
-    requests answered along the way by cut steps)."""
+async def apply(decision: Decision, policy: Policy, settings: Settings) -> Decision:
+    """Route, cut and mark the decision's outputs (see the module docstring)."""
+    conv = decision.conversation
     if conv is None:
-        return conv, outputs, []
+        return decision
     flags = runtime.flags()
-    queue = list(outputs)
+    queue = list(decision.outputs)
     final: list[Output] = []
-    answered: list[Record] = []
     pools: dict[str, str] = {}
     while queue:
         out = queue.pop(0)
@@ -170,13 +174,10 @@ async def apply(conv: Record | None, outputs: list[Output], timeout_ms: Callable
                 reason = routed
             if reason is not None:
                 _note_degraded(conv, cmd["request_id"], reason)
-                lane = conv["active"]["request"]["lane"]
-                new_conv, more, req = on_result(conv, _skipped_result(cmd, reason),
-                                                int(time.time() * 1000), timeout_ms(lane))
-                conv = new_conv if new_conv is not None else conv
-                if req is not None:
-                    answered.append(req)
-                queue = more + queue
+                cut = on_result(conv, _skipped_result(cmd, reason), int(time.time() * 1000),
+                                policy)
+                conv = cut.conversation if cut.conversation is not None else conv
+                queue = cut.outputs + queue
                 continue
             assert routed is not None and not isinstance(routed, str)
             if cmd.get("model_call"):
@@ -186,7 +187,7 @@ async def apply(conv: Record | None, outputs: list[Output], timeout_ms: Callable
         if out.schema == AGENT_ANSWER:
             await _finish_answer(conv, out.record)
         final.append(_fix_event(out, pools) if out.schema == AGENT_EVENT else out)
-    return conv, final, answered
+    return Decision(conv, final, decision.dedup)
 
 
 async def _finish_answer(conv: Record, answer: Record) -> None:

@@ -103,6 +103,11 @@ class Dispatcher:
         self._apply_pauses()
         self._wake.set()
 
+    def hold(self, seconds: float) -> None:
+        """A downstream answered "overloaded": fetch and admit nothing for ``seconds``."""
+        self._overloaded_until = max(self._overloaded_until, time.monotonic() + seconds)
+        self._apply_pauses()
+
     @property
     def overloaded(self) -> bool:
         return time.monotonic() < self._overloaded_until

@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from processors.keys import recall_key
+from processors.tools.base import ToolContext, ToolSpec
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset({
@@ -65,15 +66,13 @@ class Recall:
     Arguments: ``conversation_id``, ``query``, ``k`` (default 2) and ``kept`` (exchanges
     still in the prompt, left out of the search; default settings.context_exchanges)."""
 
-    name = "recall"
-    version = "1"
-    mutating = False
+    spec = ToolSpec(name="recall", version="1")
 
     def __init__(self, redis: aioredis.Redis, kept_default: int) -> None:
         self._redis = redis
         self._kept = kept_default
 
-    async def run(self, arguments: dict[str, object]) -> str:
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
         conversation = str(arguments.get("conversation_id", "")).strip()
         query = str(arguments.get("query", "")).strip()
         if not conversation or not query:

@@ -66,6 +66,9 @@ def main(interactive: int = 40, flood: int = 400, gap_ms: float = 100.0,
 
     with bench_stack(keep=keep_stack) as settings:
         set_flag(settings.bootstrap_servers, "rate.pool.small", f"{RATE:g}", by="bench")
+        # this bench measures lanes and the tokens/s limiter, not the entrance buckets
+        for name in ("limit.tenant.web", "limit.tenant.bulk", "limit.user.anonymous"):
+            set_flag(settings.bootstrap_servers, name, "100000/100000", by="bench")
         publisher = Publisher(settings.bootstrap_servers)
         _interactive(settings, publisher, 5, 0.05)  # warm-up
         alone = _interactive(settings, publisher, interactive, gap_ms / 1000)
@@ -85,6 +88,9 @@ def main(interactive: int = 40, flood: int = 400, gap_ms: float = 100.0,
         console.print(table)
         console.print(f"ratio during/alone: p50 {pct(during, 0.5) / max(pct(alone, 0.5), 1):.2f}"
                       f" x, p95 {pct(during, 0.95) / max(pct(alone, 0.95), 1):.2f} x")
+        statuses = [a["status"] for a in done.values()]
+        console.print(f"batch statuses: ok {statuses.count('ok')}, other "
+                      f"{len(statuses) - statuses.count('ok')}")
         console.print(f"batch: {len(done)}/{flood} answered in {batch_s:.1f} s = "
                       f"{len(done) / batch_s:.1f} requests/s")
         console.print(f"limiter (pool small): configured {RATE:.0f} tokens/s, achieved "

@@ -27,8 +27,10 @@ def _send(settings: Settings, n: int, **fields: Any) -> list[dict[str, Any]]:
     publisher = Publisher(settings.bootstrap_servers)
     requests = []
     for i in range(n):
+        # one user per request: these tests are about tenants, lanes and pools
         req = new_request(conversation_id=fields.pop("conversation_id", None)
-                          or f"flow-{uuid.uuid4().hex[:8]}", text=f"Say hello #{i}", **fields)
+                          or f"flow-{uuid.uuid4().hex[:8]}", text=f"Say hello #{i}",
+                          user_id=f"u-{uuid.uuid4().hex[:8]}", **fields)
         publish_request(publisher, req)
         requests.append(req)
     return requests

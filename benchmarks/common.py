@@ -32,7 +32,7 @@ def pct(values: list[float], q: float) -> float:
 @contextmanager
 def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
                 keep: bool = False) -> Iterator[Settings]:
-    """Start the benchmark stack (simulated model unless ``env`` says otherwise) with
+    """Start a fresh benchmark stack (simulated model unless ``env`` says otherwise) with
     ``workers`` Faust workers, and stop it afterwards unless ``keep``."""
     os.environ.update(BENCH_ENV)
     os.environ.update(env or {})
@@ -43,6 +43,7 @@ def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
 
     get_settings.cache_clear()
     settings = Settings()
+    down(settings, purge=True)  # a fresh stack: no topics, tables or Redis keys of a last run
     up(settings, with_workers=False, progress=RichProgress(console), redeploy=True)
     ensure_topics(settings.bootstrap_servers, settings.partitions)
     for index in range(workers):

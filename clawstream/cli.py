@@ -92,7 +92,7 @@ def ask(
     try:
         request = new_request(agent=agent, conversation_id=conversation or uuid.uuid4().hex,
                               text=text, idempotency_key=idempotency_key, tenant_id=tenant,
-                              lane=lane, deadline_s=settings.request_deadline_s)
+                              lane=lane)
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc

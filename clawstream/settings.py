@@ -107,7 +107,13 @@ class Settings(BaseSettings):
         "step (next attempt) or fails it.",
     )
     request_deadline_s: float = Field(
-        default=120.0, description="Default deadline of a request; past it, it is answered."
+        default=120.0,
+        description="Default deadline of an interactive request; past it, it is answered.",
+    )
+    batch_request_deadline_s: float = Field(
+        default=3600.0,
+        description="Default deadline of a batch request: batch work waits behind interactive "
+        "work by design, so it gets hours, not minutes.",
     )
     model_max_attempts: int = Field(default=3, ge=1)
     retry_base_ms: int = Field(
@@ -154,6 +160,25 @@ class Settings(BaseSettings):
         default=8, description="Step commands a dispatcher holds per lane before it pauses "
         "that lane's partitions.")
     dispatch_concurrency: int = Field(default=4, description="Model calls in flight per worker.")
+    tool_concurrency: int = Field(default=4, description="Tool calls in flight per worker.")
+    dispatch_interactive_reserved: int = Field(
+        default=1, description="Call slots per worker the batch lane may never take, so an "
+        "interactive step does not wait for a batch call to finish.")
+    batch_token_reserve: float = Field(
+        default=0.25, ge=0.0, lt=1.0,
+        description="Share of a pool's token bucket the batch lane leaves for interactive "
+        "steps: a flood empties the bucket only down to this level.")
+    coordinator_batch_active: int = Field(
+        default=32, description="Batch requests a worker's coordinator runs at once; more wait "
+        "in Kafka, not in front of interactive requests.")
+    worker_stream_buffer: int = Field(
+        default=2048, description="Messages Faust buffers per partition. At 80 % it stops "
+        "fetching the partition (that is how a blocked lane stops its fetching); the last "
+        "20 % must hold what is already fetched (worker_max_poll_records), or Faust's delivery "
+        "loop blocks every stream of the worker.")
+    worker_max_poll_records: int = Field(
+        default=200, description="Records per fetch; keep it under 20 % of "
+        "worker_stream_buffer (see there).")
     tenant_budget_window_s: int = 3600
     tenant_budget_tokens: int = 2_000_000
     tenant_budget_cost_usd: float = 50.0

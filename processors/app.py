@@ -33,6 +33,8 @@ app = faust.App(
     web_host="127.0.0.1",
     web_port=settings.worker_web_port,
     producer_acks=-1,
+    stream_buffer_maxsize=settings.worker_stream_buffer,
+    broker_max_poll_records=settings.worker_max_poll_records,
     broker_session_timeout=settings.worker_session_timeout_s,
     broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
     Worker="processors.draining:DrainingWorker",
@@ -46,8 +48,11 @@ def raw_topic(*names: str) -> faust.TopicT:
                      key_serializer="raw", value_serializer="raw")
 
 
-coordinator_topic = raw_topic(REQUESTS_INTERACTIVE.name, REQUESTS_BATCH.name, RESULTS.name)
-inference_topic = raw_topic(INFERENCE_REQUESTS.name, INFERENCE_REQUESTS_BATCH.name)
+coordinator_topic = raw_topic(REQUESTS_INTERACTIVE.name, RESULTS.name)
+batch_requests_topic = raw_topic(REQUESTS_BATCH.name)
+# One agent per lane: a full batch lane blocks only its own stream (processors/flow/dispatch).
+inference_interactive_topic = raw_topic(INFERENCE_REQUESTS.name)
+inference_batch_topic = raw_topic(INFERENCE_REQUESTS_BATCH.name)
 tool_topic = raw_topic(TOOL_REQUESTS.name)
 
 

@@ -7,15 +7,29 @@ keyed by the conversation. Faust tables may only be changed from stream iteratio
 wake-up on the conversation's partition is handled in order with its other events, so the
 rules stay single-writer and replayable. Due times live in the table (recovered on
 rebalance); the in-memory index only saves the sweep from reading RocksDB every tick.
+
+Batch requests come in through an agent of their own that admits at most
+``coordinator_batch_active`` batch conversations per worker at a time: a flood of batch
+requests then waits in Kafka instead of in front of interactive requests and results.
+Both agents write the same tables, so each event is handled under its conversation's lock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from typing import Any
 
 from clawstream.settings import get_settings
-from processors.app import WORKER_NAME, app, conversations, coordinator_topic, request_dedup
+from processors.app import (
+    WORKER_NAME,
+    app,
+    batch_requests_topic,
+    conversations,
+    coordinator_topic,
+    request_dedup,
+)
 from processors.conversation import Decision, next_due_ms, on_request, on_result, on_wakeup
 from processors.emit import dead_letter, now_ms, send
 from processors.flow import coordination
@@ -38,23 +52,67 @@ RESEND_AFTER_MS = 2000
 _due: dict[str, int] = {}
 _woken: dict[str, tuple[int, int]] = {}  # conversation -> (due time, when its wake-up went)
 _sweeps = 0
+_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+class BatchSlots:
+    """The conversations running a batch request on this worker, and room for more.
+
+    Rebuilt from the table on every full scan, so conversations that moved to another
+    worker in a rebalance do not hold slots here for long."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active: set[str] = set()
+        self._changed = asyncio.Condition()
+
+    async def wait_for_room(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.active) < self.limit)
+
+    async def track(self, conversation_id: str, conv: dict[str, Any] | None) -> None:
+        active = (conv or {}).get("active")
+        if active and active["request"]["lane"] == "batch":
+            self.active.add(conversation_id)
+        elif conversation_id in self.active:
+            self.active.discard(conversation_id)
+            async with self._changed:
+                self._changed.notify_all()
+
+
+batch_slots = BatchSlots(settings.coordinator_batch_active)
 
 
 @app.agent(coordinator_topic)
 async def coordinate(stream):  # type: ignore[no-untyped-def]
     async for event in stream.events():
-        try:
-            name, record = decode(event.value)
-        except DecodeError as exc:
-            log.warning("dead-lettering undecodable message: %s", exc)
-            await dead_letter(event, str(exc), "DecodeError")
-            continue
-        try:
+        await _process(event)
+
+
+@app.agent(batch_requests_topic)
+async def admit_batch(stream):  # type: ignore[no-untyped-def]
+    async for event in stream.events():
+        await batch_slots.wait_for_room()
+        await _process(event)
+
+
+async def _process(event: Any) -> None:
+    try:
+        name, record = decode(event.value)
+    except DecodeError as exc:
+        log.warning("dead-lettering undecodable message: %s", exc)
+        await dead_letter(event, str(exc), "DecodeError")
+        return
+    try:
+        lock = _locks.get(record["conversation_id"])
+        if lock is None:
+            lock = _locks[record["conversation_id"]] = asyncio.Lock()
+        async with lock:
             await _handle(event, name, record)
-        except Exception as exc:
-            # A poison message must not stop every other conversation on this worker.
-            log.exception("dead-lettering %s that could not be processed", name)
-            await dead_letter(event, f"processing failed: {exc!r}", type(exc).__name__, record)
+    except Exception as exc:
+        # A poison message must not stop every other conversation on this worker.
+        log.exception("dead-lettering %s that could not be processed", name)
+        await dead_letter(event, f"processing failed: {exc!r}", type(exc).__name__, record)
 
 
 async def _handle(event: Any, name: str, record: dict[str, Any]) -> None:
@@ -86,6 +144,7 @@ async def _apply(conversation_id: str, decision: Decision) -> None:
     if decision.conversation is not None:  # a stray wake-up creates no conversation
         conversations[conversation_id] = decision.conversation
     _track(conversation_id, decision.conversation)
+    await batch_slots.track(conversation_id, decision.conversation)
     for output in decision.outputs:
         if output.schema == AGENT_ANSWER:
             _mark_answered(output)
@@ -116,8 +175,13 @@ async def sweep() -> None:
     _sweeps += 1
     if _sweeps % FULL_SCAN_EVERY == 1:
         _due.clear()
+        stale = set(batch_slots.active)
         for conversation_id, conv in conversations.items():
             _track(conversation_id, conv)
+            await batch_slots.track(conversation_id, conv)
+            stale.discard(conversation_id)
+        for conversation_id in stale:
+            await batch_slots.track(conversation_id, None)
     now = now_ms()
     for conversation_id, due in list(_due.items()):
         woken = _woken.get(conversation_id)

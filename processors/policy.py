@@ -28,7 +28,6 @@ class Policy:
     model_max_attempts: int = 3
     retry_base_ms: int = 250
     retry_cap_ms: int = 8_000
-    request_deadline_ms: int = 120_000
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
@@ -39,7 +38,6 @@ class Policy:
             model_max_attempts=s.model_max_attempts,
             retry_base_ms=s.retry_base_ms,
             retry_cap_ms=s.retry_cap_ms,
-            request_deadline_ms=int(s.request_deadline_s * 1000),
         )
 
     def step_limit_ms(self, lane: str, agent_limit_s: float | None,

@@ -20,10 +20,16 @@ from redis.exceptions import RedisError
 
 from clawstream.settings import get_settings
 from inference.client import InferenceClient, InferenceError, InferenceOverloaded
-from processors.app import WORKER_NAME, app, inference_topic, tool_topic
+from processors.app import (
+    WORKER_NAME,
+    app,
+    inference_batch_topic,
+    inference_interactive_topic,
+    tool_topic,
+)
 from processors.emit import dead_letter, now_ms, send
 from processors.flow import runtime
-from processors.flow.dispatch import Dispatcher, PauseRule, Unlimited
+from processors.flow.dispatch import Dispatcher, Unlimited
 from processors.flow.limiter import PoolAdmission
 from processors.flow.pools import estimate_tokens, smallest_pool
 from processors.flow.recall import Recall
@@ -34,7 +40,7 @@ from processors.tools.base import Tool, ToolContext, ToolError
 from processors.tools.retrieval import Retriever
 from schemas import DecodeError, decode_as
 from schemas.names import STEP_COMMAND, STEP_RESULT
-from streams.topics import INFERENCE_REQUESTS, INFERENCE_REQUESTS_BATCH, RESULTS, TOOL_REQUESTS
+from streams.topics import RESULTS
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -204,20 +210,16 @@ async def _run_tool_item(item: Pending) -> Output:
         return await run_tool_step(item.cmd)
 
 
-buffer = settings.dispatch_buffer_per_lane
-model_queue = LaneScheduler(buffer)
-tool_queue = LaneScheduler(buffer)
 model_dispatcher = Dispatcher(
-    "inference", model_queue, PoolAdmission(runtime.redis(), settings, runtime.flags),
-    _run_model_item, _finish, lambda: runtime.consumer_of(app), settings.dispatch_concurrency)
-model_dispatcher.pause_rules = [
-    PauseRule(frozenset({INFERENCE_REQUESTS.name}), lambda: model_queue.full("interactive")),
-    PauseRule(frozenset({INFERENCE_REQUESTS_BATCH.name}), lambda: model_queue.full("batch")),
-]
-tool_dispatcher = Dispatcher("tools", tool_queue, Unlimited(), _run_tool_item, _finish,
-                             lambda: runtime.consumer_of(app), 2)
-tool_dispatcher.pause_rules = [
-    PauseRule(frozenset({TOOL_REQUESTS.name}), lambda: len(tool_queue) >= buffer)]
+    "inference", LaneScheduler(settings.dispatch_buffer_per_lane),
+    PoolAdmission(runtime.redis(), settings, runtime.flags), _run_model_item, _finish,
+    settings.dispatch_concurrency, reserved=settings.dispatch_interactive_reserved)
+# Tool commands of both lanes share one topic: a larger buffer, so a batch burst rarely
+# blocks the stream an interactive tool step arrives on.
+tool_dispatcher = Dispatcher(
+    "tools", LaneScheduler(settings.dispatch_buffer_per_lane * 4), Unlimited(),
+    _run_tool_item, _finish, settings.tool_concurrency,
+    reserved=settings.dispatch_interactive_reserved)
 
 
 async def _intake(stream: Any, dispatcher: Dispatcher,
@@ -230,11 +232,16 @@ async def _intake(stream: Any, dispatcher: Dispatcher,
             await dead_letter(event, str(exc), "DecodeError")
             event.ack()
             continue
-        dispatcher.submit(make(cmd, event))
+        await dispatcher.submit(make(cmd, event))
 
 
-@app.agent(inference_topic)
+@app.agent(inference_interactive_topic)
 async def dispatch_inference(stream):  # type: ignore[no-untyped-def]
+    await _intake(stream, model_dispatcher, _model_item)
+
+
+@app.agent(inference_batch_topic)
+async def dispatch_inference_batch(stream):  # type: ignore[no-untyped-def]
     await _intake(stream, model_dispatcher, _model_item)
 
 
@@ -250,9 +257,10 @@ async def run_dispatchers() -> None:
 
 
 async def drain(timeout_s: float) -> bool:
-    """Stop fetching, then wait for the steps in flight; True if they all finished."""
-    consumer = app.consumer
-    consumer.pause_partitions(consumer.assignment())
+    """Admit nothing more, then wait for the steps in flight; True if they all finished.
+    Buffered steps stay unacked and go to the partitions' next owner."""
+    for dispatcher in (model_dispatcher, tool_dispatcher):
+        dispatcher.hold(timeout_s + 60)
     log.info("draining %d in-flight step(s), up to %.0f s", in_flight.count, timeout_s)
     try:
         await asyncio.wait_for(in_flight.idle.wait(), timeout_s)

@@ -63,13 +63,19 @@ class Publisher:
         self._producer.flush(30.0)
 
 
+def _default_deadline_s(lane: str) -> float:
+    settings = get_settings()
+    return settings.request_deadline_s if lane == "interactive" else (
+        settings.batch_request_deadline_s)
+
+
 def new_request(*, agent: str, conversation_id: str, text: str,
                 idempotency_key: str | None = None, tenant_id: str = "default",
                 user_id: str = "anonymous", lane: str = "interactive",
                 deadline_s: float | None = None, options: dict[str, str] | None = None
                 ) -> dict[str, Any]:
     """A well-formed AgentRequest; the idempotency key defaults to a fresh request id and
-    the deadline to ``request_deadline_s`` from settings."""
+    the deadline to the lane's default from settings."""
     if not text.strip():
         raise ValueError("request text is empty")
     request_topic(lane)  # validates the lane
@@ -85,8 +91,8 @@ def new_request(*, agent: str, conversation_id: str, text: str,
         "lane": lane,
         "text": text,
         "created_at_ms": created,
-        "deadline_ms": created + int((deadline_s if deadline_s is not None
-                                      else get_settings().request_deadline_s) * 1000),
+        "deadline_ms": created + int(1000 * (deadline_s if deadline_s is not None
+                                             else _default_deadline_s(lane))),
         "trace_id": uuid.uuid4().hex,
         "options": options or {},
     }

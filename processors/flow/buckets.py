@@ -20,6 +20,7 @@ local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local rate = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local reserve = tonumber(ARGV[5])
 local state = redis.call('HMGET', KEYS[1], 'level', 'ts')
 local level = tonumber(state[1])
 local ts = tonumber(state[2])
@@ -28,7 +29,7 @@ level = math.min(cap, level + math.max(0, now - ts) * rate / 1000.0)
 local allowed = 1
 local wait_ms = 0
 if ARGV[4] == 'take' then
-  local need = math.min(cost, cap)
+  local need = math.min(cost + reserve, cap)
   if level >= need then
     level = level - cost
   else
@@ -63,20 +64,22 @@ class TokenBuckets:
         self._redis = redis
         self._script = redis.register_script(_SCRIPT)
 
-    async def _call(self, key: str, rate: float, capacity: float, cost: float, mode: str
-                    ) -> Take:
+    async def _call(self, key: str, rate: float, capacity: float, cost: float, mode: str,
+                    reserve: float = 0.0) -> Take:
         if rate <= 0 or capacity <= 0:
             raise ValueError(f"bucket {key}: rate and capacity must be > 0")
         allowed, level, wait_ms, now = await self._script(
-            keys=[key], args=[repr(rate), repr(capacity), repr(cost), mode])
+            keys=[key], args=[repr(rate), repr(capacity), repr(cost), mode, repr(reserve)])
         wait_s = float(wait_ms) / 1000.0
         return Take(bool(int(allowed)), float(level), math.ceil(wait_s * 1000) / 1000,
                     float(now))
 
-    async def take(self, key: str, rate: float, capacity: float, cost: float = 1.0) -> Take:
-        """Take ``cost`` tokens if the bucket holds them (or is full, for a cost above its
-        capacity, which then goes negative and is repaid by later refill)."""
-        return await self._call(key, rate, capacity, cost, "take")
+    async def take(self, key: str, rate: float, capacity: float, cost: float = 1.0,
+                   reserve: float = 0.0) -> Take:
+        """Take ``cost`` tokens if the bucket holds them and ``reserve`` more (or is full,
+        for a cost above its capacity, which then goes negative and is repaid by later
+        refill). The reserve is what a lower-priority caller must leave for others."""
+        return await self._call(key, rate, capacity, cost, "take", reserve)
 
     async def adjust(self, key: str, rate: float, capacity: float, delta: float) -> Take:
         """Charge ``delta`` more tokens (negative: refund) without asking; reconciliation."""

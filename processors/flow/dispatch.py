@@ -4,14 +4,25 @@ A Faust agent only *fetches*: it decodes a step command and hands it to
 :meth:`Dispatcher.submit`. One admission loop per process then picks the next step with
 the :class:`~processors.flow.scheduler.LaneScheduler` (interactive first, tenants in turn),
 asks the :class:`Admission` policy (the tokens/s bucket of the step's model pool, or
-nothing for tools), and runs it with bounded concurrency.
+nothing for tools), and runs it with bounded concurrency, of which the batch lane may
+never take the last slots (``reserved``): an interactive step never waits for a batch call
+to finish.
 
-Backpressure, not buffering: when a lane's buffer is full, or a downstream answered
-"overloaded" (Serve's 503 + Retry-After, a 429, a full queue), the loop pauses the Kafka
-partitions that feed it (Faust's ``consumer.pause_partitions``) and resumes them when
-the buffer drains or the Retry-After passes; an overloaded step goes back to the head of its
-queue, refunded, instead of becoming another retry. Offsets are acked per step when its
-result is sent (``stream.noack()``), so a crash re-delivers what was buffered or running.
+Backpressure, not buffering: ``submit`` waits while its lane's buffer is full, so the agent
+stops taking from its stream; Faust's own flow control then stops fetching the topic's
+partitions once its stream buffer (``worker_stream_buffer``) is full, and resumes when it
+drains. Each lane has its own topic and agent, so a full batch lane never blocks the
+interactive one. When a downstream answers "overloaded" (Serve's 503 + Retry-After, a 429,
+a full queue), the loop admits nothing until it clears: buffers fill, fetching stops, and
+the waiting steps go out when the downstream recovers instead of piling up as retries.
+
+Why not ``consumer.pause_partitions``: Faust's pause only filters what its fetcher hands
+over, and records already fetched for a partition paused in between are dropped without a
+seek back. The committed offset then stalls and the partition looks stuck (measured: a
+batch flood lost two thirds of its steps until their deadlines).
+
+Offsets are acked per step when its result is sent (``stream.noack()``), so a crash
+re-delivers what was buffered or running.
 """
 
 from __future__ import annotations
@@ -20,8 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from processors.flow.scheduler import LaneScheduler, Pending
@@ -29,14 +39,6 @@ from processors.flow.scheduler import LaneScheduler, Pending
 log = logging.getLogger(__name__)
 
 IDLE_TICK_S = 0.1
-
-
-class Overloaded(Exception):
-    """A downstream shed load: stop fetching for ``retry_after_s``, then try the step again."""
-
-    def __init__(self, message: str, retry_after_s: float | None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s if retry_after_s is not None else 1.0
 
 
 class Admission(Protocol):
@@ -59,95 +61,80 @@ class Unlimited:
         return None
 
 
-class PartitionControl(Protocol):
-    def assignment(self) -> Iterable[Any]: ...
-    def pause_partitions(self, tps: Iterable[Any]) -> None: ...
-    def resume_partitions(self, tps: Iterable[Any]) -> None: ...
-
-
-@dataclass(frozen=True)
-class PauseRule:
-    """Pause ``topics`` while ``when()`` holds (or while a downstream is overloaded)."""
-
-    topics: frozenset[str]
-    when: Callable[[], bool]
-
-
 Run = Callable[[Pending], Awaitable[Any]]
-"""Runs one step; returns the output to send; raises :class:`Overloaded` to back off."""
+"""Runs one step; returns the output to send (an overload is reported in it, and the
+runner calls :meth:`Dispatcher.hold`)."""
 
 
 class Dispatcher:
     def __init__(self, name: str, scheduler: LaneScheduler, admission: Admission, run: Run,
                  finish: Callable[[Pending, Any], Awaitable[None]],
                  # finish(item, output) sends and acks; output may be the step's exception
-                 consumer: Callable[[], PartitionControl], concurrency: int) -> None:
+                 concurrency: int, reserved: int = 0) -> None:
         self.name = name
         self.scheduler = scheduler
-        self.pause_rules: list[PauseRule] = []
         self._admission = admission
         self._run = run
         self._finish = finish
-        self._consumer = consumer
         self._concurrency = concurrency
-        self._inflight = 0
+        self._batch_slots = max(1, concurrency - reserved)
+        self._inflight = {"interactive": 0, "batch": 0}
         self._overloaded_until = 0.0
-        self._paused: set[frozenset[str]] = set()
         self._wake = asyncio.Event()
+        self._room = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.pause_count = 0
+        self.hold_count = 0
 
-    def submit(self, item: Pending) -> None:
+    async def submit(self, item: Pending) -> None:
+        """Queue a fetched step; wait first while its lane is full (that is the backpressure
+        that makes Faust stop fetching)."""
+        async with self._room:
+            await self._room.wait_for(lambda: not self.scheduler.full(item.lane))
         item.fetched_at = time.monotonic()
         self.scheduler.push(item)
-        self._apply_pauses()
         self._wake.set()
 
     def hold(self, seconds: float) -> None:
-        """A downstream answered "overloaded": fetch and admit nothing for ``seconds``."""
+        """A downstream answered "overloaded" (or we drain): admit nothing for ``seconds``."""
+        if not self.overloaded:
+            self.hold_count += 1
+            log.warning("%s: holding admissions for %.1f s", self.name, seconds)
         self._overloaded_until = max(self._overloaded_until, time.monotonic() + seconds)
-        self._apply_pauses()
 
     @property
     def overloaded(self) -> bool:
         return time.monotonic() < self._overloaded_until
 
-    def _apply_pauses(self) -> None:
-        try:
-            consumer = self._consumer()
-            assigned = list(consumer.assignment())
-        except Exception:  # not started yet / rebalancing: nothing to pause
-            return
-        for rule in self.pause_rules:
-            tps = [tp for tp in assigned if tp.topic in rule.topics]
-            if self.overloaded or rule.when():
-                # Re-applied every tick: a rebalance hands out fresh, unpaused partitions.
-                consumer.pause_partitions(tps)
-                if rule.topics not in self._paused:
-                    self._paused.add(rule.topics)
-                    self.pause_count += 1
-                    log.info("%s: paused %s", self.name, sorted(rule.topics))
-            elif rule.topics in self._paused:
-                consumer.resume_partitions(tps)
-                self._paused.discard(rule.topics)
-                log.info("%s: resumed %s", self.name, sorted(rule.topics))
+    @property
+    def running(self) -> int:
+        return sum(self._inflight.values())
+
+    def _may_start(self, item: Pending) -> bool:
+        if self.running >= self._concurrency:
+            return False
+        return item.lane != "batch" or self._inflight["batch"] < self._batch_slots
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(0.001, seconds))
 
+    async def _made_room(self) -> None:
+        async with self._room:
+            self._room.notify_all()
+
     async def run_forever(self) -> None:
         while True:
-            self._apply_pauses()
             if self.overloaded:
                 await self._sleep(min(IDLE_TICK_S, self._overloaded_until - time.monotonic()))
                 continue
-            if self._inflight >= self._concurrency or not len(self.scheduler):
+            item = self.scheduler.peek()
+            if item is None or not self._may_start(item):
                 await self._sleep(IDLE_TICK_S)
                 continue
             item = self.scheduler.pop()
             assert item is not None
+            await self._made_room()
             try:
                 wait = await self._admission.admit(item)
             except Exception:
@@ -158,7 +145,7 @@ class Dispatcher:
                 self.scheduler.push(item, front=True)
                 await self._sleep(min(wait, IDLE_TICK_S))
                 continue
-            self._inflight += 1
+            self._inflight[item.lane if item.lane in self._inflight else "batch"] += 1
             task = asyncio.create_task(self._execute(item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -166,19 +153,12 @@ class Dispatcher:
     async def _execute(self, item: Pending) -> None:
         try:
             output = await self._run(item)
-        except Overloaded as exc:
-            await self._admission.release(item, None)
-            self.scheduler.push(item, front=True)
-            self._overloaded_until = time.monotonic() + exc.retry_after_s
-            log.warning("%s: downstream overloaded (%s); pausing %.1f s", self.name, exc,
-                        exc.retry_after_s)
-            return
         except Exception as exc:  # a poison step: ``finish`` dead-letters it and acks
             await self._admission.release(item, None)
             await self._finish(item, exc)
             return
         finally:
-            self._inflight -= 1
+            self._inflight[item.lane if item.lane in self._inflight else "batch"] -= 1
             self._wake.set()
         await self._admission.release(item, getattr(output, "record", None))
         await self._finish(item, output)

@@ -49,8 +49,11 @@ class PoolAdmission:
                 item.extra["rerouted_from"] = item.pool
                 item.pool = other
         rate, capacity = self._rate(item.pool)
+        # A batch step leaves part of the bucket to interactive steps, so a flood cannot make
+        # an interactive step wait for the refill.
+        reserve = capacity * self._settings.batch_token_reserve if item.lane == "batch" else 0
         take = await self._buckets.take(bucket_key("pool", item.pool), rate, capacity,
-                                        item.cost)
+                                        item.cost, reserve)
         if not take.allowed:
             return take.retry_after_s
         item.extra["admitted_at_ms"] = take.at_ms

@@ -1,10 +1,9 @@
-"""Per-process singletons of flow control: the flag reader, Redis, and the two dispatchers'
-wiring to a Faust app. Kept here so the shared processor modules only add a few calls."""
+"""Per-process singletons of flow control: the flag reader and Redis. Kept here so the
+shared processor modules only add a few calls."""
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -26,8 +25,3 @@ def flags() -> FlagView:
 @lru_cache(maxsize=1)
 def redis() -> aioredis.Redis:
     return aioredis.Redis.from_url(get_settings().redis_url)
-
-
-def consumer_of(app: Any) -> Any:
-    """Faust's consumer, looked up late: it exists only once the worker runs."""
-    return app.consumer

@@ -10,11 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from clawstream.cost_cli import cost as cost_command
 from clawstream.render import print_answer
 from clawstream.settings import Settings
 
 app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_is_help=True)
 console = Console()
+app.command(name="cost")(cost_command)
 
 
 def _settings() -> Settings:

@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     redis_port: int = 6379
     redis_maxmemory: str = "256mb"
     redis_persist: bool = Field(
-        default=False,
-        description="Append-only file (fsync every second) so the ledger survives a restart.",
+        default=True,
+        description="Append-only file (fsync every second) so the side-effect ledger survives "
+        "a Redis restart.",
     )
 
     # Ray / Ray Serve
@@ -111,11 +112,44 @@ class Settings(BaseSettings):
         default=1, description="Faust workers `up` starts; worker i serves on web port + i."
     )
     rocksdb_block_cache_mb: int = 8
+    worker_session_timeout_s: float = Field(
+        default=10.0,
+        description="A worker silent this long (SIGKILL, hang) loses its partitions to the "
+        "others. Faust's default (60 s) is a minute of stalled conversations per crash; below "
+        "~6 s the broker refuses it (group.min.session.timeout.ms).",
+    )
 
-    # Contracts (fields exist from day one; later issues fill in behaviour)
-    interactive_step_timeout_s: float = 20.0
-    batch_step_timeout_s: float = 60.0
-    request_deadline_s: float = 120.0
+    # Contracts: time budgets and retries (processors/policy.py turns them into decisions)
+    interactive_step_timeout_s: float = Field(
+        default=20.0, description="Run-time limit of one step in the interactive lane."
+    )
+    batch_step_timeout_s: float = Field(
+        default=60.0, description="Run-time limit of one step in the batch lane."
+    )
+    step_budget_factor: float = Field(
+        default=3.0,
+        description="No result within this many run-time limits: the coordinator re-issues the "
+        "step (next attempt) or fails it.",
+    )
+    request_deadline_s: float = Field(
+        default=120.0, description="Default deadline of a request; past it, it is answered."
+    )
+    model_max_attempts: int = Field(default=3, ge=1)
+    retry_base_ms: int = Field(
+        default=250, description="Backoff ceiling of the first retry; it doubles per attempt."
+    )
+    retry_cap_ms: int = Field(default=8000, description="Largest backoff ceiling.")
+    sweep_interval_s: float = Field(
+        default=0.25, description="How often the coordinator looks for due retries and budgets."
+    )
+    drain_timeout_s: float = Field(
+        default=15.0, description="SIGTERM: how long a worker waits for in-flight steps."
+    )
+    fault_injection: bool = Field(
+        default=False,
+        description="Registers the fault-injecting tools and agents (processors/tools/faults.py) "
+        "and the inference app's /faults endpoint. Test and benchmark stacks only.",
+    )
 
     @property
     def bootstrap_servers(self) -> str:

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from inference.faults import FaultPlan, FaultRule
 from inference.protocol import (
     EmbeddingResult,
     EmbedRequest,
@@ -42,7 +43,8 @@ def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) 
     return JSONResponse(status_code=status, content=body.model_dump(mode="json"), headers=headers)
 
 
-def create_api(gateway: ModelGateway) -> FastAPI:
+def create_api(gateway: ModelGateway, faults: FaultPlan | None = None) -> FastAPI:
+    """``faults``: the test stack's fault plan, exposed as POST /faults; None in production."""
     api = FastAPI(title="clawstream inference", docs_url=None, redoc_url=None)
 
     @api.exception_handler(RequestValidationError)
@@ -81,6 +83,8 @@ def create_api(gateway: ModelGateway) -> FastAPI:
 
     @api.post("/generate", response_model=GenerationResult)
     async def generate(body: GenerateRequest) -> GenerationResult:
+        if faults is not None:
+            faults.check(body)
         return await gateway.generate(body, received_at=time.time())
 
     @api.post("/embed", response_model=EmbeddingResult)
@@ -90,5 +94,12 @@ def create_api(gateway: ModelGateway) -> FastAPI:
     @api.get("/health", response_model=HealthReport)
     async def health() -> HealthReport:
         return await gateway.health()
+
+    if faults is not None:
+        plan = faults
+
+        @api.post("/faults", status_code=204)
+        async def add_fault(rule: FaultRule) -> None:
+            plan.add(rule)
 
     return api

@@ -24,6 +24,7 @@ from inference.backends import make_backend
 from inference.config import InferenceConfig
 from inference.embeddings import Embedder
 from inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from inference.faults import FaultPlan
 from inference.protocol import (
     ComponentHealth,
     EmbeddingResult,
@@ -172,9 +173,10 @@ class InferenceIngress:
         self, generator: DeploymentHandle, embedder: DeploymentHandle, config: InferenceConfig
     ) -> None:
         self._gateway = HandleGateway(generator, embedder, config)
+        self._faults = FaultPlan() if config.fault_injection else None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self._gateway)
+        return create_api(self._gateway, self._faults)
 
 
 def _deployment(decorated: object) -> Deployment:

@@ -52,6 +52,9 @@ class InferenceConfig(BaseModel):
     generate_num_cpus: float = 1.0
     embed_num_cpus: float = 0.5
 
+    # Test stacks only: the ingress accepts injected failures (inference/faults.py).
+    fault_injection: bool = False
+
     # How long /health waits for each model deployment to answer its readiness probe.
     health_probe_timeout_s: float = 5.0
 
@@ -72,4 +75,5 @@ class InferenceConfig(BaseModel):
             max_queued_requests=settings.inference_max_queued_requests,
             retry_after_s=settings.inference_retry_after_s,
             n_threads=settings.inference_llama_threads,
+            fault_injection=settings.fault_injection,
         )

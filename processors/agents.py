@@ -1,8 +1,37 @@
-"""Agent definitions: what an agent does per request, and under which version."""
+"""Agent definitions: the plan of steps an agent runs per request, and under which version.
+
+A plan is declared, not coded in the coordinator, so that the coordinator can reason about
+it (which steps mutate, which are expensive, how long each may take) and every agent gets
+retries, budgets, ledger and compensation for free.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from clawstream.settings import get_settings
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolStep:
+    tool: str
+    arguments: Callable[[Record], Record]
+    """The tool's arguments, from the request."""
+    expensive: bool = False
+
+
+@dataclass(frozen=True)
+class ModelStep:
+    """A model call over the conversation's context and the notes of earlier tool steps."""
+
+    expensive: bool = False
+
+
+Step = ToolStep | ModelStep
 
 
 @dataclass(frozen=True)
@@ -10,11 +39,17 @@ class AgentSpec:
     name: str
     version: str
     system_prompt: str
-    uses_retrieval: bool
+    plan: tuple[Step, ...]
     max_tokens: int = 64
     temperature: float = 0.0
     prompt_version: str = "p1"
     context_exchanges: int = 6
+    step_timeout_s: float | None = None
+    """Run-time limit of this agent's steps; None = the lane's (a tool's own limit wins)."""
+
+
+def retrieval_query(request: Record) -> Record:
+    return {"query": request["text"], "k": 2}
 
 
 AGENTS: dict[str, AgentSpec] = {
@@ -22,22 +57,28 @@ AGENTS: dict[str, AgentSpec] = {
     for spec in (
         AgentSpec(
             name="researcher",
-            version="1.0.0",
+            version="1.1.0",
             system_prompt=(
                 "You are a helpful assistant for the clawstream platform. Answer in one or two "
                 "short sentences, using the notes when they help."
             ),
-            uses_retrieval=True,
+            plan=(ToolStep("retrieve", retrieval_query), ModelStep()),
         ),
         AgentSpec(
             name="chat",
-            version="1.0.0",
+            version="1.1.0",
             system_prompt="You are a helpful assistant. Answer in one or two short sentences.",
-            uses_retrieval=False,
+            plan=(ModelStep(),),
         ),
     )
 }
 
 
 def get_agent(name: str) -> AgentSpec | None:
-    return AGENTS.get(name)
+    if name in AGENTS:
+        return AGENTS[name]
+    if get_settings().fault_injection:
+        from processors.tools.faults import FAULT_AGENTS
+
+        return FAULT_AGENTS.get(name)
+    return None

@@ -32,6 +32,9 @@ app = faust.App(
     web_host="127.0.0.1",
     web_port=settings.worker_web_port,
     producer_acks=-1,
+    broker_session_timeout=settings.worker_session_timeout_s,
+    broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
+    Worker="processors.draining:DrainingWorker",
 )
 
 
@@ -65,5 +68,7 @@ async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Re
     """200 once the worker has partitions and its tables are recovered."""
     recovery = app.tables.recovery  # type: ignore[attr-defined]
     recovered = recovery.completed.is_set() and not app.in_recovery
-    body = {"worker": WORKER_NAME, "recovered": recovered, "rebalancing": app.rebalancing}
+    assigned = app.consumer.assignment() if recovered else set()
+    body = {"worker": WORKER_NAME, "recovered": recovered, "rebalancing": app.rebalancing,
+            "partitions": sorted(tp.partition for tp in assigned if tp.topic == RESULTS.name)}
     return web.json(body, status=200 if recovered and not app.rebalancing else 503)

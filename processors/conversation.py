@@ -1,71 +1,60 @@
-"""The coordinator's decisions as pure functions: (state, event) -> (state, outputs).
+"""The coordinator's decisions as pure functions: (state, event, now) -> (state, outputs).
 
 Kept free of Kafka and Faust so every rule can be unit-tested, and so that reprocessing a
 redelivered event after a crash is provably harmless: a request already seen only re-issues
-its pending step (workers tolerate repeats), a result for a step that is not pending is
-ignored, so one request yields one answer.
+its pending step (workers tolerate repeats, mutating tools through the ledger), a result
+for a step or attempt that is not pending is ignored, so one request yields one answer.
+
+Time is an input like any event: the coordinator's sweep delivers "wake-ups", and
+:func:`on_wakeup` re-issues steps whose retry is due, gives up attempts that outlived their
+budget (3x the run-time limit) and answers requests past their deadline.
+
+A request runs its agent's plan step by step. A mutating tool step is recorded as a draft
+(the full command, in state and as an event) before it is issued; retries re-issue the
+draft. When a request fails after completed mutating steps, their compensations run in
+reverse order before the answer goes out (a saga).
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
-from processors.agents import AgentSpec, get_agent
-from processors.keys import step_key
-from schemas.names import AGENT_ANSWER, AGENT_EVENT, STEP_COMMAND
-from streams.topics import ANSWERS, EVENTS, INFERENCE_REQUESTS, TOOL_REQUESTS
+from processors.agents import AgentSpec, ModelStep, ToolStep, get_agent
+from processors.keys import canonical_json
+from processors.policy import Policy, retry_delay_ms
+from processors.records import (
+    Output,
+    Record,
+    answer,
+    command_output,
+    dead_letter,
+    empty_usage,
+    event,
+    step_command,
+    step_name,
+)
+from processors.tools.catalog import get_tool_spec
 
-Record = dict[str, Any]
-
-
-@dataclass
-class Output:
-    topic: str
-    key: str
-    schema: str
-    record: Record
+__all__ = ["Decision", "Output", "build_messages", "next_due_ms", "on_request", "on_result",
+           "on_wakeup"]
 
 
 @dataclass
 class Decision:
-    conversation: Record
-    dedup: Record | None
+    conversation: Record | None
     outputs: list[Output] = field(default_factory=list)
+    dedup: Record | None = None
+    """The request's new dedup entry (on_request only); answers mark it answered."""
 
 
 def empty_conversation() -> Record:
     return {"exchanges": [], "active": None, "waiting": []}
 
 
-def _event(kind: str, at_ms: int, req: Record, **extra: Any) -> Output:
-    detail = {k: str(v) for k, v in extra.pop("detail", {}).items()}
-    record = {
-        "event_id": uuid.uuid4().hex,
-        "event_type": kind,
-        "at_ms": at_ms,
-        "request_id": req.get("request_id"),
-        "conversation_id": req.get("conversation_id"),
-        "trace_id": req.get("trace_id"),
-        "step_id": extra.get("step_id"),
-        "agent": req.get("agent"),
-        "agent_version": extra.get("agent_version"),
-        "worker": extra.get("worker"),
-        "detail": detail,
-    }
-    return Output(EVENTS.name, req["conversation_id"], AGENT_EVENT, record)
-
-
-def _usage() -> Record:
-    return {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
-            "saved_tokens": 0, "saved_cost_usd": 0.0}
-
-
 def build_messages(agent: AgentSpec, conv: Record, req: Record, notes: str | None
                    ) -> list[Record]:
-    """System prompt, the last N exchanges, then the new question (with retrieved notes)."""
+    """System prompt, the last N exchanges, then the new question (with the tools' notes)."""
     messages = [{"role": "system", "content": agent.system_prompt}]
     for ex in conv["exchanges"][-agent.context_exchanges:]:
         messages.append({"role": "user", "content": ex["user"]})
@@ -77,135 +66,118 @@ def build_messages(agent: AgentSpec, conv: Record, req: Record, notes: str | Non
     return messages
 
 
-def _command(req: Record, agent: AgentSpec, index: int, step_type: str, now_ms: int,
-             timeout_ms: int, model_call: Record | None, tool_call: Record | None) -> Record:
-    call = model_call if step_type == "model" else tool_call
-    return {
-        "step_id": step_key(step_type, req["conversation_id"],
-                            {"request_id": req["request_id"], "index": index, "call": call}),
-        "step_index": index,
-        "step_type": step_type,
-        "attempt": 1,
-        "request_id": req["request_id"],
-        "conversation_id": req["conversation_id"],
-        "tenant_id": req["tenant_id"],
-        "trace_id": req["trace_id"],
-        "lane": req["lane"],
-        "issued_at_ms": now_ms,
-        "timeout_ms": timeout_ms,
-        "deadline_ms": req["deadline_ms"],
-        "model_call": model_call,
-        "tool_call": tool_call,
+# ---------------------------------------------------------------------------- issuing steps
+
+def _plan_command(conv: Record, active: Record, agent: AgentSpec, now_ms: int,
+                  policy: Policy) -> Record:
+    req, index = active["request"], active["step_index"]
+    step = agent.plan[index]
+    if isinstance(step, ToolStep):
+        spec = get_tool_spec(step.tool)
+        tool = {"name": step.tool, "version": spec.version if spec else "?",
+                "arguments_json": canonical_json(step.arguments(req)),
+                "mutating": bool(spec and spec.mutating)}
+        limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
+        return step_command(req, active["run"], index, "tool", now_ms, limit, None, tool)
+    assert isinstance(step, ModelStep)
+    call = {
+        "model": "default",
+        "prompt_version": agent.prompt_version,
+        "messages": build_messages(agent, conv, req, active["notes"]),
+        "max_tokens": agent.max_tokens,
+        "temperature": agent.temperature,
     }
+    limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, None)
+    return step_command(req, active["run"], index, "model", now_ms, limit, call, None)
 
 
 def _issue(active: Record, cmd: Record, agent: AgentSpec, now_ms: int) -> list[Output]:
     active["pending"] = cmd
-    topic = INFERENCE_REQUESTS if cmd["step_type"] == "model" else TOOL_REQUESTS
-    name = cmd["tool_call"]["name"] if cmd["tool_call"] else cmd["model_call"]["model"]
-    return [
-        _event("step_issued", now_ms, active["request"], step_id=cmd["step_id"],
-               agent_version=agent.version,
-               detail={"step_type": cmd["step_type"], "name": name,
-                       "attempt": cmd["attempt"]}),
-        Output(topic.name, cmd["conversation_id"], STEP_COMMAND, cmd),
-    ]
-
-
-def _model_step(conv: Record, active: Record, agent: AgentSpec, now_ms: int,
-                timeout_ms: int) -> Record:
+    active["retry_at_ms"] = None
+    if cmd["attempt"] == 1:
+        active["attempts"] = []
     req = active["request"]
-    call = {
-        "model": "default",
-        "prompt_version": agent.prompt_version,
-        "messages": build_messages(agent, conv, req, active.get("notes")),
-        "max_tokens": agent.max_tokens,
-        "temperature": agent.temperature,
-    }
-    return _command(req, agent, active["step_index"], "model", now_ms, timeout_ms, call, None)
+    outputs = []
+    if cmd["tool_call"] and cmd["tool_call"]["mutating"] and cmd["attempt"] == 1:
+        outputs.append(event("draft_recorded", now_ms, req, step_id=cmd["step_id"],
+                             agent_version=agent.version,
+                             detail={"tool": step_name(cmd),
+                                     "arguments": cmd["tool_call"]["arguments_json"]}))
+    outputs.append(event("step_issued", now_ms, req, step_id=cmd["step_id"],
+                         agent_version=agent.version,
+                         detail={"step_type": cmd["step_type"], "name": step_name(cmd),
+                                 "attempt": cmd["attempt"], "timeout_ms": cmd["timeout_ms"]}))
+    outputs.append(command_output(cmd))
+    return outputs
 
 
-def _first_step(conv: Record, active: Record, agent: AgentSpec, now_ms: int,
-                timeout_ms: int) -> Record:
-    req = active["request"]
-    if agent.uses_retrieval:
-        args = json.dumps({"query": req["text"], "k": 2}, sort_keys=True)
-        tool = {"name": "retrieve", "version": "1", "arguments_json": args, "mutating": False}
-        return _command(req, agent, 0, "tool", now_ms, timeout_ms, None, tool)
-    return _model_step(conv, active, agent, now_ms, timeout_ms)
-
-
-def _start(conv: Record, req: Record, agent: AgentSpec, now_ms: int,
-           timeout_ms: int) -> list[Output]:
-    active = {"request": req, "step_index": 0, "pending": None, "notes": None,
-              "timeline": [], "usage": _usage()}
+def _start(conv: Record, req: Record, run: int, now_ms: int, policy: Policy) -> list[Output]:
+    agent = get_agent(req["agent"])
+    if agent is None:
+        return _reject_unknown_agent(req, now_ms)
+    active = {"request": req, "run": run, "step_index": 0, "pending": None,
+              "retry_at_ms": None, "attempts": [], "notes": None, "last_output": "",
+              "timeline": [], "usage": empty_usage(), "effects": [], "failure": None}
     conv["active"] = active
-    return _issue(active, _first_step(conv, active, agent, now_ms, timeout_ms), agent, now_ms)
-
-
-def _answer(conv: Record, status: str, text: str, reason: str | None, now_ms: int,
-            agent_version: str) -> Output:
-    active = conv["active"]
-    req = active["request"]
-    record = {
-        "request_id": req["request_id"],
-        "idempotency_key": req["idempotency_key"],
-        "conversation_id": req["conversation_id"],
-        "tenant_id": req["tenant_id"],
-        "trace_id": req["trace_id"],
-        "agent": req["agent"],
-        "agent_version": agent_version,
-        "status": status,
-        "text": text,
-        "reason": reason,
-        "created_at_ms": req["created_at_ms"],
-        "answered_at_ms": now_ms,
-        "usage": active["usage"],
-        "timeline": active["timeline"],
-    }
-    return Output(ANSWERS.name, req["conversation_id"], AGENT_ANSWER, record)
+    if now_ms >= req["deadline_ms"]:
+        return _finish(conv, agent, "failed", "", "deadline passed before the request started",
+                       now_ms, policy, []).outputs
+    return _issue(active, _plan_command(conv, active, agent, now_ms, policy), agent, now_ms)
 
 
 def _reject_unknown_agent(req: Record, now_ms: int) -> list[Output]:
-    conv = {"active": {"request": req, "usage": _usage(), "timeline": []}}
     reason = f"unknown agent {req['agent']!r}"
-    return [_answer(conv, "rejected", "", reason, now_ms, "none"),
-            _event("request_rejected", now_ms, req, detail={"reason": reason})]
+    holder = {"request": req, "usage": empty_usage(), "timeline": []}
+    return [answer(holder, "rejected", "", reason, now_ms, "none"),
+            event("request_rejected", now_ms, req, detail={"reason": reason})]
 
+
+# ---------------------------------------------------------------------------- requests
 
 def on_request(conv: Record | None, dedup: Record | None, req: Record, now_ms: int,
-               timeout_ms: int) -> Decision:
+               policy: Policy) -> Decision:
     conv = conv or empty_conversation()
     active = conv["active"]
+    redrive_of = req["options"].get("redrive_of")
+    run = 0
     if dedup is not None:
-        outputs = [_event("request_duplicate", now_ms, req,
-                          detail={"first_request_id": dedup["request_id"]})]
-        # A redelivery after a crash: re-issue the pending step, in case it never left.
-        if active and active["request"]["request_id"] == dedup["request_id"]:
-            outputs.append(Output(
-                INFERENCE_REQUESTS.name if active["pending"]["step_type"] == "model"
-                else TOOL_REQUESTS.name,
-                req["conversation_id"], STEP_COMMAND, active["pending"]))
-        return Decision(conv, dedup, outputs)
-    agent = get_agent(req["agent"])
-    new_dedup = {"request_id": req["request_id"], "status": "in_progress"}
-    if agent is None:
-        return Decision(conv, {**new_dedup, "status": "answered"},
-                        _reject_unknown_agent(req, now_ms))
-    outputs = [_event("request_received", now_ms, req, agent_version=agent.version)]
-    if active is None:
-        outputs += _start(conv, req, agent, now_ms, timeout_ms)
+        redriven = list(dedup.get("redriven", []))
+        if not (redrive_of and dedup.get("answer_status") == "failed"
+                and redrive_of not in redriven):
+            return _duplicate(conv, dedup, req, now_ms)
+        run = len(redriven) + 1
+        dedup = {**dedup, "status": "in_progress", "redriven": [*redriven, redrive_of]}
+        outputs = [event("request_redriven", now_ms, req,
+                         detail={"dlq_id": redrive_of, "run": run})]
     else:
-        conv["waiting"].append(req)
-    return Decision(conv, new_dedup, outputs)
+        dedup = {"request_id": req["request_id"], "status": "in_progress", "redriven": []}
+        outputs = [event("request_received", now_ms, req)]
+    if active is None:
+        outputs += _start(conv, req, run, now_ms, policy)
+    else:
+        conv["waiting"].append({**req, "options": {**req["options"], "run": str(run)}})
+    return Decision(conv, outputs, dedup)
 
+
+def _duplicate(conv: Record, dedup: Record, req: Record, now_ms: int) -> Decision:
+    outputs = [event("request_duplicate", now_ms, req,
+                     detail={"first_request_id": dedup["request_id"]})]
+    active = conv["active"]
+    # A redelivery after a crash: re-issue the pending step, in case it never left. Not while
+    # a retry waits for its time: the sweep issues that one.
+    if (active and active["request"]["request_id"] == dedup["request_id"]
+            and active["pending"] and active["retry_at_ms"] is None):
+        outputs.append(command_output(active["pending"]))
+    return Decision(conv, outputs, dedup)
+
+
+# ---------------------------------------------------------------------------- results
 
 def _timeline_entry(cmd: Record, res: Record, now_ms: int) -> Record:
-    name = cmd["tool_call"]["name"] if cmd["tool_call"] else (res.get("model") or "model")
     return {
         "step_id": res["step_id"],
         "step_type": res["step_type"],
-        "name": name,
+        "name": step_name(cmd) if cmd["tool_call"] else (res.get("model") or "model"),
         "status": res["status"],
         "worker": res["worker"],
         "attempt": res["attempt"],
@@ -217,37 +189,59 @@ def _timeline_entry(cmd: Record, res: Record, now_ms: int) -> Record:
     }
 
 
-def on_result(conv: Record | None, res: Record, now_ms: int, timeout_ms: int
-              ) -> tuple[Record | None, list[Output], Record | None]:
-    """Returns (conversation, outputs, the request this result answered, or None)."""
-    active = conv["active"] if conv else None
+def _is_pending(active: Record | None, res: Record) -> bool:
     pending = active["pending"] if active else None
-    if conv is None or active is None or pending is None or (
-            pending["step_id"], pending["attempt"]) != (res["step_id"], res["attempt"]):
+    return bool(active and pending and active["retry_at_ms"] is None
+                and (pending["step_id"], pending["attempt"]) == (res["step_id"], res["attempt"]))
+
+
+def on_result(conv: Record | None, res: Record, now_ms: int, policy: Policy) -> Decision:
+    active = conv["active"] if conv else None
+    if conv is None or active is None or not _is_pending(active, res):
         req = active["request"] if active else res
-        return conv, [_event("step_ignored", now_ms, {**req, "request_id": res["request_id"]},
-                             step_id=res["step_id"], worker=res["worker"],
-                             detail={"reason": "not the pending step"})], None
+        return Decision(conv, [event("step_ignored", now_ms,
+                                     {**req, "request_id": res["request_id"]},
+                                     step_id=res["step_id"], worker=res["worker"],
+                                     detail={"reason": "not the pending step or attempt",
+                                             "attempt": res["attempt"]})])
     agent = get_agent(active["request"]["agent"])
     assert agent is not None  # checked when the request started
+    pending = active["pending"]
     active["timeline"].append(_timeline_entry(pending, res, now_ms))
-    for k in ("prompt_tokens", "completion_tokens", "saved_tokens"):
+    for k in ("prompt_tokens", "completion_tokens", "saved_tokens", "cost_usd",
+              "saved_cost_usd"):
         active["usage"][k] += res["usage"][k]
-    for k in ("cost_usd", "saved_cost_usd"):
-        active["usage"][k] += res["usage"][k]
-    outputs = [_event("step_completed", now_ms, active["request"], step_id=res["step_id"],
-                      worker=res["worker"], agent_version=agent.version,
-                      detail={"status": res["status"], "attempt": res["attempt"]})]
+    outputs = [event("step_completed", now_ms, active["request"], step_id=res["step_id"],
+                     worker=res["worker"], agent_version=agent.version,
+                     detail={"status": res["status"], "attempt": res["attempt"]})]
     if res["status"] == "error":
-        err = res["error"] or {}
-        reason = f"step {pending['step_type']} failed: {err.get('message', 'unknown error')}"
-        return _finish(conv, agent, "failed", "", reason, now_ms, timeout_ms, outputs)
-    if res["step_type"] == "tool":
-        active["notes"] = _notes(res["output"])
-        active["step_index"] += 1
-        cmd = _model_step(conv, active, agent, now_ms, timeout_ms)
-        return conv, outputs + _issue(active, cmd, agent, now_ms), None
-    return _finish(conv, agent, "ok", res["output"].strip(), None, now_ms, timeout_ms, outputs)
+        return _step_failed(conv, agent, res["error"] or {}, now_ms, policy, outputs)
+    if active["failure"] is not None:
+        outputs.append(event("compensation_completed", now_ms, active["request"],
+                             step_id=res["step_id"], agent_version=agent.version,
+                             detail={"tool": step_name(pending), "for_step":
+                                     json.loads(pending["tool_call"]["arguments_json"])
+                                     ["step_id"]}))
+        return _compensate_next(conv, agent, now_ms, policy, outputs)
+    _record_output(active, pending, res["output"])
+    active["step_index"] += 1
+    if active["step_index"] < len(agent.plan):
+        cmd = _plan_command(conv, active, agent, now_ms, policy)
+        return Decision(conv, outputs + _issue(active, cmd, agent, now_ms))
+    return _finish(conv, agent, "ok", active["last_output"], None, now_ms, policy, outputs)
+
+
+def _record_output(active: Record, cmd: Record, output: str) -> None:
+    if cmd["step_type"] == "model":
+        active["last_output"] = output.strip()
+        return
+    active["notes"] = _notes(output)
+    active["last_output"] = output
+    spec = get_tool_spec(step_name(cmd))
+    if cmd["tool_call"]["mutating"] and spec is not None and spec.compensation:
+        active["effects"].append({"step_id": cmd["step_id"], "compensation": spec.compensation,
+                                  "arguments_json": cmd["tool_call"]["arguments_json"],
+                                  "output": output})
 
 
 def _notes(tool_output: str) -> str:
@@ -258,20 +252,153 @@ def _notes(tool_output: str) -> str:
         return tool_output
 
 
+# ---------------------------------------------------------------------------- failures
+
+def _step_failed(conv: Record, agent: AgentSpec, error: Record, now_ms: int, policy: Policy,
+                 outputs: list[Output]) -> Decision:
+    """Retry with backoff when the error allows it and attempts remain; else dead-letter the
+    step and fail the request (compensating first), or go on compensating."""
+    active = conv["active"]
+    pending = active["pending"]
+    req = active["request"]
+    message = f"{error.get('error_class', 'Error')}: {error.get('message', 'unknown error')}"
+    active["attempts"].append({"attempt": pending["attempt"], "at_ms": now_ms,
+                               "error": message})
+    spec = get_tool_spec(step_name(pending)) if pending["tool_call"] else None
+    if error.get("retryable") and pending["attempt"] < policy.max_attempts(spec):
+        delay, ceiling = retry_delay_ms(policy, pending["step_id"], pending["attempt"],
+                                        error.get("retry_after_ms"))
+        active["retry_at_ms"] = now_ms + delay
+        outputs.append(event("retry_scheduled", now_ms, req, step_id=pending["step_id"],
+                             agent_version=agent.version,
+                             detail={"failed_attempt": pending["attempt"], "delay_ms": delay,
+                                     "ceiling_ms": ceiling,
+                                     "retry_after_ms": error.get("retry_after_ms") or 0,
+                                     "error": message}))
+        return Decision(conv, outputs)
+    full_error = {"error_class": error.get("error_class", "Error"),
+                  "message": error.get("message", "unknown error")}
+    letter = dead_letter(active, pending, full_error, now_ms)
+    outputs.append(letter)
+    outputs.append(event("dead_lettered", now_ms, req, step_id=pending["step_id"],
+                         agent_version=agent.version,
+                         detail={"dlq_id": letter.record["dlq_id"], "error": message}))
+    active["pending"] = None
+    if active["failure"] is not None:  # a compensation gave up: go on with the others
+        return _compensate_next(conv, agent, now_ms, policy, outputs)
+    reason = (f"the {step_name(pending)} step failed after {pending['attempt']} attempt(s) "
+              f"({message}); dead letter {letter.record['dlq_id']}")
+    return _fail(conv, agent, reason, now_ms, policy, outputs)
+
+
+def _fail(conv: Record, agent: AgentSpec, reason: str, now_ms: int, policy: Policy,
+          outputs: list[Output]) -> Decision:
+    active = conv["active"]
+    active["pending"] = None
+    active["retry_at_ms"] = None
+    if not active["effects"]:
+        return _finish(conv, agent, "failed", "", reason, now_ms, policy, outputs)
+    active["failure"] = {"status": "failed", "reason": reason}
+    outputs.append(event("saga_compensating", now_ms, active["request"],
+                         agent_version=agent.version,
+                         detail={"steps": len(active["effects"]), "reason": reason}))
+    return _compensate_next(conv, agent, now_ms, policy, outputs)
+
+
+def _compensate_next(conv: Record, agent: AgentSpec, now_ms: int, policy: Policy,
+                     outputs: list[Output]) -> Decision:
+    """Undo completed mutating steps, last first; then answer with the failure."""
+    active = conv["active"]
+    if not active["effects"]:
+        failure = active["failure"]
+        return _finish(conv, agent, failure["status"], "", failure["reason"], now_ms, policy,
+                       outputs)
+    effect = active["effects"].pop()
+    req = active["request"]
+    spec = get_tool_spec(effect["compensation"])
+    arguments = {"step_id": effect["step_id"],
+                 "arguments": json.loads(effect["arguments_json"]), "output": effect["output"]}
+    tool = {"name": effect["compensation"], "version": spec.version if spec else "?",
+            "arguments_json": canonical_json(arguments), "mutating": True}
+    limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
+    cmd = step_command(req, active["run"], active["step_index"], "tool", now_ms, limit, None,
+                       tool, key_input={"compensate": effect["step_id"]})
+    return Decision(conv, outputs + _issue(active, cmd, agent, now_ms))
+
+
 def _finish(conv: Record, agent: AgentSpec, status: str, text: str, reason: str | None,
-            now_ms: int, timeout_ms: int, outputs: list[Output]
-            ) -> tuple[Record, list[Output], Record | None]:
-    req = conv["active"]["request"]
-    outputs.append(_answer(conv, status, text, reason, now_ms, agent.version))
-    outputs.append(_event("answer_emitted", now_ms, req, agent_version=agent.version,
-                          detail={"status": status}))
+            now_ms: int, policy: Policy, outputs: list[Output]) -> Decision:
+    active = conv["active"]
+    req = active["request"]
+    outputs.append(answer(active, status, text, reason, now_ms, agent.version))
+    outputs.append(event("answer_emitted", now_ms, req, agent_version=agent.version,
+                         detail={"status": status, "reason": reason or ""}))
     if status == "ok":
         conv["exchanges"].append({"request_id": req["request_id"], "user": req["text"],
                                   "assistant": text})
     conv["active"] = None
-    if conv["waiting"]:
+    while conv["waiting"] and conv["active"] is None:
         nxt = conv["waiting"].pop(0)
-        nxt_agent = get_agent(nxt["agent"])
-        if nxt_agent is not None:
-            outputs += _start(conv, nxt, nxt_agent, now_ms, timeout_ms)
-    return conv, outputs, req
+        run = int(nxt["options"].pop("run", "0"))
+        outputs += _start(conv, nxt, run, now_ms, policy)
+    return Decision(conv, outputs)
+
+
+# ---------------------------------------------------------------------------- time
+
+def next_due_ms(conv: Record | None, policy: Policy) -> int | None:
+    """When this conversation next needs a wake-up, or None if it is idle."""
+    if conv is None:
+        return None
+    due = [w["deadline_ms"] for w in conv["waiting"]]
+    active = conv["active"]
+    if active is not None:
+        if active["failure"] is None:
+            due.append(active["request"]["deadline_ms"])
+        pending = active["pending"]
+        if active["retry_at_ms"] is not None:
+            due.append(active["retry_at_ms"])
+        elif pending is not None:
+            due.append(pending["issued_at_ms"] + policy.budget_ms(pending["timeout_ms"]))
+    return min(due) if due else None
+
+
+def on_wakeup(conv: Record | None, now_ms: int, policy: Policy) -> Decision:
+    """Expired waiting requests are answered; then the active request's deadline, due retry
+    or outlived attempt is handled. A wake-up with nothing due changes nothing."""
+    if conv is None:
+        return Decision(None)
+    outputs: list[Output] = []
+    for req in [w for w in conv["waiting"] if now_ms >= w["deadline_ms"]]:
+        conv["waiting"].remove(req)
+        holder = {"request": req, "usage": empty_usage(), "timeline": []}
+        outputs.append(answer(holder, "failed", "", "deadline passed while queued behind an "
+                              "earlier request of the conversation", now_ms, "none"))
+    active = conv["active"]
+    if active is None:
+        return Decision(conv, outputs)
+    agent = get_agent(active["request"]["agent"])
+    assert agent is not None
+    req, pending = active["request"], active["pending"]
+    if active["failure"] is None and now_ms >= req["deadline_ms"]:
+        outputs.append(event("deadline_exceeded", now_ms, req, agent_version=agent.version,
+                             step_id=pending["step_id"] if pending else None))
+        return _fail(conv, agent, "deadline exceeded: the request was not answered in time",
+                     now_ms, policy, outputs)
+    if pending is None:
+        return Decision(conv, outputs)
+    if active["retry_at_ms"] is not None:
+        if now_ms < active["retry_at_ms"]:
+            return Decision(conv, outputs)
+        retry = {**pending, "attempt": pending["attempt"] + 1, "issued_at_ms": now_ms}
+        return Decision(conv, outputs + _issue(active, retry, agent, now_ms))
+    budget = policy.budget_ms(pending["timeout_ms"])
+    if now_ms < pending["issued_at_ms"] + budget:
+        return Decision(conv, outputs)
+    outputs.append(event("step_timed_out", now_ms, req, step_id=pending["step_id"],
+                         agent_version=agent.version,
+                         detail={"attempt": pending["attempt"], "budget_ms": budget}))
+    error = {"error_class": "StepTimeout", "retryable": True,
+             "message": f"no result within {budget} ms ({policy.budget_factor:g}x the "
+                        "step's run-time limit)"}
+    return _step_failed(conv, agent, error, now_ms, policy, outputs)

@@ -30,6 +30,11 @@ def dedup_key(tenant_id: str, conversation_id: str, idempotency_key: str) -> str
     return f"{tenant_id}|{conversation_id}|{idempotency_key}"
 
 
+def ledger_key(step_id: str) -> str:
+    """The side-effect ledger's entry for one step (all its attempts share it)."""
+    return f"ledger:{step_id}"
+
+
 def content_hash(value: Any) -> str:
     """Full SHA-256 of the canonical JSON: cache keys must not collide, unlike step ids."""
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()

@@ -1,18 +1,26 @@
-"""The inference dispatcher and the tool executor: they turn step commands into results."""
+"""The inference dispatcher and the tool executor: they turn step commands into results.
+
+Workers never retry or sleep on a failure: they report it (with the backend's Retry-After)
+and the coordinator schedules the next attempt, so a failing step holds no partition.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from clawstream.settings import get_settings
-from inference.client import InferenceClient, InferenceError
+from inference.client import InferenceClient, InferenceError, InferenceOverloaded
 from processors.app import WORKER_NAME, app, inference_topic, tool_topic
-from processors.conversation import Output
 from processors.emit import dead_letter, now_ms, send
+from processors.ledger import EffectLedger
+from processors.records import Output
+from processors.tools.base import Tool, ToolContext, ToolError
 from processors.tools.retrieval import Retriever
 from schemas import DecodeError, decode_as
 from schemas.names import STEP_COMMAND, STEP_RESULT
@@ -20,9 +28,42 @@ from streams.topics import RESULTS
 
 log = logging.getLogger(__name__)
 settings = get_settings()
-inference = InferenceClient(settings.serve_url, timeout=settings.interactive_step_timeout_s)
+inference = InferenceClient(settings.serve_url, timeout=settings.batch_step_timeout_s)
 cache = aioredis.Redis.from_url(settings.redis_url)
-TOOLS = {tool.name: tool for tool in (Retriever(inference, cache),)}
+ledger = EffectLedger(cache)
+
+
+def _tools() -> dict[str, Tool]:
+    tools: list[Tool] = [Retriever(inference, cache)]
+    if settings.fault_injection:
+        from processors.tools.faults import fault_tools
+
+        tools += fault_tools(cache)
+    return {tool.spec.name: tool for tool in tools}
+
+
+TOOLS = _tools()
+
+
+class InFlight:
+    """Steps being run by this worker, so SIGTERM can wait for them (see processors.main)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
+in_flight = InFlight()
 
 
 def _result(cmd: dict[str, Any], started: int, **fields: Any) -> Output:
@@ -51,23 +92,49 @@ def _result(cmd: dict[str, Any], started: int, **fields: Any) -> Output:
     return Output(RESULTS.name, cmd["conversation_id"], STEP_RESULT, record)
 
 
-def _error(exc: Exception, retryable: bool) -> dict[str, Any]:
-    return {"error_class": type(exc).__name__, "message": str(exc)[:500],
-            "retryable": retryable}
+def _error(exc: BaseException, retryable: bool, retry_after_s: float | None = None
+           ) -> dict[str, Any]:
+    return {"error_class": type(exc).__name__, "message": str(exc)[:500] or repr(exc),
+            "retryable": retryable,
+            "retry_after_ms": None if retry_after_s is None else int(retry_after_s * 1000)}
 
 
 async def run_model_step(cmd: dict[str, Any]) -> Output:
     started = now_ms()
     call = cmd["model_call"]
     try:
-        gen = await inference.generate(call["messages"], max_tokens=call["max_tokens"],
-                                       temperature=call["temperature"])
+        gen = await asyncio.wait_for(
+            inference.generate(call["messages"], max_tokens=call["max_tokens"],
+                               temperature=call["temperature"]),
+            timeout=cmd["timeout_ms"] / 1000)
+    except TimeoutError:
+        return _result(cmd, started, status="error", error=_error(
+            TimeoutError(f"model call exceeded its {cmd['timeout_ms']} ms limit"), True))
     except InferenceError as exc:
-        return _result(cmd, started, status="error", error=_error(exc, exc.retryable))
+        retry_after = exc.retry_after if isinstance(exc, InferenceOverloaded) else None
+        return _result(cmd, started, status="error",
+                       error=_error(exc, exc.retryable, retry_after))
     usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
              "cost_usd": 0.0, "saved_tokens": 0, "saved_cost_usd": 0.0}
     return _result(cmd, started, output=gen.text, model=gen.model, backend=gen.backend,
                    usage=usage)
+
+
+async def _call_tool(tool: Tool, cmd: dict[str, Any], ctx: ToolContext) -> str:
+    """Mutating calls go through the ledger. The hard cut comes one limit after the
+    coordinator's budget, so the coordinator gives the attempt up first and the cut only
+    frees this worker's slot from a tool that ignores its limit."""
+    arguments = json.loads(cmd["tool_call"]["arguments_json"])
+    hard_cut_s = ctx.timeout_s * (settings.step_budget_factor + 1)
+    if not tool.spec.mutating:
+        return await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
+    recorded = await ledger.recorded(ctx.step_id)
+    if recorded is not None:
+        log.info("step %s already applied: returning the ledger's result", ctx.step_id)
+        return recorded
+    output = await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
+    await ledger.record(ctx.step_id, output, WORKER_NAME, now_ms())
+    return output
 
 
 async def run_tool_step(cmd: dict[str, Any]) -> Output:
@@ -77,10 +144,17 @@ async def run_tool_step(cmd: dict[str, Any]) -> Output:
     if tool is None:
         return _result(cmd, started, status="error",
                        error=_error(LookupError(f"unknown tool {call['name']!r}"), False))
+    ctx = ToolContext(step_id=cmd["step_id"], attempt=cmd["attempt"],
+                      timeout_s=cmd["timeout_ms"] / 1000)
     try:
-        output = await tool.run(json.loads(call["arguments_json"]))
-    except (ValueError, InferenceError) as exc:
-        retryable = isinstance(exc, InferenceError) and exc.retryable
+        output = await _call_tool(tool, cmd, ctx)
+    except ToolError as exc:
+        return _result(cmd, started, status="error",
+                       error=_error(exc, exc.retryable, exc.retry_after_s))
+    except ValueError as exc:
+        return _result(cmd, started, status="error", error=_error(exc, False))
+    except (InferenceError, RedisError, TimeoutError) as exc:
+        retryable = not isinstance(exc, InferenceError) or exc.retryable
         return _result(cmd, started, status="error", error=_error(exc, retryable))
     return _result(cmd, started, output=output)
 
@@ -93,7 +167,8 @@ async def _serve(stream: Any, run: Any) -> None:
             await dead_letter(event, str(exc), "DecodeError")
             continue
         try:
-            await send(await run(cmd))
+            with in_flight:
+                await send(await run(cmd))
         except Exception as exc:
             # Expected failures become error results inside ``run``; this is the poison case.
             log.exception("dead-lettering step %s", cmd["step_id"])
@@ -108,3 +183,16 @@ async def dispatch_inference(stream):  # type: ignore[no-untyped-def]
 @app.agent(tool_topic, concurrency=2)
 async def execute_tools(stream):  # type: ignore[no-untyped-def]
     await _serve(stream, run_tool_step)
+
+
+async def drain(timeout_s: float) -> bool:
+    """Stop fetching, then wait for the steps in flight; True if they all finished."""
+    consumer = app.consumer
+    consumer.pause_partitions(consumer.assignment())
+    log.info("draining %d in-flight step(s), up to %.0f s", in_flight.count, timeout_s)
+    try:
+        await asyncio.wait_for(in_flight.idle.wait(), timeout_s)
+    except TimeoutError:
+        log.warning("drain timed out with %d step(s) in flight", in_flight.count)
+        return False
+    return True

@@ -9,6 +9,7 @@ AGENT_EVENT: Final = "clawstream.AgentEvent"
 AGENT_ANSWER: Final = "clawstream.AgentAnswer"
 DEAD_LETTER: Final = "clawstream.DeadLetter"
 CONTROL_FLAG: Final = "clawstream.ControlFlag"
+WAKEUP: Final = "clawstream.Wakeup"
 
 EVENT_SCHEMAS: Final = (
     AGENT_REQUEST,
@@ -18,4 +19,5 @@ EVENT_SCHEMAS: Final = (
     AGENT_ANSWER,
     DEAD_LETTER,
     CONTROL_FLAG,
+    WAKEUP,
 )

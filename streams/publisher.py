@@ -8,6 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from clawstream.settings import get_settings
 from schemas import encode
 from schemas.names import AGENT_REQUEST
 from streams.topics import request_topic
@@ -65,9 +66,10 @@ class Publisher:
 def new_request(*, agent: str, conversation_id: str, text: str,
                 idempotency_key: str | None = None, tenant_id: str = "default",
                 user_id: str = "anonymous", lane: str = "interactive",
-                deadline_s: float = 120.0, options: dict[str, str] | None = None
+                deadline_s: float | None = None, options: dict[str, str] | None = None
                 ) -> dict[str, Any]:
-    """A well-formed AgentRequest; the idempotency key defaults to a fresh request id."""
+    """A well-formed AgentRequest; the idempotency key defaults to a fresh request id and
+    the deadline to ``request_deadline_s`` from settings."""
     if not text.strip():
         raise ValueError("request text is empty")
     request_topic(lane)  # validates the lane
@@ -83,7 +85,8 @@ def new_request(*, agent: str, conversation_id: str, text: str,
         "lane": lane,
         "text": text,
         "created_at_ms": created,
-        "deadline_ms": created + int(deadline_s * 1000),
+        "deadline_ms": created + int((deadline_s if deadline_s is not None
+                                      else get_settings().request_deadline_s) * 1000),
         "trace_id": uuid.uuid4().hex,
         "options": options or {},
     }

@@ -11,10 +11,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from inference.client import InferenceClient
+from processors.tools.base import ToolContext, ToolSpec
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 
@@ -43,9 +45,7 @@ def _cosine(a: list[float], b: list[float]) -> float:
 class Retriever:
     """Top-k documents by cosine similarity of MiniLM embeddings."""
 
-    name = "retrieve"
-    version = "1"
-    mutating = False
+    spec = ToolSpec(name="retrieve", version="1")
 
     def __init__(self, inference: InferenceClient, cache: aioredis.Redis) -> None:
         self._inference = inference
@@ -68,7 +68,7 @@ class Retriever:
                 await pipe.execute()
         return [v for v in vectors if v is not None]
 
-    async def run(self, arguments: dict[str, object]) -> str:
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
         query = str(arguments.get("query", "")).strip()
         k = int(str(arguments.get("k", 2)))
         if not query:

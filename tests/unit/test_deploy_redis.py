@@ -18,7 +18,8 @@ def _opt(cmd: list[str], name: str) -> list[str]:
 
 
 def test_command_choices(tmp_path: Path) -> None:
-    settings = Settings(state_dir=tmp_path, redis_port=36999, redis_maxmemory="64mb")
+    settings = Settings(state_dir=tmp_path, redis_port=36999, redis_maxmemory="64mb",
+                        redis_persist=False)
     cmd = redis_local.command(settings, "/usr/bin/redis-server")
     assert cmd[0] == "/usr/bin/redis-server"
     assert _opt(cmd, "--bind")[0] == "127.0.0.1"
@@ -31,8 +32,8 @@ def test_command_choices(tmp_path: Path) -> None:
     assert _opt(cmd, "--dir")[0] == str(tmp_path / "redis")
 
 
-def test_persistence_can_be_turned_on(tmp_path: Path) -> None:
-    cmd = redis_local.command(Settings(state_dir=tmp_path, redis_persist=True))
+def test_persistence_is_on_by_default_for_the_ledger(tmp_path: Path) -> None:
+    cmd = redis_local.command(Settings(state_dir=tmp_path))
     assert _opt(cmd, "--appendonly") == ["yes", "--appendfsync"]
 
 

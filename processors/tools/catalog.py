@@ -1,0 +1,24 @@
+"""Every tool's declaration by name, without its implementation (no clients, no I/O), for
+the coordinator's planning; the executor pairs them with implementations."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from clawstream.settings import get_settings
+from processors.tools.base import ToolSpec
+from processors.tools.retrieval import Retriever
+
+
+@lru_cache(maxsize=1)
+def tool_specs() -> dict[str, ToolSpec]:
+    specs = {Retriever.spec.name: Retriever.spec}
+    if get_settings().fault_injection:
+        from processors.tools.faults import FAULT_SPECS
+
+        specs.update({spec.name: spec for spec in FAULT_SPECS})
+    return specs
+
+
+def get_tool_spec(name: str) -> ToolSpec | None:
+    return tool_specs().get(name)

@@ -1,0 +1,93 @@
+"""What the integration tests do over and over: send a request, await its answer or an
+event, read Redis. Awaiting reads the topics until the awaited record arrives (or a
+timeout fails the test); nothing sleeps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from aiokafka.partitioner import murmur2
+
+from clawstream.settings import Settings
+from streams.publisher import Publisher, new_request, publish_request
+from streams.subscriber import read_topic, wait_for_answer
+from streams.topics import ANSWERS, EVENTS
+
+Record = dict[str, Any]
+
+
+def send(settings: Settings, **fields: Any) -> Record:
+    request = new_request(**fields)
+    publish_request(Publisher(settings.bootstrap_servers), request)
+    return request
+
+
+def answer_to(settings: Settings, request: Record, timeout_s: float = 180) -> Record:
+    answer = wait_for_answer(settings.bootstrap_servers, ANSWERS.name,
+                             idempotency_key=request["idempotency_key"],
+                             conversation_id=request["conversation_id"], timeout_s=timeout_s)
+    assert answer is not None, f"no answer for {request['request_id']}"
+    return answer
+
+
+def ask(settings: Settings, **fields: Any) -> Record:
+    return answer_to(settings, send(settings, **fields))
+
+
+def records_of(settings: Settings, topic: str, conversation_id: str,
+               until: Callable[[list[Record]], bool] | None = None,
+               timeout_s: float = 60) -> list[Record]:
+    """The conversation's records on ``topic``; with ``until``, read on (from the start)
+    until it holds for what was read, else fail after ``timeout_s`` without any."""
+    found: list[Record] = []
+
+    def done(_name: str, record: Record) -> bool:
+        if record.get("conversation_id") == conversation_id:
+            found.append(record)
+            return until is not None and until(found)
+        return False
+
+    for _ in read_topic(settings.bootstrap_servers, topic, until=done,
+                        timeout_s=timeout_s if until else 3):
+        pass
+    if until is not None:
+        assert until(found), f"gave up waiting on {topic} for {conversation_id}: {found}"
+    return found
+
+
+def events_of(settings: Settings, conversation_id: str,
+              until: Callable[[list[Record]], bool] | None = None,
+              timeout_s: float = 60) -> list[Record]:
+    return records_of(settings, EVENTS.name, conversation_id, until, timeout_s)
+
+
+def has_event(kind: str, count: int = 1, **detail: str) -> Callable[[list[Record]], bool]:
+    def check(events: list[Record]) -> bool:
+        return sum(e["event_type"] == kind and all(e["detail"].get(k) == v
+                                                   for k, v in detail.items())
+                   for e in events) >= count
+    return check
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis(port=settings.redis_port, decode_responses=True)
+
+
+def await_push(client: redis.Redis, key: str, timeout_s: float = 60) -> str:
+    """Block until a tool pushes to ``key`` (it does when it reaches a point of interest)."""
+    popped = client.blpop([key], timeout=timeout_s)
+    assert popped is not None, f"nothing was pushed to {key} within {timeout_s} s"
+    return str(popped[1])
+
+
+def same_partition_ids(prefix: str, partitions: int, count: int) -> list[str]:
+    """``count`` conversation ids that Kafka's default (murmur2) partitioner puts on one
+    partition, as the coordinator's and the publisher's partitioners both do."""
+    def partition(key: str) -> int:
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+    ids = [f"{prefix}-{i}" for i in range(count * partitions * 8)]
+    target = partition(ids[0])
+    return [i for i in ids if partition(i) == target][:count]

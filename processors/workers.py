@@ -17,6 +17,8 @@ from redis.exceptions import RedisError
 from clawstream.settings import get_settings
 from inference.client import InferenceClient, InferenceError, InferenceOverloaded
 from processors.app import WORKER_NAME, app, inference_topic, tool_topic
+from processors.caching import CacheControl, Caches, collecting
+from processors.caching.report import current as cache_report
 from processors.emit import dead_letter, now_ms, send
 from processors.ledger import EffectLedger
 from processors.records import Output
@@ -31,10 +33,11 @@ settings = get_settings()
 inference = InferenceClient(settings.serve_url, timeout=settings.batch_step_timeout_s)
 cache = aioredis.Redis.from_url(settings.redis_url)
 ledger = EffectLedger(cache)
+caches = Caches(settings, inference)
 
 
 def _tools() -> dict[str, Tool]:
-    tools: list[Tool] = [Retriever(inference, cache)]
+    tools: list[Tool] = [Retriever(caches.embeddings)]
     if settings.fault_injection:
         from processors.tools.faults import fault_tools
 
@@ -87,6 +90,7 @@ def _result(cmd: dict[str, Any], started: int, **fields: Any) -> Output:
         "backend": None,
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
                   "saved_tokens": 0, "saved_cost_usd": 0.0},
+        "cache": cache_report().records(),
     }
     record.update(fields)
     return Output(RESULTS.name, cmd["conversation_id"], STEP_RESULT, record)
@@ -103,10 +107,12 @@ async def run_model_step(cmd: dict[str, Any]) -> Output:
     started = now_ms()
     call = cmd["model_call"]
     try:
-        gen = await asyncio.wait_for(
-            inference.generate(call["messages"], max_tokens=call["max_tokens"],
-                               temperature=call["temperature"]),
-            timeout=cmd["timeout_ms"] / 1000)
+        outcome = await caches.model_step(
+            call, CacheControl.from_record(cmd.get("cache")), cache_report(),
+            lambda: asyncio.wait_for(
+                inference.generate(call["messages"], max_tokens=call["max_tokens"],
+                                   temperature=call["temperature"]),
+                timeout=cmd["timeout_ms"] / 1000))
     except TimeoutError:
         return _result(cmd, started, status="error", error=_error(
             TimeoutError(f"model call exceeded its {cmd['timeout_ms']} ms limit"), True))
@@ -114,10 +120,8 @@ async def run_model_step(cmd: dict[str, Any]) -> Output:
         retry_after = exc.retry_after if isinstance(exc, InferenceOverloaded) else None
         return _result(cmd, started, status="error",
                        error=_error(exc, exc.retryable, retry_after))
-    usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-             "cost_usd": 0.0, "saved_tokens": 0, "saved_cost_usd": 0.0}
-    return _result(cmd, started, output=gen.text, model=gen.model, backend=gen.backend,
-                   usage=usage)
+    return _result(cmd, started, output=outcome.output, model=outcome.model,
+                   backend=outcome.backend, usage=outcome.usage, cache_hit=outcome.cache_hit)
 
 
 async def _call_tool(tool: Tool, cmd: dict[str, Any], ctx: ToolContext) -> str:
@@ -147,7 +151,10 @@ async def run_tool_step(cmd: dict[str, Any]) -> Output:
     ctx = ToolContext(step_id=cmd["step_id"], attempt=cmd["attempt"],
                       timeout_s=cmd["timeout_ms"] / 1000)
     try:
-        output = await _call_tool(tool, cmd, ctx)
+        outcome = await caches.tool_step(
+            tool.spec, json.loads(call["arguments_json"]),
+            CacheControl.from_record(cmd.get("cache")), cache_report(),
+            lambda: _call_tool(tool, cmd, ctx))
     except ToolError as exc:
         return _result(cmd, started, status="error",
                        error=_error(exc, exc.retryable, exc.retry_after_s))
@@ -156,7 +163,8 @@ async def run_tool_step(cmd: dict[str, Any]) -> Output:
     except (InferenceError, RedisError, TimeoutError) as exc:
         retryable = not isinstance(exc, InferenceError) or exc.retryable
         return _result(cmd, started, status="error", error=_error(exc, retryable))
-    return _result(cmd, started, output=output)
+    return _result(cmd, started, output=outcome.output, usage=outcome.usage,
+                   cache_hit=outcome.cache_hit)
 
 
 async def _serve(stream: Any, run: Any) -> None:
@@ -167,8 +175,11 @@ async def _serve(stream: Any, run: Any) -> None:
             await dead_letter(event, str(exc), "DecodeError")
             continue
         try:
-            with in_flight:
+            with in_flight, collecting() as report:
                 await send(await run(cmd))
+            # A cache outage is a miss for the step and an audit event for the operator.
+            for output in caches.outage_events(cmd, report, WORKER_NAME, now_ms()):
+                await send(output)
         except Exception as exc:
             # Expected failures become error results inside ``run``; this is the poison case.
             log.exception("dead-lettering step %s", cmd["step_id"])

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from clawstream.pricing import PriceTable, cost_usd, estimate_tokens
-from inference.client import InferenceClient
+from inference.client import InferenceClient, InferenceError
 from processors.caching.report import current
 from processors.caching.store import CacheStore
 from processors.keys import embedding_cache_key
@@ -29,9 +29,13 @@ class ModelIds:
         self._fetched = 0.0
 
     async def get(self, kind: str) -> str:
-        """``kind`` is 'generation' or 'embedding'."""
+        """``kind`` is 'generation' or 'embedding'; the last known id (or 'unknown', which
+        no stored entry uses) when the app cannot say: the call itself will tell."""
         if kind not in self._ids or time.monotonic() - self._fetched > self._refresh_s:
-            health = await self._inference.health()
+            try:
+                health = await self._inference.health()
+            except InferenceError:
+                return self._ids.get(kind, "unknown")
             for name in ("generation", "embedding"):
                 component = getattr(health, name)
                 if component is not None:

@@ -27,7 +27,7 @@ from processors.caching.results import (
     ToolResultCache,
 )
 from processors.caching.store import CacheStore
-from processors.conversation import Output
+from processors.records import Output
 from schemas.names import AGENT_EVENT
 from streams.topics import EVENTS
 

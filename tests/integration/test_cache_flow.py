@@ -17,23 +17,16 @@ from typer.testing import CliRunner
 from clawstream.cli import app as cli
 from clawstream.settings import Settings
 from deploy.local import redis as redis_local
-from streams.publisher import Publisher, new_request, publish_request
-from streams.subscriber import read_topic, wait_for_answer
-from streams.topics import ANSWERS, EVENTS
+from tests.integration.flow import ask, events_of, has_event
 
 pytestmark = pytest.mark.integration
 
 
 def _ask(settings: Settings, text: str, *, agent: str = "researcher",
          tenant: str = "default", options: dict[str, str] | None = None) -> dict[str, Any]:
-    conversation = f"cache-{uuid.uuid4().hex[:10]}"
-    request = new_request(agent=agent, conversation_id=conversation, text=text,
-                          tenant_id=tenant, options=options)
-    publish_request(Publisher(settings.bootstrap_servers), request)
-    answer = wait_for_answer(settings.bootstrap_servers, ANSWERS.name,
-                             idempotency_key=request["idempotency_key"],
-                             conversation_id=conversation, timeout_s=180)
-    assert answer is not None, f"no answer for {request['request_id']}"
+    """Each question in a conversation of its own: repeats share the whole context."""
+    answer = ask(settings, agent=agent, conversation_id=f"cache-{uuid.uuid4().hex[:10]}",
+                 text=text, tenant_id=tenant, options=options)
     assert answer["status"] == "ok", answer["reason"]
     return answer
 
@@ -82,14 +75,11 @@ def test_redis_stopped_mid_run_degrades_to_misses(worker: Settings) -> None:
         answer = _ask(worker, question, agent="chat")
         assert _hits(answer) == {"model": False}, "nothing can hit with Redis down"
         assert answer["usage"]["completion_tokens"] > 0
-        events = [r for _, r in read_topic(
-            worker.bootstrap_servers, EVENTS.name, timeout_s=10,
-            until=lambda _n, r: r["event_type"] == "cache_unavailable"
-            and r["conversation_id"] == answer["conversation_id"])
-            if r["event_type"] == "cache_unavailable"
-            and r["conversation_id"] == answer["conversation_id"]]
-        assert events and events[0]["detail"]["layer"] == "prompt"
+        events = [e for e in events_of(worker, answer["conversation_id"],
+                                       until=has_event("cache_unavailable", layer="prompt"))
+                  if e["event_type"] == "cache_unavailable"]
         assert events[0]["detail"]["degraded_to"] == "miss"
+        assert "Error" in events[0]["detail"]["error"]
         researcher = _ask(worker, question)  # tool + embeddings without Redis
         assert _hits(researcher) == {"tool": False, "model": False}
     finally:

@@ -8,15 +8,20 @@ Redis server mid-run degrades every cache to a miss, requests are still answered
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from clawstream.cli import app as cli
 from clawstream.settings import Settings
 from deploy.local import redis as redis_local
+from processors.caching import collecting
+from processors.caching.store import CacheStore
+from processors.tools.retrieval import load_corpus
 from tests.integration.flow import ask, events_of, has_event
 
 pytestmark = pytest.mark.integration
@@ -52,8 +57,13 @@ def test_repeated_question_is_answered_from_the_caches(worker: Settings) -> None
     assert second["usage"]["saved_cost_usd"] > 0
     assert _layers(first)["prompt"] == (0, 1) and _layers(first)["tool"] == (0, 1)
     assert _layers(second)["prompt"] == (1, 0) and _layers(second)["tool"] == (1, 0)
-    # the corpus vectors were already cached: the first answer's embedding look-ups hit too
-    assert _layers(first)["embedding"][0] > 0
+    documents = len(load_corpus())
+    assert sum(_layers(first)["embedding"]) == documents + 1  # corpus + query, one batch
+    assert "embedding" not in _layers(second)  # the tool did not run
+    # The same question re-indented: a new tool key and prompt, but no text is re-embedded.
+    reindented = _ask(worker, "  " + question.replace(" ", "\n    ", 2) + "\n")
+    assert _hits(reindented) == {"tool": False, "model": False}
+    assert _layers(reindented)["embedding"] == (documents + 1, 0)
 
 
 def test_a_request_can_opt_out_of_the_caches(worker: Settings) -> None:
@@ -67,11 +77,29 @@ def test_a_request_can_opt_out_of_the_caches(worker: Settings) -> None:
         "tool": True, "model": True}
 
 
+def _errors(op: str) -> float:
+    labels = {"layer": "prompt", "op": op}
+    return REGISTRY.get_sample_value("clawstream_cache_errors_total", labels) or 0.0
+
+
+async def _probe(settings: Settings) -> tuple[Any, list[str]]:
+    """One read and one write through the cache store, as the workers do."""
+    store = CacheStore(settings.redis_url, settings.cache_timeout_s)
+    with collecting() as report:
+        value = await store.get("prompt", "pc:probe")
+        await store.put("prompt", "pc:probe", {"probe": True}, 10)
+    await store.aclose()
+    return value, [f"{f.layer}/{f.op}" for f in report.faults]
+
+
 def test_redis_stopped_mid_run_degrades_to_misses(worker: Settings) -> None:
     question = f"What does Redis hold? ({uuid.uuid4().hex[:6]})"
     _ask(worker, question, agent="chat")
     assert redis_local.stop(worker) and not redis_local.is_ready(worker)
     try:
+        gets, sets = _errors("get"), _errors("set")
+        assert asyncio.run(_probe(worker)) == (None, ["prompt/get", "prompt/set"])
+        assert (_errors("get"), _errors("set")) == (gets + 1, sets + 1)
         answer = _ask(worker, question, agent="chat")
         assert _hits(answer) == {"model": False}, "nothing can hit with Redis down"
         assert answer["usage"]["completion_tokens"] > 0

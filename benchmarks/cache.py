@@ -20,7 +20,8 @@ from rich.table import Table
 
 from benchmarks.common import bench_stack, console, pct
 from benchmarks.workload import Interaction, generate
-from clawstream.cost import hit_rate, summarise
+from clawstream.cost import summarise
+from clawstream.cost_cli import layers_table
 
 
 @dataclass
@@ -149,14 +150,7 @@ def report(off: Run, on: Run) -> None:
     for name, a, b, fmt in metrics:
         table.add_row(name, fmt.format(a), fmt.format(b), _ratio(float(a), float(b)))
     console.print(table)
-    layers = Table("layer", "hits", "misses", "hit rate", "saved tokens", "saved USD",
-                   title="caches on: per layer")
-    for layer in s_on.layers:
-        rate = hit_rate(layer)
-        layers.add_row(layer["layer"], str(layer["hits"]), str(layer["misses"]),
-                       "-" if rate is None else f"{rate:.0%}", str(layer["saved_tokens"]),
-                       f"{layer['saved_cost_usd']:.6f}")
-    console.print(layers)
+    console.print(layers_table(s_on.layers, "caches on: per layer"))
     hits = Table("cache hit latency", "n", "p50 ms", "p99 ms")
     for name, values in (("model step answered from cache (step run)",
                           [e["run_ms"] for e in on.steps("model", True)]),

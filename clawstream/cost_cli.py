@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -35,6 +35,18 @@ def cost(
     print_report(summarise(answers, since_ms=since_ms, tenant=tenant), console)
 
 
+def layers_table(layers: list[dict[str, Any]], title: str) -> Table:
+    """Hits, misses, hit rate and savings per cache layer (also used by bench cache)."""
+    table = Table("cache layer", "hits", "misses", "hit rate", "saved tokens", "saved USD",
+                  title=title, title_justify="left")
+    for layer in layers:
+        rate = hit_rate(layer)
+        table.add_row(layer["layer"], str(layer["hits"]), str(layer["misses"]),
+                      "-" if rate is None else f"{rate:.0%}", str(layer["saved_tokens"]),
+                      f"{layer['saved_cost_usd']:.6f}")
+    return table
+
+
 def print_report(report: CostReport, out: Console) -> None:
     t = report.total
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items())) or "none"
@@ -43,14 +55,7 @@ def print_report(report: CostReport, out: Console) -> None:
               f"tokens; caches saved [bold]${t.saved_cost_usd:.6f}[/] ({t.saved_tokens} "
               f"tokens, {t.savings_ratio:.0%} of the uncached cost); "
               f"${t.cost_per_interaction:.6f} per interaction")
-    layers = Table("cache layer", "hits", "misses", "hit rate", "saved tokens", "saved USD",
-                   title="savings per cache layer", title_justify="left")
-    for layer in report.layers:
-        rate = hit_rate(layer)
-        layers.add_row(layer["layer"], str(layer["hits"]), str(layer["misses"]),
-                       "-" if rate is None else f"{rate:.0%}", str(layer["saved_tokens"]),
-                       f"{layer['saved_cost_usd']:.6f}")
-    out.print(layers)
+    out.print(layers_table(report.layers, "savings per cache layer"))
     tenants = Table("tenant", "interactions", "tokens in", "tokens out", "spent USD",
                     "saved USD", "USD / interaction", title="by tenant", title_justify="left")
     for name, totals in sorted(report.by_tenant.items()):

@@ -62,11 +62,8 @@ class Caches:
         self.enabled = settings.cache_enabled
         self.store = CacheStore(settings.redis_url, settings.cache_timeout_s)
         self.models = ModelIds(inference)
-        self.prompt = PromptCache(self.store, default_ttl_s=settings.prompt_cache_ttl_s,
-                                  max_temperature=settings.prompt_cache_max_temperature,
-                                  clock=clock)
-        self.tools = ToolResultCache(self.store, default_ttl_s=settings.tool_cache_ttl_s,
-                                     max_ttl_s=settings.tool_cache_max_ttl_s, clock=clock)
+        self.prompt = PromptCache(self.store, settings, clock)
+        self.tools = ToolResultCache(self.store, settings, clock)
         self.embeddings = EmbeddingCache(self.store if self.enabled else None, inference,
                                          self.models, settings.prices,
                                          settings.embedding_cache_ttl_s)

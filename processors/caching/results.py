@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from clawstream.settings import Settings
 from processors.caching.control import CacheControl
 from processors.caching.report import current
 from processors.caching.store import CacheStore
@@ -47,8 +48,10 @@ class ResultCache:
 
     layer = "result"
 
-    def __init__(self, store: CacheStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: CacheStore, settings: Settings,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.settings = settings
         self.clock = clock
 
     def now_ms(self) -> int:
@@ -77,14 +80,9 @@ class PromptCache(ResultCache):
 
     layer = "prompt"
 
-    def __init__(self, store: CacheStore, *, default_ttl_s: float, max_temperature: float,
-                 clock: Callable[[], float] = time.time) -> None:
-        super().__init__(store, clock)
-        self.default_ttl_s = default_ttl_s
-        self.max_temperature = max_temperature
-
     def eligible(self, call: Mapping[str, Any], control: CacheControl) -> bool:
-        return control.enabled and float(call.get("temperature", 0.0)) <= self.max_temperature
+        threshold = self.settings.prompt_cache_max_temperature
+        return control.enabled and float(call.get("temperature", 0.0)) <= threshold
 
     def key(self, call: Mapping[str, Any], model_id: str) -> str:
         params = {"pool": call["model"], "max_tokens": call["max_tokens"],
@@ -93,7 +91,7 @@ class PromptCache(ResultCache):
         return prompt_cache_key(call["prompt_version"], model_id, params, messages)
 
     def ttl(self, control: CacheControl) -> float:
-        return control.ttl_s if control.ttl_s is not None else self.default_ttl_s
+        return control.ttl_s if control.ttl_s is not None else self.settings.prompt_cache_ttl_s
 
 
 class CacheableTool(Protocol):
@@ -116,15 +114,10 @@ class ToolResultCache(ResultCache):
 
     layer = "tool"
 
-    def __init__(self, store: CacheStore, *, default_ttl_s: float, max_ttl_s: float,
-                 clock: Callable[[], float] = time.time) -> None:
-        super().__init__(store, clock)
-        self.default_ttl_s = default_ttl_s
-        self.max_ttl_s = max_ttl_s
-
     def ttl(self, tool: CacheableTool) -> float:
-        ttl = tool.cache_ttl_s if tool.cache_ttl_s is not None else self.default_ttl_s
-        return min(ttl, self.max_ttl_s)
+        default = self.settings.tool_cache_ttl_s
+        ttl = tool.cache_ttl_s if tool.cache_ttl_s is not None else default
+        return min(ttl, self.settings.tool_cache_max_ttl_s)
 
     def eligible(self, tool: CacheableTool, control: CacheControl) -> bool:
         """Never a mutating tool: a hit would skip a side effect the caller asked for."""

@@ -12,6 +12,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 from clawstream.cli import app as cli
 from clawstream.settings import Settings
 from deploy.local import redis as redis_local
+from deploy.local import worker as worker_proc
 from processors.caching import collecting
 from processors.caching.store import CacheStore
 from processors.tools.retrieval import load_corpus
@@ -110,6 +112,11 @@ def test_redis_stopped_mid_run_degrades_to_misses(worker: Settings) -> None:
         assert "Error" in events[0]["detail"]["error"]
         researcher = _ask(worker, question)  # tool + embeddings without Redis
         assert _hits(researcher) == {"tool": False, "model": False}
+        # the worker's own counter, as Prometheus scrapes it
+        scraped = httpx.get(f"http://127.0.0.1:{worker_proc.web_port(worker, 0)}/metrics")
+        errors = [line for line in scraped.text.splitlines() if line.startswith(
+            'clawstream_cache_errors_total{layer="embedding",op="get"}')]
+        assert errors and float(errors[0].split()[-1]) >= 1, scraped.text[-3000:]
     finally:
         redis_local.start(worker)
     # Redis back: the caches work again without a worker restart

@@ -10,10 +10,18 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class PoolSpec(BaseModel):
+    """A logical model pool: what it can take, and which backend model serves it."""
+
+    capacity_tokens_per_s: float = Field(gt=0)
+    rank: int = Field(default=0, description="Size order: degrade routes to the lowest rank.")
+    backend_model: str | None = None
 
 
 class Settings(BaseSettings):
@@ -150,6 +158,44 @@ class Settings(BaseSettings):
         description="Registers the fault-injecting tools and agents (processors/tools/faults.py) "
         "and the inference app's /faults endpoint. Test and benchmark stacks only.",
     )
+
+    # Flow control (issue 5; see processors/flow/): entrance buckets, model pools,
+    # budgets, context. Operators override limits at run time with `clawstream flags`.
+    user_rate_per_s: float = Field(default=5.0, description="Requests/s per user (bucket refill).")
+    user_burst: float = 10.0
+    tenant_rate_per_s: float = Field(default=20.0, description="Requests/s per tenant.")
+    tenant_burst: float = 40.0
+    pools: dict[str, PoolSpec] = Field(
+        default_factory=lambda: {
+            "small": PoolSpec(capacity_tokens_per_s=1200.0, rank=0),
+            "large": PoolSpec(capacity_tokens_per_s=800.0, rank=1),
+        },
+        description="Logical model pools: stated capacity (prompt + output tokens/s) and the "
+        "backend model serving them (None = the Serve app's only generation model).",
+    )
+    task_pools: dict[str, str] = Field(
+        default_factory=lambda: {"interface": "small", "chat": "small", "research": "large",
+                                 "report": "large"},
+        description="An agent's task class picks its model pool.",
+    )
+    pool_headroom: float = Field(
+        default=0.15, ge=0.0, lt=1.0,
+        description="The tokens/s limiter runs this fraction under a pool's stated capacity.",
+    )
+    pool_burst_s: float = Field(default=1.0, description="Bucket depth in seconds of rate.")
+    dispatch_buffer_per_lane: int = Field(
+        default=8, description="Step commands a dispatcher holds per lane before it pauses "
+        "that lane's partitions.")
+    dispatch_concurrency: int = Field(default=4, description="Model calls in flight per worker.")
+    tenant_budget_window_s: int = 3600
+    tenant_budget_tokens: int = 2_000_000
+    tenant_budget_cost_usd: float = 50.0
+    conversation_max_steps: int = 64
+    conversation_token_budget: int = 200_000
+    context_exchanges: int = Field(
+        default=6, ge=1, description="Exchanges kept in the prompt (4-8 is sensible); older "
+        "ones are found by the recall tool.")
+    flag_poll_s: float = Field(default=0.2, description="How often flag readers poll.")
 
     @property
     def bootstrap_servers(self) -> str:

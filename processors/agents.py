@@ -8,7 +8,7 @@ retries, budgets, ledger and compensation for free.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clawstream.settings import get_settings
@@ -43,11 +43,14 @@ class AgentSpec:
     max_tokens: int = 64
     temperature: float = 0.0
     prompt_version: str = "p1"
-    context_exchanges: int = 6
+    context_exchanges: int = field(default_factory=lambda: get_settings().context_exchanges)
     step_timeout_s: float | None = None
     """Run-time limit of this agent's steps; None = the lane's (a tool's own limit wins)."""
     cache_ttl_s: float | None = None
     """Prompt-output cache TTL of this agent's model steps; None = the default (300 s)."""
+    task_class: str = "chat"
+    """Picks the model pool (settings.task_pools): short interface messages -> small model,
+    research and reports -> large."""
 
 
 def retrieval_query(request: Record) -> Record:
@@ -64,7 +67,8 @@ AGENTS: dict[str, AgentSpec] = {
                 "You are a helpful assistant for the clawstream platform. Answer in one or two "
                 "short sentences, using the notes when they help."
             ),
-            plan=(ToolStep("retrieve", retrieval_query), ModelStep()),
+            plan=(ToolStep("retrieve", retrieval_query, expensive=True), ModelStep()),
+            task_class="research",
         ),
         AgentSpec(
             name="chat",

@@ -9,6 +9,7 @@ import faust
 from clawstream.settings import get_settings
 from streams.topics import (
     INFERENCE_REQUESTS,
+    INFERENCE_REQUESTS_BATCH,
     REQUESTS_BATCH,
     REQUESTS_INTERACTIVE,
     RESULTS,
@@ -46,7 +47,7 @@ def raw_topic(*names: str) -> faust.TopicT:
 
 
 coordinator_topic = raw_topic(REQUESTS_INTERACTIVE.name, REQUESTS_BATCH.name, RESULTS.name)
-inference_topic = raw_topic(INFERENCE_REQUESTS.name)
+inference_topic = raw_topic(INFERENCE_REQUESTS.name, INFERENCE_REQUESTS_BATCH.name)
 tool_topic = raw_topic(TOOL_REQUESTS.name)
 
 

@@ -18,6 +18,7 @@ from clawstream.settings import get_settings
 from processors.app import WORKER_NAME, app, conversations, coordinator_topic, request_dedup
 from processors.conversation import Decision, next_due_ms, on_request, on_result, on_wakeup
 from processors.emit import dead_letter, now_ms, send
+from processors.flow import coordination
 from processors.keys import dedup_key
 from processors.policy import Policy
 from processors.records import Output
@@ -61,9 +62,16 @@ async def _handle(event: Any, name: str, record: dict[str, Any]) -> None:
     conv = conversations.get(conversation_id)
     if name == AGENT_REQUEST:
         key = dedup_key(record["tenant_id"], conversation_id, record["idempotency_key"])
+        if request_dedup.get(key) is None:
+            rejection = await coordination.gate(record, conv, settings)
+            if rejection is not None:  # not in dedup: the client may retry with its key
+                for output in coordination.rejection_outputs(record, rejection):
+                    await send(output)
+                return
         decision = on_request(conv, request_dedup.get(key), record, now_ms(), policy)
         request_dedup[key] = decision.dedup
     elif name == STEP_RESULT:
+        coordination.count_result(conv, record)
         decision = on_result(conv, record, now_ms(), policy)
     elif name == WAKEUP:
         decision = on_wakeup(conv, now_ms(), policy)
@@ -71,7 +79,7 @@ async def _handle(event: Any, name: str, record: dict[str, Any]) -> None:
         await dead_letter(event, f"unexpected {name} on {event.message.topic}",
                           "UnexpectedSchema", record)
         return
-    await _apply(conversation_id, decision)
+    await _apply(conversation_id, await coordination.apply(decision, policy, settings))
 
 
 async def _apply(conversation_id: str, decision: Decision) -> None:

@@ -30,6 +30,27 @@ def dedup_key(tenant_id: str, conversation_id: str, idempotency_key: str) -> str
     return f"{tenant_id}|{conversation_id}|{idempotency_key}"
 
 
+# Redis keys of flow control (processors/flow/), one prefix each.
+def bucket_key(kind: str, name: str) -> str:
+    """A token bucket: ``kind`` is user, tenant or pool (entrance limits, tokens/s)."""
+    return f"clawstream:bucket:{kind}:{name}"
+
+
+def tenant_budget_key(tenant_id: str, window_start_s: int) -> str:
+    """Tokens and cost a tenant spent in the window starting at ``window_start_s``."""
+    return f"clawstream:budget:{tenant_id}:{window_start_s}"
+
+
+def recall_key(conversation_id: str) -> str:
+    """The archive of a conversation's exchanges, read by the recall tool."""
+    return f"clawstream:recall:{conversation_id}"
+
+
+def admissions_key(pool: str) -> str:
+    """The limiter's admission log of a pool (capped), for measuring achieved tokens/s."""
+    return f"clawstream:admissions:{pool}"
+
+
 def ledger_key(step_id: str) -> str:
     """The side-effect ledger's entry for one step (all its attempts share it)."""
     return f"ledger:{step_id}"

@@ -2,6 +2,10 @@
 
 Workers never retry or sleep on a failure: they report it (with the backend's Retry-After)
 and the coordinator schedules the next attempt, so a failing step holds no partition.
+
+Both fetch through :mod:`processors.flow.dispatch`: lanes (interactive first), tenants in
+turn, the tokens/s limiter per model pool for model steps, and paused partitions while a
+downstream reports overload (Serve's 503 + Retry-After): no new step is fetched until then.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,13 +25,19 @@ from processors.app import WORKER_NAME, app, inference_topic, tool_topic
 from processors.caching import CacheControl, Caches, collecting
 from processors.caching.report import current as cache_report
 from processors.emit import dead_letter, now_ms, send
+from processors.flow import runtime
+from processors.flow.dispatch import Dispatcher, PauseRule, Unlimited
+from processors.flow.limiter import PoolAdmission
+from processors.flow.pools import estimate_tokens, smallest_pool
+from processors.flow.recall import Recall
+from processors.flow.scheduler import LaneScheduler, Pending
 from processors.ledger import EffectLedger
 from processors.records import Output
 from processors.tools.base import Tool, ToolContext, ToolError
 from processors.tools.retrieval import Retriever
 from schemas import DecodeError, decode_as
 from schemas.names import STEP_COMMAND, STEP_RESULT
-from streams.topics import RESULTS
+from streams.topics import INFERENCE_REQUESTS, INFERENCE_REQUESTS_BATCH, RESULTS, TOOL_REQUESTS
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -37,7 +48,8 @@ caches = Caches(settings, inference)
 
 
 def _tools() -> dict[str, Tool]:
-    tools: list[Tool] = [Retriever(caches.embeddings)]
+    tools: list[Tool] = [Retriever(caches.embeddings),
+                         Recall(cache, settings.context_exchanges)]
     if settings.fault_injection:
         from processors.tools.faults import fault_tools
 
@@ -103,21 +115,26 @@ def _error(exc: BaseException, retryable: bool, retry_after_s: float | None = No
             "retry_after_ms": None if retry_after_s is None else int(retry_after_s * 1000)}
 
 
-async def run_model_step(cmd: dict[str, Any]) -> Output:
+async def run_model_step(cmd: dict[str, Any], pool: str | None = None) -> Output:
     started = now_ms()
     call = cmd["model_call"]
+    spec = settings.pools.get(pool or call["model"])
     try:
         outcome = await caches.model_step(
             call, CacheControl.from_record(cmd.get("cache")), cache_report(),
             lambda: asyncio.wait_for(
                 inference.generate(call["messages"], max_tokens=call["max_tokens"],
-                                   temperature=call["temperature"]),
-                timeout=cmd["timeout_ms"] / 1000))
+                                   temperature=call["temperature"],
+                                   model=spec.backend_model if spec else None),
+                timeout=cmd["timeout_ms"] / 1000),
+            served_model=spec.backend_model if spec else None)
     except TimeoutError:
         return _result(cmd, started, status="error", error=_error(
             TimeoutError(f"model call exceeded its {cmd['timeout_ms']} ms limit"), True))
     except InferenceError as exc:
         retry_after = exc.retry_after if isinstance(exc, InferenceOverloaded) else None
+        if isinstance(exc, InferenceOverloaded):  # backpressure: stop fetching meanwhile
+            model_dispatcher.hold(retry_after or settings.inference_retry_after_s)
         return _result(cmd, started, status="error",
                        error=_error(exc, exc.retryable, retry_after))
     return _result(cmd, started, output=outcome.output, model=outcome.model,
@@ -148,6 +165,9 @@ async def run_tool_step(cmd: dict[str, Any]) -> Output:
     if tool is None:
         return _result(cmd, started, status="error",
                        error=_error(LookupError(f"unknown tool {call['name']!r}"), False))
+    if runtime.flags().tool_killed(call["name"]):
+        return _result(cmd, started, status="error", error=_error(
+            RuntimeError(f"tool {call['name']} is switched off (kill switch)"), False))
     ctx = ToolContext(step_id=cmd["step_id"], attempt=cmd["attempt"],
                       timeout_s=cmd["timeout_ms"] / 1000)
     try:
@@ -167,33 +187,85 @@ async def run_tool_step(cmd: dict[str, Any]) -> Output:
                    cache_hit=outcome.cache_hit)
 
 
-async def _serve(stream: Any, run: Any) -> None:
-    async for event in stream.events():
+async def _finish(item: Pending, output: Output | Exception) -> None:
+    if isinstance(output, Exception):
+        log.error("dead-lettering step %s: %r", item.cmd["step_id"], output)
+        await dead_letter(item.event, f"processing failed: {output!r}",
+                          type(output).__name__, item.cmd)
+    else:
+        await send(output)
+    item.event.ack()
+
+
+def _model_item(cmd: dict[str, Any], event: Any) -> Pending:
+    call = cmd["model_call"]
+    pool = call["model"] if call["model"] in settings.pools else (
+        smallest_pool(settings, runtime.flags()) or next(iter(settings.pools)))
+    return Pending(cmd, event, cost=estimate_tokens(call["messages"], call["max_tokens"]),
+                   pool=pool)
+
+
+async def _cached(cmd: dict[str, Any], step: Awaitable[Output]) -> Output:
+    """Run one step under a fresh cache report (its result carries what the caches did);
+    a cache outage is a miss for the step and an audit event for the operator."""
+    with in_flight, collecting() as report:
+        result = await step
+    for output in caches.outage_events(cmd, report, WORKER_NAME, now_ms()):
+        await send(output)
+    return result
+
+
+async def _run_model_item(item: Pending) -> Output:
+    return await _cached(item.cmd, run_model_step(item.cmd, item.pool))
+
+
+async def _run_tool_item(item: Pending) -> Output:
+    return await _cached(item.cmd, run_tool_step(item.cmd))
+
+
+buffer = settings.dispatch_buffer_per_lane
+model_queue = LaneScheduler(buffer)
+tool_queue = LaneScheduler(buffer)
+model_dispatcher = Dispatcher(
+    "inference", model_queue, PoolAdmission(runtime.redis(), settings, runtime.flags),
+    _run_model_item, _finish, lambda: runtime.consumer_of(app), settings.dispatch_concurrency)
+model_dispatcher.pause_rules = [
+    PauseRule(frozenset({INFERENCE_REQUESTS.name}), lambda: model_queue.full("interactive")),
+    PauseRule(frozenset({INFERENCE_REQUESTS_BATCH.name}), lambda: model_queue.full("batch")),
+]
+tool_dispatcher = Dispatcher("tools", tool_queue, Unlimited(), _run_tool_item, _finish,
+                             lambda: runtime.consumer_of(app), 2)
+tool_dispatcher.pause_rules = [
+    PauseRule(frozenset({TOOL_REQUESTS.name}), lambda: len(tool_queue) >= buffer)]
+
+
+async def _intake(stream: Any, dispatcher: Dispatcher,
+                  make: Any = lambda cmd, event: Pending(cmd, event)) -> None:
+    """Fetch only: decode and hand over; offsets are acked when the step's result is sent."""
+    async for event in stream.noack().events():
         try:
             cmd = decode_as(STEP_COMMAND, event.value)
         except DecodeError as exc:
             await dead_letter(event, str(exc), "DecodeError")
+            event.ack()
             continue
-        try:
-            with in_flight, collecting() as report:
-                await send(await run(cmd))
-            # A cache outage is a miss for the step and an audit event for the operator.
-            for output in caches.outage_events(cmd, report, WORKER_NAME, now_ms()):
-                await send(output)
-        except Exception as exc:
-            # Expected failures become error results inside ``run``; this is the poison case.
-            log.exception("dead-lettering step %s", cmd["step_id"])
-            await dead_letter(event, f"processing failed: {exc!r}", type(exc).__name__, cmd)
+        dispatcher.submit(make(cmd, event))
 
 
-@app.agent(inference_topic, concurrency=2)
+@app.agent(inference_topic)
 async def dispatch_inference(stream):  # type: ignore[no-untyped-def]
-    await _serve(stream, run_model_step)
+    await _intake(stream, model_dispatcher, _model_item)
 
 
-@app.agent(tool_topic, concurrency=2)
+@app.agent(tool_topic)
 async def execute_tools(stream):  # type: ignore[no-untyped-def]
-    await _serve(stream, run_tool_step)
+    await _intake(stream, tool_dispatcher)
+
+
+@app.task
+async def run_dispatchers() -> None:
+    runtime.flag_reader()
+    await asyncio.gather(model_dispatcher.run_forever(), tool_dispatcher.run_forever())
 
 
 async def drain(timeout_s: float) -> bool:

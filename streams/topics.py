@@ -38,6 +38,9 @@ class TopicSpec:
 REQUESTS_INTERACTIVE: Final = TopicSpec("agent.requests.interactive")
 REQUESTS_BATCH: Final = TopicSpec("agent.requests.batch")
 INFERENCE_REQUESTS: Final = TopicSpec("inference.requests")
+# Batch-lane model steps travel apart, so the dispatcher can stop fetching them (pause) while
+# interactive steps keep flowing: a shared topic would queue interactive behind a flood.
+INFERENCE_REQUESTS_BATCH: Final = TopicSpec("inference.requests.batch")
 TOOL_REQUESTS: Final = TopicSpec("tool.requests")
 RESULTS: Final = TopicSpec("agent.results")
 ANSWERS: Final = TopicSpec("agent.answers", retention_ms=30 * DAY_MS)
@@ -51,6 +54,7 @@ CATALOGUE: Final = (
     REQUESTS_INTERACTIVE,
     REQUESTS_BATCH,
     INFERENCE_REQUESTS,
+    INFERENCE_REQUESTS_BATCH,
     TOOL_REQUESTS,
     RESULTS,
     ANSWERS,
@@ -68,3 +72,12 @@ def request_topic(lane: str) -> TopicSpec:
         return LANE_TOPICS[lane]
     except KeyError:
         raise ValueError(f"unknown lane {lane!r}; expected one of {sorted(LANE_TOPICS)}") from None
+
+
+INFERENCE_LANE_TOPICS: Final = {"interactive": INFERENCE_REQUESTS,
+                                 "batch": INFERENCE_REQUESTS_BATCH}
+
+
+def inference_topic(lane: str) -> TopicSpec:
+    """The model-step topic of a lane (interactive steps keep the historical name)."""
+    return INFERENCE_LANE_TOPICS.get(lane, INFERENCE_REQUESTS)

@@ -16,6 +16,7 @@ TEST_ENV = {
         "kafka_port": 29092, "kafka_controller_port": 29093, "redis_port": 26379,
         "ray_port": 26390, "serve_http_port": 28000, "worker_web_port": 26066}),
     "CLAWSTREAM_INFERENCE_LLAMA_THREADS": "1",
+    "CLAWSTREAM_CONTEXT_EXCHANGES": "4",
     "CLAWSTREAM_FAULT_INJECTION": "true",
     # Short run-time limits and backoff, so budget and retry tests take seconds.
     "CLAWSTREAM_RETRY_BASE_MS": "200",

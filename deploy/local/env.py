@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from clawstream.settings import REPO_ROOT, Settings
 
 PREFIX = "CLAWSTREAM_"
@@ -22,7 +24,14 @@ def _encode(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str | int | float | Path):
         return str(value)
-    return json.dumps(value, default=str)
+    return json.dumps(value, default=_jsonable)
+
+
+def _jsonable(value: object) -> object:
+    """Nested settings models (e.g. model pools) as the JSON their env variable parses."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    return str(value)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -71,11 +71,13 @@ class Caches:
 
     async def model_step(self, call: Mapping[str, Any], control: CacheControl,
                          report: CacheReport,
-                         generate: Callable[[], Awaitable[GenerationResult]]) -> StepOutcome:
-        """The prompt-output cache around one generation (raises what ``generate`` raises)."""
+                         generate: Callable[[], Awaitable[GenerationResult]],
+                         served_model: str | None = None) -> StepOutcome:
+        """The prompt-output cache around one generation (raises what ``generate`` raises).
+        ``served_model``: the backend model the call's pool names, when it names one."""
         use_cache = self.enabled and self.prompt.eligible(call, control)
         if use_cache:
-            model_id = await self.models.get("generation")
+            model_id = served_model or await self.models.get("generation")
             hit = await self.prompt.lookup(self.prompt.key(call, model_id), control)
             if hit is not None:
                 return StepOutcome(hit.output, True, usage_record(report), hit.model,

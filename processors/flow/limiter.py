@@ -1,0 +1,94 @@
+"""The tokens-per-second limiter in front of inference: one Redis bucket per model pool.
+
+Admission charges the step's *estimated* tokens (prompt + max output) to its pool's bucket;
+when the result reports the actual usage, the difference is refunded (or charged), so over
+a window the pool receives its configured tokens/s of *actual* work. The bucket lives in
+Redis, so every dispatcher replica draws from the same rate. Each admitted step is logged
+(capped list per pool) with its admission time, estimate, actual usage and settle time:
+the measured tokens/s of the tests and the benchmark are computed from that log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from clawstream.settings import Settings
+from processors.flow.buckets import TokenBuckets
+from processors.flow.flags import FlagView
+from processors.flow.limits import record_tenant_usage
+from processors.flow.pools import pool_rate, smallest_pool
+from processors.flow.scheduler import Pending
+from processors.keys import admissions_key, bucket_key
+
+ADMISSION_LOG_MAX = 5000
+
+
+class PoolAdmission:
+    def __init__(self, redis: aioredis.Redis, settings: Settings,
+                 flags: Callable[[], FlagView]) -> None:
+        self._redis = redis
+        self._buckets = TokenBuckets(redis)
+        self._settings = settings
+        self._flags = flags
+
+    def _rate(self, pool: str) -> tuple[float, float]:
+        rate = pool_rate(pool, self._settings, self._flags())
+        return rate, max(1.0, rate * self._settings.pool_burst_s)
+
+    async def admit(self, item: Pending) -> float:
+        flags = self._flags()
+        if flags.pool_killed(item.pool):
+            # Switched off while the step waited: the smallest pool still on takes it.
+            other = smallest_pool(self._settings, flags, exclude=item.pool)
+            if other is not None:
+                item.extra["rerouted_from"] = item.pool
+                item.pool = other
+        rate, capacity = self._rate(item.pool)
+        take = await self._buckets.take(bucket_key("pool", item.pool), rate, capacity,
+                                        item.cost)
+        if not take.allowed:
+            return take.retry_after_s
+        item.extra["admitted_at_ms"] = take.at_ms
+        item.extra["rate"] = rate
+        return 0.0
+
+    async def release(self, item: Pending, result: dict[str, Any] | None) -> None:
+        rate, capacity = self._rate(item.pool)
+        usage = (result or {}).get("usage") or {}
+        actual = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+        settle = await self._buckets.adjust(bucket_key("pool", item.pool), rate, capacity,
+                                            actual - item.cost)
+        if result is None:
+            return
+        entry = {"step_id": item.cmd["step_id"], "lane": item.lane, "tenant": item.tenant,
+                 "pool": item.pool, "estimate": item.cost, "actual": actual,
+                 "admitted_at_ms": item.extra.get("admitted_at_ms"),
+                 "settled_at_ms": settle.at_ms, "rate": item.extra.get("rate")}
+        key = admissions_key(item.pool)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, json.dumps(entry))
+            pipe.ltrim(key, -ADMISSION_LOG_MAX, -1)
+            await pipe.execute()
+        await record_tenant_usage(self._redis, self._settings, item.tenant, actual,
+                                  float(usage.get("cost_usd", 0.0)), time.time())
+
+
+def measured_rate(entries: list[dict[str, Any]]) -> float:
+    """Achieved tokens/s from an admission log while the limiter was the bottleneck.
+
+    Between the 2nd and the last admission the bucket supplied exactly rate x time (it
+    starts and ends each wait just full enough for the next step), and each step admitted
+    in between was charged its actual usage if it had settled by the last admission, else
+    its estimate. The first admission is left out: it drew on the initial burst."""
+    ordered = sorted(entries, key=lambda e: e["admitted_at_ms"])
+    if len(ordered) < 3:
+        raise ValueError("need at least 3 admissions to measure a rate")
+    start, end = ordered[1]["admitted_at_ms"], ordered[-1]["admitted_at_ms"]
+    charged = sum(e["actual"] if e["settled_at_ms"] <= end else e["estimate"]
+                  for e in ordered[1:-1])
+    return charged / ((end - start) / 1000.0)

@@ -1,0 +1,86 @@
+"""Flow-control rules that need no stack: scheduling order, routing, budgets, flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from clawstream.settings import Settings
+from processors.flow.budgets import Budget, conversation_budget, exhausted
+from processors.flow.flags import FlagView, validate
+from processors.flow.pools import NoPoolAvailable, estimate_tokens, pool_rate, route
+from processors.flow.scheduler import LaneScheduler, Pending
+
+
+def _item(lane: str, tenant: str, n: int) -> Pending:
+    return Pending({"lane": lane, "tenant_id": tenant, "step_id": f"{tenant}-{n}"})
+
+
+def test_interactive_first_then_tenants_take_turns() -> None:
+    sched = LaneScheduler(per_lane_limit=100)
+    for n in range(3):
+        sched.push(_item("batch", "flood", n))
+    sched.push(_item("batch", "trickle", 0))
+    sched.push(_item("interactive", "web", 0))
+    order = [sched.pop().cmd["step_id"] for _ in range(5)]  # type: ignore[union-attr]
+    assert order == ["web-0", "flood-0", "trickle-0", "flood-1", "flood-2"]
+    assert sched.pop() is None and len(sched) == 0
+
+
+def test_lane_is_full_at_its_limit_and_requeue_goes_first() -> None:
+    sched = LaneScheduler(per_lane_limit=2)
+    sched.push(_item("batch", "a", 0))
+    assert not sched.full("batch")
+    sched.push(_item("batch", "b", 0))
+    assert sched.full("batch") and not sched.full("interactive")
+    first = sched.pop()
+    assert first is not None
+    sched.push(first, front=True)
+    assert sched.peek() is first
+
+
+def test_routing_by_task_class_degrade_and_kill_switches() -> None:
+    settings = Settings()
+    assert route("report", settings, FlagView({})).pool == "large"
+    assert route("interface", settings, FlagView({})).pool == "small"
+    degraded = route("report", settings, FlagView({"degrade": "on"}))
+    assert degraded.pool == "small" and degraded.degraded_reason
+    assert route("interface", settings, FlagView({"degrade": "on"})).degraded_reason is None
+    killed = route("report", settings, FlagView({"kill.pool.large": "on"}))
+    assert killed.pool == "small" and "switched off" in (killed.degraded_reason or "")
+    with pytest.raises(NoPoolAvailable):
+        route("report", settings, FlagView({"kill.pool.large": "on", "kill.pool.small": "on"}))
+
+
+def test_pool_rate_is_under_capacity_unless_a_flag_says() -> None:
+    settings = Settings()
+    cap = settings.pools["large"].capacity_tokens_per_s
+    assert pool_rate("large", settings, FlagView({})) == pytest.approx(cap * 0.85)
+    assert pool_rate("large", settings, FlagView({"rate.pool.large": "42"})) == 42.0
+    assert estimate_tokens([{"role": "user", "content": "x" * 40}], 16) == 10 + 4 + 16
+
+
+def test_budgets_can_only_be_lowered_and_name_their_reason() -> None:
+    settings = Settings()
+    budget = conversation_budget(settings, {"max_steps": "1", "token_budget": "10**9"})
+    assert budget == Budget(1, settings.conversation_token_budget)
+    assert conversation_budget(settings, {"max_steps": "100000"}).max_steps == \
+        settings.conversation_max_steps
+    assert exhausted({"steps": 0, "tokens": 0}, budget) is None
+    assert "step budget" in (exhausted({"steps": 1, "tokens": 0}, budget) or "")
+    assert "token budget" in (exhausted({"steps": 0, "tokens": 50}, Budget(5, 50)) or "")
+
+
+@pytest.mark.parametrize("name,value", [
+    ("degrade", "maybe"), ("kill.tool.x", "2"), ("rate.pool.small", "0"),
+    ("limit.tenant.t", "5"), ("nonsense", "on")])
+def test_bad_flags_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ValueError):
+        validate(name, value)
+
+
+def test_flag_view_reads_switches_and_pairs() -> None:
+    view = FlagView({"degrade": "on", "kill.tool.retrieve": "off",
+                     "limit.tenant.acme": "0.5/2"})
+    assert view.degrade and not view.tool_killed("retrieve")
+    assert view.pair("limit.tenant.acme") == (0.5, 2.0)
+    assert view.pair("limit.tenant.other") is None

@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from clawstream.settings import Settings
+from processors.failopen import fail_open
 from processors.flow.buckets import TokenBuckets
 from processors.flow.flags import FlagView
 from processors.flow.limits import record_tenant_usage
@@ -49,8 +50,10 @@ class PoolAdmission:
                 item.extra["rerouted_from"] = item.pool
                 item.pool = other
         rate, capacity = self._rate(item.pool)
-        take = await self._buckets.take(bucket_key("pool", item.pool), rate, capacity,
-                                        item.cost)
+        take = await fail_open("pool_admission", self._buckets.take(
+            bucket_key("pool", item.pool), rate, capacity, item.cost), None)
+        if take is None:
+            return 0.0
         if not take.allowed:
             return take.retry_after_s
         item.extra["admitted_at_ms"] = take.at_ms
@@ -58,6 +61,9 @@ class PoolAdmission:
         return 0.0
 
     async def release(self, item: Pending, result: dict[str, Any] | None) -> None:
+        await fail_open("pool_release", self._release(item, result), None)
+
+    async def _release(self, item: Pending, result: dict[str, Any] | None) -> None:
         rate, capacity = self._rate(item.pool)
         usage = (result or {}).get("usage") or {}
         actual = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))

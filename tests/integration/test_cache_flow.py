@@ -117,6 +117,8 @@ def test_redis_stopped_mid_run_degrades_to_misses(worker: Settings) -> None:
         errors = [line for line in scraped.text.splitlines() if line.startswith(
             'clawstream_cache_errors_total{layer="embedding",op="get"}')]
         assert errors and float(errors[0].split()[-1]) >= 1, scraped.text[-3000:]
+        # rate limits sharing that Redis let the requests through rather than stop them
+        assert 'clawstream_redis_fail_open_total{check="entrance"}' in scraped.text
     finally:
         redis_local.start(worker)
     # Redis back: the caches work again without a worker restart

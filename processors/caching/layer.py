@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from clawstream.pricing import cost_usd
@@ -41,7 +41,6 @@ class StepOutcome:
     usage: dict[str, Any]
     model: str | None = None
     backend: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def usage_record(report: CacheReport, prompt_tokens: int = 0, completion_tokens: int = 0,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from clawstream.settings import Settings
@@ -28,7 +28,6 @@ class CachedResult:
     cost_usd: float = 0.0
     model: str | None = None
     backend: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tokens(self) -> int:

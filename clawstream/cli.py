@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from clawstream.cost_cli import cost as cost_command
 from clawstream.dlq import dlq_app
 from clawstream.flags_cli import app as flags_app
 from clawstream.render import print_answer
@@ -19,6 +20,7 @@ app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_i
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(flags_app, name="flags")
 console = Console()
+app.command(name="cost")(cost_command)
 
 
 def _settings() -> Settings:

@@ -25,6 +25,7 @@ def print_answer(console: Console, answer: dict[str, Any]) -> None:
     total = answer["answered_at_ms"] - answer["created_at_ms"]
     usage = answer["usage"]
     console.print(f"[bold]{answer['agent']}[/] ({answer['status']}, {total} ms, "
-                  f"{usage['prompt_tokens']}+{usage['completion_tokens']} tokens): "
+                  f"{usage['prompt_tokens']}+{usage['completion_tokens']} tokens, "
+                  f"${usage['cost_usd']:.6f}, caches saved ${usage['saved_cost_usd']:.6f}): "
                   f"{answer['text'] or answer.get('reason') or ''}")
     console.print(timeline_table(answer))

@@ -80,6 +80,39 @@ class Settings(BaseSettings):
         "machine: ggml threads spin-wait on each other).",
     )
 
+    # Caches (processors/caching) and the price table (clawstream/pricing.py)
+    cache_enabled: bool = Field(
+        default=True, description="All three caches; off = every call goes to the model/tool."
+    )
+    cache_timeout_s: float = Field(
+        default=0.25, description="A cache round trip slower than this is a miss, not a wait."
+    )
+    prompt_cache_ttl_s: float = Field(
+        default=300.0, description="Prompt-output TTL unless the agent sets its own (60-300)."
+    )
+    prompt_cache_max_temperature: float = Field(
+        default=0.3, description="Only steps at or below this temperature are cached."
+    )
+    tool_cache_ttl_s: float = Field(
+        default=60.0, description="Tool-result TTL unless the tool declares its own."
+    )
+    tool_cache_max_ttl_s: float = Field(default=900.0, description="Ceiling of any tool TTL.")
+    embedding_cache_ttl_s: float | None = Field(
+        default=None, description="None: embeddings live until their content hash changes."
+    )
+    cache_outage_event_interval_s: float = Field(
+        default=5.0, description="At most one cache_unavailable event per layer this often."
+    )
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {
+            "smollm2-135m-instruct-q4_1": {"input_per_1k": 0.0002, "output_per_1k": 0.0008},
+            "simulated-echo": {"input_per_1k": 0.0002, "output_per_1k": 0.0008},
+            "all-MiniLM-L6-v2": {"input_per_1k": 0.00002, "output_per_1k": 0.0},
+        },
+        description="USD per 1k input/output tokens by served model id (illustrative figures "
+        "for the local models, shaped like a hosted provider's price list).",
+    )
+
     # Faust worker
     app_id: str = "clawstream"
     worker_web_port: int = 6066

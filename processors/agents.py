@@ -46,6 +46,8 @@ class AgentSpec:
     context_exchanges: int = field(default_factory=lambda: get_settings().context_exchanges)
     step_timeout_s: float | None = None
     """Run-time limit of this agent's steps; None = the lane's (a tool's own limit wins)."""
+    cache_ttl_s: float | None = None
+    """Prompt-output cache TTL of this agent's model steps; None = the default (300 s)."""
     task_class: str = "chat"
     """Picks the model pool (settings.task_pools): short interface messages -> small model,
     research and reports -> large."""
@@ -73,6 +75,7 @@ AGENTS: dict[str, AgentSpec] = {
             version="1.1.0",
             system_prompt="You are a helpful assistant. Answer in one or two short sentences.",
             plan=(ModelStep(),),
+            cache_ttl_s=120.0,  # chat drifts faster than answers over the fixed corpus
         ),
     )
 }

@@ -78,3 +78,13 @@ async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Re
     body = {"worker": WORKER_NAME, "recovered": recovered, "rebalancing": app.rebalancing,
             "partitions": sorted(tp.partition for tp in assigned if tp.topic == RESULTS.name)}
     return web.json(body, status=200 if recovered and not app.rebalancing else 503)
+
+
+@app.page("/metrics")
+async def metrics(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+    """Prometheus exposition of this worker's counters (cache hits, misses, savings and
+    outages), so an operator can alert on a cache that silently turned into misses."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    # In a header: aiohttp refuses a content_type argument that carries a charset.
+    return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

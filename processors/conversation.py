@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass, field
 
 from processors.agents import AgentSpec, ModelStep, ToolStep, get_agent
+from processors.caching.control import control_for_request
+from processors.caching.report import merge_records
 from processors.keys import canonical_json
 from processors.policy import Policy, retry_delay_ms
 from processors.records import (
@@ -72,13 +74,15 @@ def _plan_command(conv: Record, active: Record, agent: AgentSpec, now_ms: int,
                   policy: Policy) -> Record:
     req, index = active["request"], active["step_index"]
     step = agent.plan[index]
+    cache = control_for_request(req["options"], agent.cache_ttl_s)
     if isinstance(step, ToolStep):
         spec = get_tool_spec(step.tool)
         tool = {"name": step.tool, "version": spec.version if spec else "?",
                 "arguments_json": canonical_json(step.arguments(req)),
                 "mutating": bool(spec and spec.mutating)}
         limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
-        return step_command(req, active["run"], index, "tool", now_ms, limit, None, tool)
+        return step_command(req, active["run"], index, "tool", now_ms, limit, None, tool,
+                            cache=cache)
     assert isinstance(step, ModelStep)
     call = {
         "model": "default",
@@ -88,7 +92,8 @@ def _plan_command(conv: Record, active: Record, agent: AgentSpec, now_ms: int,
         "temperature": agent.temperature,
     }
     limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, None)
-    return step_command(req, active["run"], index, "model", now_ms, limit, call, None)
+    return step_command(req, active["run"], index, "model", now_ms, limit, call, None,
+                        cache=cache)
 
 
 def _issue(active: Record, cmd: Record, agent: AgentSpec, now_ms: int) -> list[Output]:
@@ -211,6 +216,7 @@ def on_result(conv: Record | None, res: Record, now_ms: int, policy: Policy) -> 
     for k in ("prompt_tokens", "completion_tokens", "saved_tokens", "cost_usd",
               "saved_cost_usd"):
         active["usage"][k] += res["usage"][k]
+    active["cache"] = merge_records(active.get("cache", []), res.get("cache") or [])
     outputs = [event("step_completed", now_ms, active["request"], step_id=res["step_id"],
                      worker=res["worker"], agent_version=agent.version,
                      detail={"status": res["status"], "attempt": res["attempt"]})]

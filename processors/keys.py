@@ -54,3 +54,35 @@ def admissions_key(pool: str) -> str:
 def ledger_key(step_id: str) -> str:
     """The side-effect ledger's entry for one step (all its attempts share it)."""
     return f"ledger:{step_id}"
+
+
+def content_hash(value: Any) -> str:
+    """Full SHA-256 of the canonical JSON: cache keys must not collide, unlike step ids."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def normalise_whitespace(text: str) -> str:
+    """Runs of whitespace become one space, ends trimmed: re-indented text is the same text."""
+    return " ".join(text.split())
+
+
+def prompt_cache_key(prompt_version: str, model_id: str, params: Any, messages: Any) -> str:
+    """Prompt-output cache: prompt version + served model + generation parameters + context.
+
+    ``messages`` is the already-trimmed context the model sees (system prompt, the last
+    exchanges, the question with its notes); any change in any part is a different key.
+    """
+    return (f"pc:{prompt_version}:{model_id}:{short_hash(params)}:"
+            f"{content_hash(messages)}")
+
+
+def tool_cache_key(tool: str, version: str, critical_arguments: Any) -> str:
+    """Tool-result cache: tool + client version + only the arguments the tool declares
+    critical, so a cosmetic argument (a trace note, say) does not split the cache."""
+    return f"tc:{tool}:{version}:{content_hash(critical_arguments)}"
+
+
+def embedding_cache_key(model_id: str, text: str) -> str:
+    """Embedding cache: model id + hash of the whitespace-normalised content."""
+    digest = hashlib.sha256(normalise_whitespace(text).encode()).hexdigest()
+    return f"emb:{model_id}:{digest}"

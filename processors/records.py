@@ -56,7 +56,7 @@ def empty_usage() -> Record:
 
 def step_command(req: Record, run: int, index: int, step_type: str, now_ms: int,
                  timeout_ms: int, model_call: Record | None, tool_call: Record | None,
-                 key_input: Any = None) -> Record:
+                 key_input: Any = None, cache: Record | None = None) -> Record:
     """A new step, attempt 1. Its id is the idempotency key of the step: the same for every
     attempt, different for another request, step, run (a redrive) or input."""
     call = model_call if step_type == "model" else tool_call
@@ -77,6 +77,7 @@ def step_command(req: Record, run: int, index: int, step_type: str, now_ms: int,
         "deadline_ms": req["deadline_ms"],
         "model_call": model_call,
         "tool_call": tool_call,
+        "cache": cache,
     }
 
 
@@ -107,6 +108,7 @@ def answer(active: Record, status: str, text: str, reason: str | None, now_ms: i
         "answered_at_ms": now_ms,
         "usage": active["usage"],
         "timeline": active["timeline"],
+        "cache": active.get("cache", []),
     }
     return Output(ANSWERS.name, req["conversation_id"], AGENT_ANSWER, record)
 

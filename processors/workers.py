@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -27,6 +28,8 @@ from processors.app import (
     inference_interactive_topic,
     tool_topic,
 )
+from processors.caching import CacheControl, Caches, collecting
+from processors.caching.report import current as cache_report
 from processors.emit import dead_letter, now_ms, send
 from processors.flow import runtime
 from processors.flow.dispatch import Dispatcher, Unlimited
@@ -47,10 +50,12 @@ settings = get_settings()
 inference = InferenceClient(settings.serve_url, timeout=settings.batch_step_timeout_s)
 cache = aioredis.Redis.from_url(settings.redis_url)
 ledger = EffectLedger(cache)
+caches = Caches(settings, inference)
 
 
 def _tools() -> dict[str, Tool]:
-    tools: list[Tool] = [Retriever(inference, cache), Recall(cache, settings.context_exchanges)]
+    tools: list[Tool] = [Retriever(caches.embeddings),
+                         Recall(cache, settings.context_exchanges)]
     if settings.fault_injection:
         from processors.tools.faults import fault_tools
 
@@ -103,6 +108,7 @@ def _result(cmd: dict[str, Any], started: int, **fields: Any) -> Output:
         "backend": None,
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
                   "saved_tokens": 0, "saved_cost_usd": 0.0},
+        "cache": cache_report().records(),
     }
     record.update(fields)
     return Output(RESULTS.name, cmd["conversation_id"], STEP_RESULT, record)
@@ -120,11 +126,14 @@ async def run_model_step(cmd: dict[str, Any], pool: str | None = None) -> Output
     call = cmd["model_call"]
     spec = settings.pools.get(pool or call["model"])
     try:
-        gen = await asyncio.wait_for(
-            inference.generate(call["messages"], max_tokens=call["max_tokens"],
-                               temperature=call["temperature"],
-                               model=spec.backend_model if spec else None),
-            timeout=cmd["timeout_ms"] / 1000)
+        outcome = await caches.model_step(
+            call, CacheControl.from_record(cmd.get("cache")), cache_report(),
+            lambda: asyncio.wait_for(
+                inference.generate(call["messages"], max_tokens=call["max_tokens"],
+                                   temperature=call["temperature"],
+                                   model=spec.backend_model if spec else None),
+                timeout=cmd["timeout_ms"] / 1000),
+            served_model=spec.backend_model if spec else None)
     except TimeoutError:
         return _result(cmd, started, status="error", error=_error(
             TimeoutError(f"model call exceeded its {cmd['timeout_ms']} ms limit"), True))
@@ -134,10 +143,8 @@ async def run_model_step(cmd: dict[str, Any], pool: str | None = None) -> Output
             model_dispatcher.hold(retry_after or settings.inference_retry_after_s)
         return _result(cmd, started, status="error",
                        error=_error(exc, exc.retryable, retry_after))
-    usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-             "cost_usd": 0.0, "saved_tokens": 0, "saved_cost_usd": 0.0}
-    return _result(cmd, started, output=gen.text, model=gen.model, backend=gen.backend,
-                   usage=usage)
+    return _result(cmd, started, output=outcome.output, model=outcome.model,
+                   backend=outcome.backend, usage=outcome.usage, cache_hit=outcome.cache_hit)
 
 
 async def _call_tool(tool: Tool, cmd: dict[str, Any], ctx: ToolContext) -> str:
@@ -170,7 +177,10 @@ async def run_tool_step(cmd: dict[str, Any]) -> Output:
     ctx = ToolContext(step_id=cmd["step_id"], attempt=cmd["attempt"],
                       timeout_s=cmd["timeout_ms"] / 1000)
     try:
-        output = await _call_tool(tool, cmd, ctx)
+        outcome = await caches.tool_step(
+            tool.spec, json.loads(call["arguments_json"]),
+            CacheControl.from_record(cmd.get("cache")), cache_report(),
+            lambda: _call_tool(tool, cmd, ctx))
     except ToolError as exc:
         return _result(cmd, started, status="error",
                        error=_error(exc, exc.retryable, exc.retry_after_s))
@@ -179,7 +189,8 @@ async def run_tool_step(cmd: dict[str, Any]) -> Output:
     except (InferenceError, RedisError, TimeoutError) as exc:
         retryable = not isinstance(exc, InferenceError) or exc.retryable
         return _result(cmd, started, status="error", error=_error(exc, retryable))
-    return _result(cmd, started, output=output)
+    return _result(cmd, started, output=outcome.output, usage=outcome.usage,
+                   cache_hit=outcome.cache_hit)
 
 
 async def _finish(item: Pending, output: Output | Exception) -> None:
@@ -200,14 +211,22 @@ def _model_item(cmd: dict[str, Any], event: Any) -> Pending:
                    pool=pool)
 
 
+async def _cached(cmd: dict[str, Any], step: Awaitable[Output]) -> Output:
+    """Run one step under a fresh cache report (its result carries what the caches did);
+    a cache outage is a miss for the step and an audit event for the operator."""
+    with in_flight, collecting() as report:
+        result = await step
+    for output in caches.outage_events(cmd, report, WORKER_NAME, now_ms()):
+        await send(output)
+    return result
+
+
 async def _run_model_item(item: Pending) -> Output:
-    with in_flight:
-        return await run_model_step(item.cmd, item.pool)
+    return await _cached(item.cmd, run_model_step(item.cmd, item.pool))
 
 
 async def _run_tool_item(item: Pending) -> Output:
-    with in_flight:
-        return await run_tool_step(item.cmd)
+    return await _cached(item.cmd, run_tool_step(item.cmd))
 
 
 model_dispatcher = Dispatcher(

@@ -25,6 +25,7 @@ from typing import Any
 from clawstream.settings import Settings
 from processors.agents import get_agent
 from processors.conversation import Decision, on_result
+from processors.failopen import fail_open
 from processors.flow import budgets, limits, recall, runtime
 from processors.flow.buckets import TokenBuckets
 from processors.flow.flags import FlagView
@@ -68,6 +69,11 @@ async def gate(req: Record, conv: Record | None, settings: Settings) -> limits.R
                                                                   or {}))
     if reason is not None:
         return limits.Rejection("conversation_budget", reason, 0.0)
+    return await fail_open("entrance", _redis_gate(req, settings, flags), None)
+
+
+async def _redis_gate(req: Record, settings: Settings, flags: FlagView
+                      ) -> limits.Rejection | None:
     redis = runtime.redis()
     rejection = await limits.check_entrance(TokenBuckets(redis), settings, flags,
                                             req["tenant_id"], req.get("user_id", "anonymous"))
@@ -196,9 +202,10 @@ async def _finish_answer(conv: Record, answer: Record) -> None:
         answer["status"] = "degraded"
         answer["reason"] = "; ".join(notes)
     if answer["status"] in ("ok", "degraded") and answer["text"]:
-        await recall.archive_exchange(runtime.redis(), answer["conversation_id"], {
-            "request_id": answer["request_id"], "user": _question(conv, answer),
-            "assistant": answer["text"]})
+        await fail_open("recall_archive", recall.archive_exchange(
+            runtime.redis(), answer["conversation_id"], {
+                "request_id": answer["request_id"], "user": _question(conv, answer),
+                "assistant": answer["text"]}), None)
 
 
 def _question(conv: Record, answer: Record) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from clawstream.settings import Settings
+from processors.failopen import fail_open
 from processors.flow.buckets import TokenBuckets
 from processors.flow.flags import FlagView
 from processors.flow.limits import record_tenant_usage
@@ -52,8 +53,10 @@ class PoolAdmission:
         # A batch step leaves part of the bucket to interactive steps, so a flood cannot make
         # an interactive step wait for the refill.
         reserve = capacity * self._settings.batch_token_reserve if item.lane == "batch" else 0
-        take = await self._buckets.take(bucket_key("pool", item.pool), rate, capacity,
-                                        item.cost, reserve)
+        take = await fail_open("pool_admission", self._buckets.take(
+            bucket_key("pool", item.pool), rate, capacity, item.cost, reserve), None)
+        if take is None:
+            return 0.0
         if not take.allowed:
             return take.retry_after_s
         item.extra["admitted_at_ms"] = take.at_ms
@@ -61,6 +64,9 @@ class PoolAdmission:
         return 0.0
 
     async def release(self, item: Pending, result: dict[str, Any] | None) -> None:
+        await fail_open("pool_release", self._release(item, result), None)
+
+    async def _release(self, item: Pending, result: dict[str, Any] | None) -> None:
         rate, capacity = self._rate(item.pool)
         usage = (result or {}).get("usage") or {}
         actual = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))

@@ -66,7 +66,8 @@ class Recall:
     Arguments: ``conversation_id``, ``query``, ``k`` (default 2) and ``kept`` (exchanges
     still in the prompt, left out of the search; default settings.context_exchanges)."""
 
-    spec = ToolSpec(name="recall", version="1")
+    # Reads an archive that grows every turn: a cached answer would miss the latest exchange.
+    spec = ToolSpec(name="recall", version="1", cache_ttl_s=0)
 
     def __init__(self, redis: aioredis.Redis, kept_default: int) -> None:
         self._redis = redis

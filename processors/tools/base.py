@@ -21,6 +21,11 @@ class ToolSpec:
     """Run-time limit of one call; None = the lane's step limit."""
     compensation: str | None = None
     """Tool that undoes a completed call of this one when its conversation fails later."""
+    cache_ttl_s: float | None = None
+    """Tool-result cache TTL; None = the default (60 s), 0 = never cached. Mutating tools
+    are never cached whatever this says."""
+    cache_params: tuple[str, ...] | None = None
+    """The arguments that decide the result (the cache key); None = all of them."""
 
 
 @dataclass(frozen=True)

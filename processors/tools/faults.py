@@ -21,11 +21,12 @@ import redis.asyncio as aioredis
 from processors.agents import AgentSpec, ModelStep, Record, ToolStep
 from processors.tools.base import ToolContext, ToolError, ToolSpec
 
-FLAKY = ToolSpec(name="fault.flaky", max_attempts=2)
-HANG = ToolSpec(name="fault.hang", max_attempts=2, timeout_s=1.0)
+# Their outcome depends on the attempt, not only the arguments: never served from the cache.
+FLAKY = ToolSpec(name="fault.flaky", max_attempts=2, cache_ttl_s=0)
+HANG = ToolSpec(name="fault.hang", max_attempts=2, timeout_s=1.0, cache_ttl_s=0)
 EFFECT = ToolSpec(name="fault.effect", mutating=True, max_attempts=3, compensation="fault.undo")
 UNDO = ToolSpec(name="fault.undo", mutating=True, max_attempts=3)
-FAIL = ToolSpec(name="fault.fail", max_attempts=2)
+FAIL = ToolSpec(name="fault.fail", max_attempts=2, cache_ttl_s=0)
 FAULT_SPECS = (FLAKY, HANG, EFFECT, UNDO, FAIL)
 
 # The external system the mutating fault tools change: counters in Redis.

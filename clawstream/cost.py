@@ -1,0 +1,96 @@
+"""Spend and savings from the answer events: what ``clawstream cost`` reports.
+
+Every answer carries its request's totals (tokens and USD billed, tokens and USD saved)
+and, per cache layer, hits, misses and savings, so the report needs only the answer topic
+and is exact for any time range or tenant, replayed from Kafka.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from processors.caching.report import LAYERS, merge_records
+
+Record = dict[str, Any]
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now_ms: int) -> int:
+    """``--since``: a duration back from now (``90s``, ``30m``, ``2h``, ``7d``) or an ISO
+    timestamp (``2026-11-24T08:00``, local time unless it has an offset); epoch ms out."""
+    match = _DURATION.match(text)
+    if match:
+        return now_ms - int(float(match.group(1)) * _UNIT_S[match.group(2)] * 1000)
+    try:
+        return int(datetime.fromisoformat(text.strip()).timestamp() * 1000)
+    except ValueError:
+        raise ValueError(f"--since {text!r}: expected e.g. 30m, 2h, 7d or an ISO time") from None
+
+
+@dataclass
+class Totals:
+    interactions: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    saved_tokens: int = 0
+    saved_cost_usd: float = 0.0
+
+    def add(self, usage: Record) -> None:
+        self.interactions += 1
+        for name in ("prompt_tokens", "completion_tokens", "cost_usd", "saved_tokens",
+                     "saved_cost_usd"):
+            setattr(self, name, getattr(self, name) + usage[name])
+
+    @property
+    def cost_per_interaction(self) -> float:
+        return self.cost_usd / self.interactions if self.interactions else 0.0
+
+    @property
+    def savings_ratio(self) -> float:
+        """Share of what the requests would have cost without caches that was saved."""
+        would_cost = self.cost_usd + self.saved_cost_usd
+        return self.saved_cost_usd / would_cost if would_cost else 0.0
+
+
+@dataclass
+class CostReport:
+    total: Totals = field(default_factory=Totals)
+    by_tenant: dict[str, Totals] = field(default_factory=dict)
+    statuses: Counter[str] = field(default_factory=Counter)
+    layers: list[Record] = field(default_factory=list)
+
+    def layer(self, name: str) -> Record:
+        found = next((r for r in self.layers if r["layer"] == name), None)
+        return found or {"layer": name, "hits": 0, "misses": 0, "saved_tokens": 0,
+                         "saved_cost_usd": 0.0}
+
+
+def hit_rate(layer: Record) -> float | None:
+    lookups = layer["hits"] + layer["misses"]
+    return layer["hits"] / lookups if lookups else None
+
+
+def summarise(answers: Iterable[Record], *, since_ms: int | None = None,
+              tenant: str | None = None) -> CostReport:
+    """Totals over the answers answered at or after ``since_ms`` for ``tenant`` (all if
+    None); rejected requests count as interactions (they cost nothing)."""
+    report = CostReport()
+    for answer in answers:
+        if since_ms is not None and answer["answered_at_ms"] < since_ms:
+            continue
+        if tenant is not None and answer["tenant_id"] != tenant:
+            continue
+        report.total.add(answer["usage"])
+        report.by_tenant.setdefault(answer["tenant_id"], Totals()).add(answer["usage"])
+        report.statuses[answer["status"]] += 1
+        report.layers = merge_records(report.layers, answer.get("cache") or [])
+    report.layers = [report.layer(name) for name in LAYERS] + [
+        r for r in report.layers if r["layer"] not in LAYERS]
+    return report

@@ -1,0 +1,65 @@
+"""``clawstream cost``: spend, savings per cache layer, hit rates, cost per interaction."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clawstream.cost import CostReport, hit_rate, parse_since, summarise
+from clawstream.settings import Settings
+
+console = Console()
+
+
+def cost(
+    since: Annotated[str | None, typer.Option(help="30m, 2h, 7d or an ISO time.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    idle: Annotated[float, typer.Option(help="Stop reading after this many idle seconds.")]
+    = 3.0,
+) -> None:
+    """Read the answer events and print what was spent and what the caches saved."""
+    from streams.subscriber import read_topic
+    from streams.topics import ANSWERS
+
+    try:
+        since_ms = parse_since(since, int(time.time() * 1000)) if since else None
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    answers = (record for _, record in read_topic(Settings().bootstrap_servers, ANSWERS.name,
+                                                  timeout_s=idle))
+    print_report(summarise(answers, since_ms=since_ms, tenant=tenant), console)
+
+
+def layers_table(layers: list[dict[str, Any]], title: str) -> Table:
+    """Hits, misses, hit rate and savings per cache layer (also used by bench cache)."""
+    table = Table("cache layer", "hits", "misses", "hit rate", "saved tokens", "saved USD",
+                  title=title, title_justify="left")
+    for layer in layers:
+        rate = hit_rate(layer)
+        table.add_row(layer["layer"], str(layer["hits"]), str(layer["misses"]),
+                      "-" if rate is None else f"{rate:.0%}", str(layer["saved_tokens"]),
+                      f"{layer['saved_cost_usd']:.6f}")
+    return table
+
+
+def print_report(report: CostReport, out: Console) -> None:
+    t = report.total
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items())) or "none"
+    out.print(f"[bold]{t.interactions}[/] interactions ({statuses}); spent "
+              f"[bold]${t.cost_usd:.6f}[/] for {t.prompt_tokens}+{t.completion_tokens} "
+              f"tokens; caches saved [bold]${t.saved_cost_usd:.6f}[/] ({t.saved_tokens} "
+              f"tokens, {t.savings_ratio:.0%} of the uncached cost); "
+              f"${t.cost_per_interaction:.6f} per interaction")
+    out.print(layers_table(report.layers, "savings per cache layer"))
+    tenants = Table("tenant", "interactions", "tokens in", "tokens out", "spent USD",
+                    "saved USD", "USD / interaction", title="by tenant", title_justify="left")
+    for name, totals in sorted(report.by_tenant.items()):
+        tenants.add_row(name, str(totals.interactions), str(totals.prompt_tokens),
+                        str(totals.completion_tokens), f"{totals.cost_usd:.6f}",
+                        f"{totals.saved_cost_usd:.6f}", f"{totals.cost_per_interaction:.6f}")
+    out.print(tenants)

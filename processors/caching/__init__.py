@@ -1,0 +1,15 @@
+"""Prompt-output, tool-result and embedding caches in Redis, with their accounting."""
+
+from processors.caching.control import CacheControl, control_for_request
+from processors.caching.layer import Caches, StepOutcome
+from processors.caching.report import CacheReport, collecting, merge_records
+
+__all__ = [
+    "CacheControl",
+    "CacheReport",
+    "Caches",
+    "StepOutcome",
+    "collecting",
+    "control_for_request",
+    "merge_records",
+]

@@ -1,0 +1,117 @@
+"""What the caches did during one step: hits, misses, savings, spend and outages.
+
+Cache lookups happen deep inside a step (the retrieval tool embeds through the embedding
+cache), so the layers record into the step's report through a context variable instead
+of every tool passing a collector along. The worker opens a report per step, copies it
+onto the step result (``cache`` field) and turns outages into ``cache_unavailable`` events.
+Prometheus counters see the same numbers for the whole process.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter
+
+LAYERS = ("prompt", "tool", "embedding")
+
+LOOKUPS = Counter("clawstream_cache_lookups_total", "Cache look-ups by layer and outcome",
+                  ["layer", "outcome"])
+SAVED_TOKENS = Counter("clawstream_cache_saved_tokens_total", "Tokens not billed thanks to a "
+                       "cache hit", ["layer"])
+SAVED_COST = Counter("clawstream_cache_saved_cost_usd_total", "USD not spent thanks to a cache "
+                     "hit", ["layer"])
+ERRORS = Counter("clawstream_cache_errors_total", "Cache operations that failed and were "
+                 "treated as misses (Redis down or slow)", ["layer", "op"])
+
+
+@dataclass
+class LayerStats:
+    hits: int = 0
+    misses: int = 0
+    saved_tokens: int = 0
+    saved_cost_usd: float = 0.0
+    spent_tokens: int = 0
+    spent_cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class CacheFault:
+    layer: str
+    op: str
+    error: str
+
+
+@dataclass
+class CacheReport:
+    layers: dict[str, LayerStats] = field(default_factory=dict)
+    faults: list[CacheFault] = field(default_factory=list)
+
+    def _layer(self, layer: str) -> LayerStats:
+        return self.layers.setdefault(layer, LayerStats())
+
+    def hit(self, layer: str, saved_tokens: int = 0, saved_cost_usd: float = 0.0,
+            count: int = 1) -> None:
+        stats = self._layer(layer)
+        stats.hits += count
+        stats.saved_tokens += saved_tokens
+        stats.saved_cost_usd += saved_cost_usd
+        LOOKUPS.labels(layer, "hit").inc(count)
+        SAVED_TOKENS.labels(layer).inc(saved_tokens)
+        SAVED_COST.labels(layer).inc(saved_cost_usd)
+
+    def miss(self, layer: str, count: int = 1) -> None:
+        self._layer(layer).misses += count
+        LOOKUPS.labels(layer, "miss").inc(count)
+
+    def spend(self, layer: str, tokens: int, cost_usd: float) -> None:
+        """Work done because of a miss (e.g. texts embedded), billed to this step."""
+        stats = self._layer(layer)
+        stats.spent_tokens += tokens
+        stats.spent_cost_usd += cost_usd
+
+    def fault(self, layer: str, op: str, exc: BaseException) -> None:
+        self.faults.append(CacheFault(layer, op, f"{type(exc).__name__}: {exc}"[:300]))
+        ERRORS.labels(layer, op).inc()
+
+    def records(self) -> list[dict[str, Any]]:
+        """Avro ``CacheUsage`` records, one per layer that was consulted."""
+        return [{"layer": name, "hits": s.hits, "misses": s.misses,
+                 "saved_tokens": s.saved_tokens, "saved_cost_usd": s.saved_cost_usd}
+                for name, s in sorted(self.layers.items())]
+
+
+_current: contextvars.ContextVar[CacheReport | None] = contextvars.ContextVar(
+    "clawstream_cache_report", default=None)
+
+
+def current() -> CacheReport:
+    """The running step's report; outside a step, a throw-away one (metrics still count)."""
+    return _current.get() or CacheReport()
+
+
+@contextmanager
+def collecting() -> Iterator[CacheReport]:
+    """Open a fresh report for one step (per asyncio task: concurrent steps do not mix)."""
+    report = CacheReport()
+    token = _current.set(report)
+    try:
+        yield report
+    finally:
+        _current.reset(token)
+
+
+def merge_records(total: list[dict[str, Any]], more: list[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """Add ``CacheUsage`` records layer by layer (a request's totals over its steps)."""
+    merged = {r["layer"]: dict(r) for r in total}
+    for r in more:
+        into = merged.setdefault(r["layer"], {"layer": r["layer"], "hits": 0, "misses": 0,
+                                              "saved_tokens": 0, "saved_cost_usd": 0.0})
+        for k in ("hits", "misses", "saved_tokens", "saved_cost_usd"):
+            into[k] += r[k]
+    return [merged[k] for k in sorted(merged)]

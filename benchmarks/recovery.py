@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from itertools import pairwise
 from typing import Any
 
@@ -43,13 +43,15 @@ def _load(bootstrap: str, rate: float, stop: threading.Event, sent: list[Record]
     next_at = time.monotonic()
     while not stop.is_set():
         conversation = f"rec-{run}-{i}"
+        # Many users of one tenant, each well under the entrance limits.
+        who = {"tenant_id": "bench", "user_id": f"user-{i % 50}"}
         if i % 2:
             request = new_request(agent="researcher", conversation_id=conversation,
-                                  text=f"Where are tool results cached? #{i}")
+                                  text=f"Where are tool results cached? #{i}", **who)
         else:
             args = {"counter": conversation}
             request = new_request(agent="fault-effect", conversation_id=conversation,
-                                  text="apply", options={"args0": json.dumps(args)})
+                                  text="apply", options={"args0": json.dumps(args)}, **who)
         publish_request(publisher, request)
         sent.append(request)
         i += 1
@@ -86,14 +88,34 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
         loader.join()
         wanted = {r["request_id"] for r in sent}
         answers: dict[str, list[Record]] = defaultdict(list)
-        for _, answer in read_topic(settings.bootstrap_servers, ANSWERS.name, timeout_s=30,
+        # Every request is answered by its deadline at the latest: wait that long, no more.
+        patience_s = max(30.0, max(q["deadline_ms"] for q in sent) / 1000 - time.time() + 15)
+        for _, answer in read_topic(settings.bootstrap_servers, ANSWERS.name,
+                                    timeout_s=patience_s,
                                     until=lambda _n, a: wanted <= answers.keys()):
             if answer["request_id"] in wanted:
                 answers[answer["request_id"]].append(answer)
+        _explain_missing(settings.bootstrap_servers, wanted - answers.keys())
         r = redis.Redis(port=settings.redis_port, decode_responses=True)
         effects = [int(r.get(EFFECTS_KEY.format(counter=q["conversation_id"])) or 0)
                    for q in sent if q["agent"] == "fault-effect"]
         report(sent, answers, effects, killed_at, owned, settings.partitions)
+
+
+def _explain_missing(bootstrap: str, missing: set[str]) -> None:
+    """What the event log says about requests that got no answer: where they stopped."""
+    from streams.subscriber import read_topic
+    from streams.topics import DLQ, EVENTS, REQUESTS_INTERACTIVE
+
+    if not missing:
+        return
+    trail: dict[str, list[str]] = defaultdict(list)
+    for topic in (REQUESTS_INTERACTIVE.name, EVENTS.name, DLQ.name):
+        for name, e in read_topic(bootstrap, topic, timeout_s=5):
+            if e.get("request_id") in missing:
+                trail[e["request_id"]].append(f"{topic}:{e.get('event_type') or name}")
+    for request_id in sorted(missing):
+        console.print(f"[red]no answer[/] {request_id}: {' → '.join(trail[request_id])}")
 
 
 def _owned_partitions(settings: Any, index: int) -> set[int]:
@@ -137,6 +159,10 @@ def report(sent: list[Record], answers: dict[str, list[Record]], effects: list[i
                   f"{steady_gap / 1000:.2f} s")
     table.add_row("ratio recovery / steady gap", f"{recovery_ms / steady_gap:.0f} x")
     console.print(table)
+    reasons = Counter(f"{v[0]['status']}: {(v[0]['reason'] or '')[:80]}"
+                      for v in answers.values() if v[0]["status"] != "ok")
+    for reason, count in reasons.most_common(5):
+        console.print(f"  {count} x {reason}")
     if lost or doubled:
         raise SystemExit("requests were lost or answered twice")
 

@@ -120,13 +120,18 @@ async def _handle(event: Any, name: str, record: dict[str, Any]) -> None:
     conv = conversations.get(conversation_id)
     if name == AGENT_REQUEST:
         key = dedup_key(record["tenant_id"], conversation_id, record["idempotency_key"])
-        if request_dedup.get(key) is None:
+        dedup = request_dedup.get(key)
+        if _retries_rejected(dedup, record):
+            dedup = None
+        if dedup is None:
             rejection = await coordination.gate(record, conv, settings)
-            if rejection is not None:  # not in dedup: the client may retry with its key
+            if rejection is not None:
+                request_dedup[key] = {"request_id": record["request_id"], "redriven": [],
+                                      "status": "answered", "answer_status": "rejected"}
                 for output in coordination.rejection_outputs(record, rejection):
                     await send(output)
                 return
-        decision = on_request(conv, request_dedup.get(key), record, now_ms(), policy)
+        decision = on_request(conv, dedup, record, now_ms(), policy)
         request_dedup[key] = decision.dedup
     elif name == STEP_RESULT:
         coordination.count_result(conv, record)
@@ -149,6 +154,14 @@ async def _apply(conversation_id: str, decision: Decision) -> None:
         if output.schema == AGENT_ANSWER:
             _mark_answered(output)
         await send(output)
+
+
+def _retries_rejected(dedup: dict[str, Any] | None, request: dict[str, Any]) -> bool:
+    """A rejected request may be sent again under the same idempotency key (the rejection
+    said when): a new request id is the client's retry and is checked afresh; the same
+    request id is a redelivery of the rejected one and stays a duplicate (one answer)."""
+    return bool(dedup and dedup.get("answer_status") == "rejected"
+                and dedup["request_id"] != request["request_id"])
 
 
 def _mark_answered(output: Output) -> None:

@@ -32,6 +32,7 @@ from processors.caching import CacheControl, Caches, collecting
 from processors.caching.report import current as cache_report
 from processors.emit import dead_letter, now_ms, send
 from processors.flow import runtime
+from processors.flow.acks import OrderedAcks
 from processors.flow.dispatch import Dispatcher, Unlimited
 from processors.flow.limiter import PoolAdmission
 from processors.flow.pools import estimate_tokens, smallest_pool
@@ -200,7 +201,7 @@ async def _finish(item: Pending, output: Output | Exception) -> None:
                           type(output).__name__, item.cmd)
     else:
         await send(output)
-    item.event.ack()
+    acks.done(item.event)
 
 
 def _model_item(cmd: dict[str, Any], event: Any) -> Pending:
@@ -229,6 +230,7 @@ async def _run_tool_item(item: Pending) -> Output:
     return await _cached(item.cmd, run_tool_step(item.cmd))
 
 
+acks = OrderedAcks()
 model_dispatcher = Dispatcher(
     "inference", LaneScheduler(settings.dispatch_buffer_per_lane),
     PoolAdmission(runtime.redis(), settings, runtime.flags), _run_model_item, _finish,
@@ -245,11 +247,12 @@ async def _intake(stream: Any, dispatcher: Dispatcher,
                   make: Any = lambda cmd, event: Pending(cmd, event)) -> None:
     """Fetch only: decode and hand over; offsets are acked when the step's result is sent."""
     async for event in stream.noack().events():
+        acks.track(event)
         try:
             cmd = decode_as(STEP_COMMAND, event.value)
         except DecodeError as exc:
             await dead_letter(event, str(exc), "DecodeError")
-            event.ack()
+            acks.done(event)
             continue
         await dispatcher.submit(make(cmd, event))
 

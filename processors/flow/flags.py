@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -96,7 +96,7 @@ class FlagReader:
         self._bootstrap = bootstrap
         self._poll_s = poll_s
         self._values: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -110,8 +110,14 @@ class FlagReader:
         self._stop.set()
 
     def view(self) -> FlagView:
-        with self._lock:
+        with self._changed:
             return FlagView(dict(self._values))
+
+    def wait_until(self, holds: Callable[[FlagView], bool], timeout_s: float) -> bool:
+        """Block until the flags satisfy ``holds`` (woken by each change), or time out."""
+        with self._changed:
+            return self._changed.wait_for(lambda: holds(FlagView(dict(self._values))),
+                                          timeout_s)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -139,8 +145,9 @@ class FlagReader:
             record = decode_as(CONTROL_FLAG, value)
         except DecodeError:
             return
-        with self._lock:
+        with self._changed:
             self._values[record["name"]] = record["value"]
+            self._changed.notify_all()
 
 
 def _consumer(bootstrap: str) -> Consumer:

@@ -19,6 +19,7 @@ from schemas.names import STEP_COMMAND
 from streams.publisher import Publisher, new_request, publish_request
 from streams.subscriber import read_topic
 from streams.topics import ANSWERS, RESULTS, TOOL_REQUESTS
+from tests.integration.flow import events_of, has_event, records_of
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +71,24 @@ def test_tenant_over_its_bucket_is_rejected_with_a_hint_while_another_is_served(
     assert all("retry after" in a["reason"] and flooder in a["reason"] for a in rejected)
     other = _ask(worker, "chat", tenant_id=f"t-calm-{uuid.uuid4().hex[:6]}")
     assert other["status"] == "ok"
+    # A redelivery of a rejected request is a duplicate: still one answer ...
+    first = next(r for r in flood if r["request_id"] == rejected[0]["request_id"])
+    publish_request(Publisher(worker.bootstrap_servers), first)
+    events_of(worker, first["conversation_id"], until=has_event("request_duplicate"))
+    assert len(records_of(worker, ANSWERS.name, first["conversation_id"])) == 1
+    # ... while the client's retry (new request id, same key) is checked afresh.
+    set_flag(worker.bootstrap_servers, f"limit.tenant.{flooder}", "100/100", by="test")
+    retry = new_request(agent="chat", conversation_id=first["conversation_id"],
+                        text=first["text"], idempotency_key=first["idempotency_key"],
+                        tenant_id=flooder, user_id=f"u-{uuid.uuid4().hex[:8]}")
+    deadline = time.monotonic() + 10
+    while True:  # until the raised limit has reached the worker (flags apply within 2 s)
+        publish_request(Publisher(worker.bootstrap_servers), retry)
+        again = _answers(worker, [retry])[retry["request_id"]]
+        if again["status"] == "ok" or time.monotonic() > deadline:
+            break
+        retry = {**retry, "request_id": str(uuid.uuid4())}
+    assert again["status"] == "ok" and again["idempotency_key"] == first["idempotency_key"]
 
 
 def test_interactive_overtakes_a_batch_flood_and_limiter_holds_its_rate(

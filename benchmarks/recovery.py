@@ -95,14 +95,16 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
                                     until=lambda _n, a: wanted <= answers.keys()):
             if answer["request_id"] in wanted:
                 answers[answer["request_id"]].append(answer)
-        _explain_missing(settings.bootstrap_servers, wanted - answers.keys())
+        _explain_missing(settings.bootstrap_servers, wanted - answers.keys(), sent,
+                         settings.partitions)
         r = redis.Redis(port=settings.redis_port, decode_responses=True)
         effects = [int(r.get(EFFECTS_KEY.format(counter=q["conversation_id"])) or 0)
                    for q in sent if q["agent"] == "fault-effect"]
         report(sent, answers, effects, killed_at, owned, settings.partitions)
 
 
-def _explain_missing(bootstrap: str, missing: set[str]) -> None:
+def _explain_missing(bootstrap: str, missing: set[str], sent: list[Record],
+                     partitions: int) -> None:
     """What the event log says about requests that got no answer: where they stopped."""
     from streams.subscriber import read_topic
     from streams.topics import DLQ, EVENTS, REQUESTS_INTERACTIVE
@@ -110,12 +112,15 @@ def _explain_missing(bootstrap: str, missing: set[str]) -> None:
     if not missing:
         return
     trail: dict[str, list[str]] = defaultdict(list)
+    where = {q["request_id"]: _partition(q["conversation_id"], partitions) for q in sent
+             if q["request_id"] in missing}
     for topic in (REQUESTS_INTERACTIVE.name, EVENTS.name, DLQ.name):
         for name, e in read_topic(bootstrap, topic, timeout_s=5):
             if e.get("request_id") in missing:
                 trail[e["request_id"]].append(f"{topic}:{e.get('event_type') or name}")
     for request_id in sorted(missing):
-        console.print(f"[red]no answer[/] {request_id}: {' → '.join(trail[request_id])}")
+        console.print(f"[red]no answer[/] {request_id} (partition {where.get(request_id)}): "
+                      f"{' → '.join(trail[request_id])}")
 
 
 def _owned_partitions(settings: Any, index: int) -> set[int]:

@@ -33,6 +33,7 @@ from processors.app import (
 from processors.conversation import Decision, next_due_ms, on_request, on_result, on_wakeup
 from processors.emit import dead_letter, now_ms, send
 from processors.flow import coordination
+from processors.gaps import GapGuard
 from processors.keys import dedup_key
 from processors.policy import Policy
 from processors.records import Output
@@ -81,6 +82,7 @@ class BatchSlots:
 
 
 batch_slots = BatchSlots(settings.coordinator_batch_active)
+gaps = GapGuard()
 
 
 @app.agent(coordinator_topic)
@@ -97,6 +99,11 @@ async def admit_batch(stream):  # type: ignore[no-untyped-def]
 
 
 async def _process(event: Any) -> None:
+    rewind = gaps.admit(event.message)
+    if rewind is not None:
+        if rewind >= 0:
+            await app.consumer.seek(event.message.tp, rewind)
+        return
     try:
         name, record = decode(event.value)
     except DecodeError as exc:

@@ -83,21 +83,18 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._room = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.hold_count = 0
 
     async def submit(self, item: Pending) -> None:
         """Queue a fetched step; wait first while its lane is full (that is the backpressure
         that makes Faust stop fetching)."""
         async with self._room:
             await self._room.wait_for(lambda: not self.scheduler.full(item.lane))
-        item.fetched_at = time.monotonic()
         self.scheduler.push(item)
         self._wake.set()
 
     def hold(self, seconds: float) -> None:
         """A downstream answered "overloaded" (or we drain): admit nothing for ``seconds``."""
         if not self.overloaded:
-            self.hold_count += 1
             log.warning("%s: holding admissions for %.1f s", self.name, seconds)
         self._overloaded_until = max(self._overloaded_until, time.monotonic() + seconds)
 

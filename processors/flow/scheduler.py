@@ -25,7 +25,6 @@ class Pending:
     event: Any = None
     cost: int = 0
     pool: str = ""
-    fetched_at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

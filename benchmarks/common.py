@@ -45,7 +45,7 @@ def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
     settings = Settings()
     down(settings, purge=True)  # a fresh stack: no topics, tables or Redis keys of a last run
     up(settings, with_workers=False, progress=RichProgress(console), redeploy=True)
-    ensure_topics(settings.bootstrap_servers, settings.partitions)
+    ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id)
     for index in range(workers):
         worker_proc.start(settings, index)
     try:

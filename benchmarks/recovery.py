@@ -100,7 +100,11 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
         r = redis.Redis(port=settings.redis_port, decode_responses=True)
         effects = [int(r.get(EFFECTS_KEY.format(counter=q["conversation_id"])) or 0)
                    for q in sent if q["agent"] == "fault-effect"]
-        report(sent, answers, effects, killed_at, owned, settings.partitions)
+        survivor = worker_proc.log_file(settings, 0).read_text(errors="replace")
+        healed = {"survivor restarted: stalled": survivor.count("worker stalled:"),
+                  "survivor restarted: records dropped by Faust":
+                      survivor.count("were fetched and never delivered")}
+        report(sent, answers, effects, killed_at, owned, settings.partitions, healed)
 
 
 def _explain_missing(bootstrap: str, missing: set[str], sent: list[Record],
@@ -132,7 +136,8 @@ def _owned_partitions(settings: Any, index: int) -> set[int]:
 
 
 def report(sent: list[Record], answers: dict[str, list[Record]], effects: list[int],
-           killed_at: float, owned: set[int], partitions: int) -> None:
+           killed_at: float, owned: set[int], partitions: int,
+           healed: dict[str, int]) -> None:
     by_partition: dict[int, list[float]] = defaultdict(list)
     for reqs in answers.values():
         a = reqs[0]
@@ -163,6 +168,8 @@ def report(sent: list[Record], answers: dict[str, list[Record]], effects: list[i
     table.add_row("steady state: median gap between answers of a partition",
                   f"{steady_gap / 1000:.2f} s")
     table.add_row("ratio recovery / steady gap", f"{recovery_ms / steady_gap:.0f} x")
+    for figure, count in healed.items():
+        table.add_row(figure, str(count))
     console.print(table)
     reasons = Counter(f"{v[0]['status']}: {(v[0]['reason'] or '')[:80]}"
                       for v in answers.values() if v[0]["status"] != "ok")

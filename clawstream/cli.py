@@ -38,7 +38,8 @@ def up(workers: Annotated[bool, typer.Option(help="Start the Faust worker too.")
     settings = _settings()
     try:
         stack_up(settings, with_workers=False, progress=RichProgress(console))
-        created = ensure_topics(settings.bootstrap_servers, settings.partitions)
+        created = ensure_topics(settings.bootstrap_servers, settings.partitions,
+                               settings.app_id)
         if created:
             console.print(f"created topics: {', '.join(created)}")
         if workers:

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         "~6 s the broker refuses it (group.min.session.timeout.ms).",
     )
 
+    worker_stall_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="A partition of the coordinator's topics with records waiting and no "
+        "commit for this long means the worker is wedged: it replaces itself "
+        "(processors/stall.py). Well above Faust's commit interval (2.8 s) and a rebalance.",
+    )
+
     # Contracts: time budgets and retries (processors/policy.py turns them into decisions)
     interactive_step_timeout_s: float = Field(
         default=20.0, description="Run-time limit of one step in the interactive lane."

@@ -7,7 +7,10 @@ import os
 import faust
 
 from clawstream.settings import get_settings
+from processors import gapless
 from streams.topics import (
+    CONVERSATIONS_TABLE,
+    DEDUP_TABLE,
     INFERENCE_REQUESTS,
     INFERENCE_REQUESTS_BATCH,
     REQUESTS_BATCH,
@@ -16,6 +19,7 @@ from streams.topics import (
     TOOL_REQUESTS,
 )
 
+gapless.install()
 settings = get_settings()
 WORKER_NAME = os.environ.get("CLAWSTREAM_WORKER_NAME", "worker-0")
 DATA_DIR = settings.state_dir / "faust" / WORKER_NAME
@@ -37,7 +41,7 @@ app = faust.App(
     broker_max_poll_records=settings.worker_max_poll_records,
     broker_session_timeout=settings.worker_session_timeout_s,
     broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
-    Worker="processors.draining:DrainingWorker",
+    Worker="processors.lifecycle:ClawstreamWorker",
 )
 
 
@@ -63,9 +67,9 @@ def _rocksdb_options() -> dict[str, object]:
             "block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024}
 
 
-conversations = app.Table("conversations", default=None, partitions=settings.partitions,
+conversations = app.Table(CONVERSATIONS_TABLE, default=None, partitions=settings.partitions,
                           options=_rocksdb_options())
-request_dedup = app.Table("request_dedup", default=None, partitions=settings.partitions,
+request_dedup = app.Table(DEDUP_TABLE, default=None, partitions=settings.partitions,
                           options=_rocksdb_options())
 
 

@@ -21,6 +21,8 @@ import logging
 import weakref
 from typing import Any
 
+from faust.exceptions import PartitionsMismatch
+
 from clawstream.settings import get_settings
 from processors.app import (
     WORKER_NAME,
@@ -33,10 +35,10 @@ from processors.app import (
 from processors.conversation import Decision, next_due_ms, on_request, on_result, on_wakeup
 from processors.emit import dead_letter, now_ms, send
 from processors.flow import coordination
-from processors.gaps import GapGuard
 from processors.keys import dedup_key
 from processors.policy import Policy
 from processors.records import Output
+from processors.restart import restart_in_place
 from schemas import DecodeError, decode
 from schemas.names import AGENT_ANSWER, AGENT_REQUEST, STEP_RESULT, WAKEUP
 from streams.topics import RESULTS
@@ -82,7 +84,6 @@ class BatchSlots:
 
 
 batch_slots = BatchSlots(settings.coordinator_batch_active)
-gaps = GapGuard()
 
 
 @app.agent(coordinator_topic)
@@ -99,11 +100,6 @@ async def admit_batch(stream):  # type: ignore[no-untyped-def]
 
 
 async def _process(event: Any) -> None:
-    rewind = gaps.admit(event.message)
-    if rewind is not None:
-        if rewind >= 0:
-            await app.consumer.seek(event.message.tp, rewind)
-        return
     try:
         name, record = decode(event.value)
     except DecodeError as exc:
@@ -116,6 +112,10 @@ async def _process(event: Any) -> None:
             lock = _locks[record["conversation_id"]] = asyncio.Lock()
         async with lock:
             await _handle(event, name, record)
+    except PartitionsMismatch as exc:
+        # The worker's topic metadata is at fault, not the message: a fresh process reads it
+        # again (see streams.topics.changelog_topics for how it happened).
+        restart_in_place(f"a table write failed: {exc}")
     except Exception as exc:
         # A poison message must not stop every other conversation on this worker.
         log.exception("dead-lettering %s that could not be processed", name)

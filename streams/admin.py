@@ -1,16 +1,18 @@
-"""Create the catalogue's topics idempotently at start."""
+"""Create the catalogue's topics and the tables' changelogs idempotently at start."""
 
 from __future__ import annotations
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.topics import CATALOGUE, TopicSpec
+from streams.topics import CATALOGUE, changelog_topics
 
 
-def ensure_topics(bootstrap: str, partitions: int, specs: tuple[TopicSpec, ...] = CATALOGUE,
+def ensure_topics(bootstrap: str, partitions: int, app_id: str,
                   timeout_s: float = 30.0) -> list[str]:
-    """Create missing topics; returns the names created. Existing topics are left alone."""
+    """Create the catalogue's and the worker tables' topics that are missing; returns the
+    names created. Existing topics are left alone."""
+    specs = CATALOGUE + changelog_topics(app_id)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [

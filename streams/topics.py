@@ -63,6 +63,20 @@ CATALOGUE: Final = (
     CONTROL_FLAGS,
 )
 
+# The worker's RocksDB tables. Faust names a table's changelog "<app id>-<table>-changelog".
+CONVERSATIONS_TABLE: Final = "conversations"
+DEDUP_TABLE: Final = "request_dedup"
+
+
+def changelog_topics(app_id: str) -> tuple[TopicSpec, ...]:
+    """Created with the others, before any worker starts. Left to Faust, two fresh workers
+    race to create them, and one whose metadata still lacks a changelog fails every write
+    to that table (PartitionsMismatch: "the changelog topic has 0 partitions"); seen in
+    ``bench recovery``, where it dead-lettered every request of a run."""
+    return tuple(TopicSpec(f"{app_id}-{table}-changelog", compacted=True, retention_ms=-1)
+                 for table in (CONVERSATIONS_TABLE, DEDUP_TABLE))
+
+
 LANE_TOPICS: Final = {"interactive": REQUESTS_INTERACTIVE, "batch": REQUESTS_BATCH}
 
 

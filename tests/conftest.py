@@ -21,6 +21,7 @@ TEST_ENV = {
     # Short run-time limits and backoff, so budget and retry tests take seconds.
     "CLAWSTREAM_RETRY_BASE_MS": "200",
     "CLAWSTREAM_DRAIN_TIMEOUT_S": "10",
+    "CLAWSTREAM_WORKER_STALL_TIMEOUT_S": "8",
 }
 os.environ.update(TEST_ENV)
 
@@ -33,7 +34,7 @@ def stack() -> Iterator[Settings]:
     settings = Settings()
     down(settings, purge=True)
     up(settings, with_workers=False)
-    ensure_topics(settings.bootstrap_servers, settings.partitions)
+    ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id)
     try:
         yield settings
     finally:

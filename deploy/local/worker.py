@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from clawstream.settings import REPO_ROOT, Settings
 from deploy.local.env import child_env
@@ -117,6 +118,15 @@ def index_of(name: str) -> int:
 def stop(settings: Settings, index: int, timeout: float = STOP_TIMEOUT_S) -> bool:
     """Graceful stop (SIGTERM: Faust commits offsets and leaves the group)."""
     return Processes(settings.run_dir, settings.log_dir).stop(worker_name(index), timeout)
+
+
+def pid(settings: Settings, index: int) -> int | None:
+    """The pid of worker ``index`` if it runs."""
+    return Processes(settings.run_dir, settings.log_dir).pid(worker_name(index))
+
+
+def log_file(settings: Settings, index: int) -> Path:
+    return Processes(settings.run_dir, settings.log_dir).log_file(worker_name(index))
 
 
 def kill(settings: Settings, index: int) -> bool:

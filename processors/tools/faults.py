@@ -3,8 +3,9 @@
 They exist so the reliability contracts can be proven on the real stack by breaking
 things: a tool that fails a given number of attempts, one that hangs past its budget, a
 mutating tool whose side effect is counted in Redis (with its compensation), one that
-always fails. They are registered only when ``CLAWSTREAM_FAULT_INJECTION`` is on, which
-the test and benchmark stacks set and a production worker never does.
+always fails, one that wedges the whole worker. They are registered only when
+``CLAWSTREAM_FAULT_INJECTION`` is on, which the test and benchmark stacks set and a
+production worker never does.
 
 The tests drive them through the request: ``options["args<i>"]`` holds the JSON arguments
 of step ``i`` of a fault agent's plan.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -27,7 +29,8 @@ HANG = ToolSpec(name="fault.hang", max_attempts=2, timeout_s=1.0, cache_ttl_s=0)
 EFFECT = ToolSpec(name="fault.effect", mutating=True, max_attempts=3, compensation="fault.undo")
 UNDO = ToolSpec(name="fault.undo", mutating=True, max_attempts=3)
 FAIL = ToolSpec(name="fault.fail", max_attempts=2, cache_ttl_s=0)
-FAULT_SPECS = (FLAKY, HANG, EFFECT, UNDO, FAIL)
+FREEZE = ToolSpec(name="fault.freeze", max_attempts=2, cache_ttl_s=0)
+FAULT_SPECS = (FLAKY, HANG, EFFECT, UNDO, FAIL, FREEZE)
 
 # The external system the mutating fault tools change: counters in Redis.
 EFFECTS_KEY = "fault:effects:{counter}"
@@ -36,6 +39,7 @@ APPLIED_KEY = "fault:applied:{step_id}"
 UNDONE_KEY = "fault:undone:{counter}"
 STARTED_KEY = "fault:started:{counter}"
 RELEASE_KEY = "fault:release:{counter}"
+FROZEN_KEY = "fault:frozen:{counter}"
 
 # The "external system" honours idempotency keys, as payment APIs do: the same key applies
 # the effect once, atomically with the record that it did.
@@ -92,6 +96,24 @@ class FailTool:
                         retryable=bool(arguments.get("retryable", True)))
 
 
+class FreezeTool:
+    """Wedges the whole worker the first time it runs for ``counter``: a synchronous call
+    that does not return (as a stuck client library would) blocks the event loop, so
+    nothing of the worker moves any more. Later calls answer at once."""
+
+    spec = FREEZE
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        counter = str(arguments["counter"])
+        if await self._redis.set(FROZEN_KEY.format(counter=counter), ctx.step_id, nx=True):
+            await self._redis.rpush(STARTED_KEY.format(counter=counter), ctx.step_id)
+            time.sleep(float(arguments.get("freeze_s", 600)))  # the fault: a wedged worker
+        return f"answered by attempt {ctx.attempt}"
+
+
 class EffectTool:
     """Adds one to ``counter`` once per idempotency key; counts every call separately.
 
@@ -136,7 +158,8 @@ class UndoTool:
 
 
 def fault_tools(redis: aioredis.Redis) -> list[Any]:
-    return [FlakyTool(redis), HangTool(), FailTool(), EffectTool(redis), UndoTool(redis)]
+    return [FlakyTool(redis), HangTool(), FailTool(), EffectTool(redis), UndoTool(redis),
+            FreezeTool(redis)]
 
 
 def _step_args(index: int) -> Any:
@@ -156,6 +179,7 @@ FAULT_AGENTS: dict[str, AgentSpec] = {
         _agent("fault-flaky", ToolStep("fault.flaky", _step_args(0))),
         _agent("fault-hang", ToolStep("fault.hang", _step_args(0))),
         _agent("fault-fail", ToolStep("fault.fail", _step_args(0))),
+        _agent("fault-freeze", ToolStep("fault.freeze", _step_args(0))),
         _agent("fault-effect", ToolStep("fault.effect", _step_args(0))),
         _agent("fault-saga", ToolStep("fault.effect", _step_args(0)),
                ToolStep("fault.effect", _step_args(1)), ToolStep("fault.fail", _step_args(2))),

@@ -230,6 +230,27 @@ def test_sigterm_drains_the_step_in_flight_before_exiting(worker: Settings) -> N
     assert r.get(faults.CALLS_KEY.format(counter=counter)) == "1"
 
 
+def test_a_wedged_worker_replaces_itself_and_every_request_is_answered(
+        worker: Settings) -> None:
+    r = redis_client(worker)
+    counter = _cid("freeze")
+    log = worker.log_dir / f"{worker_proc.worker_name(0)}.log"
+    log_size = log.stat().st_size
+    pid = worker_proc.pid(worker, 0)
+    frozen = send(worker, agent="fault-freeze", conversation_id=_cid("frozen"), text="go",
+                  options=_args(args0={"counter": counter}))
+    await_push(r, faults.STARTED_KEY.format(counter=counter))  # its event loop is blocked now
+    behind = send(worker, agent="fault-flaky", conversation_id=_cid("behind"), text="go",
+                  options=_args(args0={"fail_attempts": 0, "output": "served"}))
+    assert answer_to(worker, behind)["text"] == "served"
+    answer = answer_to(worker, frozen)  # its tool command came again, to the new process
+    assert answer["status"] == "ok" and answer["text"].startswith("answered by attempt")
+    since = log.read_bytes()[log_size:]
+    assert b"worker stalled: no progress for 8 s on " in since
+    assert b"it is blocked" in since  # the report saw the blocked event loop
+    assert worker_proc.pid(worker, 0) == pid  # replaced in place: the pid file stays true
+
+
 def _await_in_file(path: Path, offset: int, text: str, timeout_s: float = 30) -> None:
     """Follow a log file past ``offset`` until ``text`` appears (the worker logs it)."""
     deadline = time.monotonic() + timeout_s

@@ -5,7 +5,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processors.keys import canonical_json, dedup_key, step_key
-from streams.topics import CATALOGUE, CONTROL_FLAGS, DLQ, request_topic
+from streams.topics import (
+    CATALOGUE,
+    CONTROL_FLAGS,
+    CONVERSATIONS_TABLE,
+    DEDUP_TABLE,
+    DLQ,
+    changelog_topics,
+    request_topic,
+)
 
 json_values = st.recursive(st.none() | st.integers() | st.text(max_size=8),
                            lambda c: st.dictionaries(st.text(max_size=5), c, max_size=4),
@@ -45,3 +53,14 @@ def test_unknown_lane_is_an_error() -> None:
     assert request_topic("batch").name == "agent.requests.batch"
     with pytest.raises(ValueError, match="unknown lane"):
         request_topic("urgent")
+
+
+def test_precreated_changelogs_are_the_topics_faust_writes_the_tables_to() -> None:
+    import faust
+
+    app = faust.App("some-app", store="memory://")
+    faust_names = {app.Table(table, partitions=6).changelog_topic.get_topic_name()
+                   for table in (CONVERSATIONS_TABLE, DEDUP_TABLE)}
+    specs = changelog_topics("some-app")
+    assert {s.name for s in specs} == faust_names
+    assert all(s.compacted and s.conversation_scoped for s in specs)

@@ -1,0 +1,164 @@
+"""Replace a worker that has stopped making progress: a stalled consumer.
+
+Why it exists: Faust 0.15.3 can wedge after a rebalance, and nothing inside the worker
+notices. In ``bench recovery`` one surviving worker's table recovery never finished ("No
+event received for active tp …-changelog since recovery start", for minutes), so the
+partitions it had taken over were served by nobody: the group counted them as owned. Every
+request on them went unanswered. Other wedges (a blocked event loop, a fetcher waiting on
+a full stream buffer) look the same from outside.
+
+The rule is Burrow's "stalled consumer": a partition with records waiting (the high
+watermark is past the committed offset) whose committed offset has not moved for
+``worker_stall_timeout_s``. Reading a table's changelog counts as progress, so a long
+recovery of a big table is not mistaken for a stall. Only the coordinator's topics are
+watched: the coordinator handles a record in milliseconds, while a dispatcher holds a step
+for as long as its run-time limit, and the batch intake waits for free slots by design.
+
+The check runs in a thread with its own Kafka client, so it sees the broker's truth even
+when the event loop or Faust's fetcher is blocked, and a broker it cannot reach makes it
+wait, not fire. When it fires, the worker restarts in place (``processors/restart.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+
+
+@dataclass
+class StallRule:
+    """Per partition: when its committed offset last moved; stalled past ``timeout_s``."""
+
+    timeout_s: float
+    _seen: dict[Partition, tuple[int, float]] = field(default_factory=dict)
+    _recovery: Any = None
+
+    def observe(self, now: float, committed: dict[Partition, int],
+                highwater: dict[Partition, int], recovery_marker: Any) -> list[Partition]:
+        """Partitions stalled as of ``now``. A partition newly watched, or whose committed
+        offset moved, starts a fresh period; so does every partition when table recovery
+        moved (``recovery_marker`` changed)."""
+        if recovery_marker != self._recovery:
+            self._recovery = recovery_marker
+            self._seen = {tp: (offset, now) for tp, (offset, _) in self._seen.items()}
+        stalled = []
+        for tp, offset in committed.items():
+            known = self._seen.get(tp)
+            if known is None or known[0] != offset:
+                self._seen[tp] = (offset, now)
+                continue
+            if highwater.get(tp, offset) > offset and now - known[1] >= self.timeout_s:
+                stalled.append(tp)
+        for tp in set(self._seen) - committed.keys():
+            del self._seen[tp]  # no longer ours
+        return stalled
+
+
+class StallWatchdog(threading.Thread):
+    """Every few seconds: the worker's partitions of ``topics``, their committed offsets and
+    high watermarks from the broker, and the table recovery's position; ``restart`` when
+    the rule finds a stall."""
+
+    def __init__(self, *, bootstrap: str, group: str, topics: Iterable[str],
+                 timeout_s: float, assignment: Callable[[], set[Partition]],
+                 recovery_marker: Callable[[], Any], loop: asyncio.AbstractEventLoop,
+                 restart: Callable[[str], None]) -> None:
+        super().__init__(name="stall-watchdog", daemon=True)
+        self._servers, self._group, self._topics = bootstrap, group, set(topics)
+        self._rule = StallRule(timeout_s)
+        self._interval_s = max(0.5, timeout_s / 8)
+        self._assignment, self._recovery_marker = assignment, recovery_marker
+        self._loop, self._restart = loop, restart
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        from confluent_kafka import Consumer, KafkaException
+
+        client = Consumer({"bootstrap.servers": self._servers, "group.id": self._group,
+                           "enable.auto.commit": False})
+        while not self._stopped.wait(self._interval_s):
+            try:
+                mine = {tp for tp in self._assignment() if tp[0] in self._topics}
+                committed, highwater = _offsets(client, mine)
+            except (KafkaException, RuntimeError) as exc:
+                log.debug("stall check skipped: %s", exc)  # broker away, or mid-rebalance
+                continue
+            stalled = self._rule.observe(time.monotonic(), committed, highwater,
+                                         self._safe_marker())
+            if stalled and not self._stopped.is_set():
+                self._replace(stalled, committed, highwater)
+
+    def _safe_marker(self) -> Any:
+        try:
+            return self._recovery_marker()
+        except RuntimeError:  # the dict changed while we read it: that is progress
+            return object()
+
+    def _replace(self, stalled: list[Partition], committed: dict[Partition, int],
+                 highwater: dict[Partition, int]) -> None:
+        waiting = ", ".join(f"{t}[{p}] at {committed[(t, p)]} of {highwater[(t, p)]}"
+                            for t, p in sorted(stalled))
+        self._restart(f"worker stalled: no progress for {self._rule.timeout_s:.0f} s on "
+                      f"{waiting}. What its tasks were waiting on:\n"
+                      f"{_task_report(self._loop)}\n")
+
+
+def _offsets(client: Any, partitions: set[Partition]) -> tuple[dict[Partition, int],
+                                                               dict[Partition, int]]:
+    from confluent_kafka import TopicPartition
+
+    if not partitions:
+        return {}, {}
+    watermarks = {tp: client.get_watermark_offsets(TopicPartition(*tp), timeout=5)
+                  for tp in partitions}
+    # No commit yet, or one the log's retention has passed: reading starts at the log's
+    # start (auto_offset_reset earliest), so that is where the worker stands.
+    committed: dict[Partition, int] = {}
+    for tp in client.committed([TopicPartition(t, p) for t, p in partitions], timeout=5):
+        key = (tp.topic, tp.partition)
+        committed[key] = max(tp.offset, watermarks[key][0])
+    highwater = {tp: high for tp, (_, high) in watermarks.items()}
+    return committed, highwater
+
+
+def _task_report(loop: asyncio.AbstractEventLoop, timeout_s: float = 2.0) -> str:
+    """Where each asyncio task waits: the innermost calls of its await chain, counted (asked
+    of the loop itself, as tasks are not thread-safe). If the loop does not answer, the
+    loop itself is blocked."""
+    async def describe() -> str:
+        waits = Counter(" > ".join(_await_chain(task.get_coro())[-4:])
+                        for task in asyncio.all_tasks())
+        return "\n".join(f"  {n} x {where}" for where, n in waits.most_common())
+
+    try:
+        return asyncio.run_coroutine_threadsafe(describe(), loop).result(timeout=timeout_s)
+    except (TimeoutError, RuntimeError):
+        return f"  (the event loop did not answer within {timeout_s:g} s: it is blocked)"
+
+
+def _await_chain(awaitable: Any) -> list[str]:
+    chain = []
+    while awaitable is not None:
+        frame = next((f for f in (getattr(awaitable, a, None)
+                                  for a in ("cr_frame", "ag_frame", "gi_frame")) if f), None)
+        if frame is not None:
+            chain.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} "
+                         f"{frame.f_code.co_name}")
+        awaitable = next((n for n in (getattr(awaitable, a, None)
+                                      for a in ("cr_await", "ag_await", "gi_yieldfrom"))
+                          if n is not None), None)
+    return chain

@@ -1,0 +1,126 @@
+"""The gapless consumer (processors/gapless.py): a fetched record that is not delivered is
+fetched again; a hole in what Faust delivers of one of our topics restarts the worker
+instead of being committed as done, unless retention removed the records; compacted
+topics keep Faust's rule. Faust's consumer state is stood in for by plain attributes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterator
+from functools import partial
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.types import TP
+from intervaltree import IntervalTree
+
+from processors import gapless
+from streams.topics import CONTROL_FLAGS, REQUESTS_INTERACTIVE
+
+
+def _consumer(earliest: int) -> Any:
+    consumer: Any = gapless.GaplessConsumer.__new__(gapless.GaplessConsumer)
+    consumer._committed_offset = defaultdict(lambda: None)
+    consumer._gap = defaultdict(IntervalTree)
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, earliest)
+
+    consumer.earliest_offsets = earliest_offsets
+    return consumer
+
+
+@pytest.fixture
+def restarts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reasons: list[str] = []
+    monkeypatch.setattr(gapless, "restart_in_place", reasons.append)
+    return reasons
+
+
+def test_a_hole_in_our_topic_restarts_the_worker_and_is_not_counted_done(
+        restarts: list[str]) -> None:
+    tp = TP(REQUESTS_INTERACTIVE.name, 1)
+    consumer = _consumer(earliest=0)
+    asyncio.run(consumer._add_gap(tp, 40, 58))
+    assert len(restarts) == 1 and "[1]: offsets 40..57 were fetched and never" in restarts[0]
+    assert not consumer._gap[tp]
+
+
+def test_records_removed_by_retention_are_counted_done_without_a_restart(
+        restarts: list[str]) -> None:
+    tp = TP(REQUESTS_INTERACTIVE.name, 1)
+    consumer = _consumer(earliest=50)
+    asyncio.run(consumer._add_gap(tp, 40, 58))
+    assert restarts == []
+    assert consumer._gap[tp].overlaps(40, 59)
+
+
+def test_a_compacted_topic_keeps_fausts_rule(restarts: list[str]) -> None:
+    tp = TP(CONTROL_FLAGS.name, 0)
+    consumer = _consumer(earliest=0)
+    asyncio.run(consumer._add_gap(tp, 3, 7))
+    assert restarts == []
+    assert consumer._gap[tp].overlaps(3, 8)
+
+
+A, B = TP(REQUESTS_INTERACTIVE.name, 0), TP(REQUESTS_INTERACTIVE.name, 1)
+
+
+def _fetching(batch: list[tuple[TP, int]], on_yield: Any) -> tuple[Any, list[Any]]:
+    """A consumer whose next fetch returns ``batch``; ``on_yield(consumer, tp, offset)``
+    runs as each record's turn comes (to pause a partition or start a rebalance)."""
+    seeks: list[Any] = []
+    consumer: Any = SimpleNamespace(flow_active=True, should_stop=False,
+                                    _buffered_partitions=set())
+    consumer.active = {A, B}
+    consumer.app = SimpleNamespace(consumer_generation_id=1,
+                                   monitor=SimpleNamespace(
+                                       track_tp_end_offset=lambda tp, offset: None))
+
+    async def wait_next_records(timeout: float) -> Any:
+        return batch, consumer.active
+
+    def iterate(records: list[tuple[TP, int]]) -> Iterator[tuple[TP, Any]]:
+        for tp, offset in records:
+            on_yield(consumer, tp, offset)
+            yield tp, SimpleNamespace(offset=offset)
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    consumer._wait_next_records = wait_next_records
+    consumer.scheduler = SimpleNamespace(iterate=iterate)
+    consumer.highwater = lambda tp: 100
+    consumer._to_message = lambda tp, record: (tp, record.offset)
+    consumer._seek = seek
+    consumer._fetch_again_from = partial(gapless.GaplessConsumer._fetch_again_from, consumer)
+    return consumer, seeks
+
+
+def _delivered(consumer: Any) -> list[Any]:
+    async def run() -> list[Any]:
+        return [m async for _, m in gapless.GaplessConsumer.getmany(consumer, 1.0)]
+    return asyncio.run(run())
+
+
+def test_a_partition_paused_mid_batch_is_fetched_again_from_its_first_undelivered() -> None:
+    def pause_b_after_5(consumer: Any, tp: TP, offset: int) -> None:
+        if (tp, offset) == (B, 6):
+            consumer.active.discard(B)
+
+    consumer, seeks = _fetching([(A, 1), (B, 5), (A, 2), (B, 6), (B, 7), (A, 3)],
+                                pause_b_after_5)
+    assert _delivered(consumer) == [(A, 1), (B, 5), (A, 2), (A, 3)]
+    assert seeks == [(B, 6)]
+
+
+def test_a_rebalance_mid_batch_sends_each_partition_back_to_its_undelivered() -> None:
+    def rebalance_at_a2(consumer: Any, tp: TP, offset: int) -> None:
+        if (tp, offset) == (A, 2):
+            consumer.app.consumer_generation_id = 2
+
+    consumer, seeks = _fetching([(A, 1), (B, 5), (A, 2), (B, 6), (A, 3)], rebalance_at_a2)
+    assert _delivered(consumer) == [(A, 1), (B, 5)]
+    assert seeks == [(A, 2), (B, 6)]

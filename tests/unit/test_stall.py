@@ -1,0 +1,45 @@
+"""The stalled-consumer rule (processors/stall.py): records waiting and no commit for the
+timeout, per partition; recovery progress and a moving commit start a fresh period."""
+
+from __future__ import annotations
+
+from processors.stall import StallRule
+
+P0, P1 = ("agent.requests.interactive", 0), ("agent.results", 1)
+
+
+def test_a_partition_with_records_waiting_and_no_commit_stalls_after_the_timeout() -> None:
+    rule = StallRule(timeout_s=10)
+    assert rule.observe(0, {P0: 5}, {P0: 9}, None) == []
+    assert rule.observe(9.9, {P0: 5}, {P0: 9}, None) == []
+    assert rule.observe(10, {P0: 5}, {P0: 9}, None) == [P0]
+
+
+def test_an_idle_partition_never_stalls() -> None:
+    rule = StallRule(timeout_s=10)
+    for now in (0, 50, 500):
+        assert rule.observe(now, {P0: 9}, {P0: 9}, None) == []
+
+
+def test_a_moving_commit_starts_a_fresh_period() -> None:
+    rule = StallRule(timeout_s=10)
+    rule.observe(0, {P0: 5, P1: 1}, {P0: 9, P1: 3}, None)
+    assert rule.observe(8, {P0: 6, P1: 1}, {P0: 9, P1: 3}, None) == []
+    assert rule.observe(12, {P0: 6, P1: 1}, {P0: 9, P1: 3}, None) == [P1]
+    assert rule.observe(18, {P0: 6, P1: 2}, {P0: 9, P1: 3}, None) == [P0]
+
+
+def test_table_recovery_that_moves_is_progress() -> None:
+    rule = StallRule(timeout_s=10)
+    rule.observe(0, {P0: 5}, {P0: 9}, [(0, 100)])
+    assert rule.observe(9, {P0: 5}, {P0: 9}, [(0, 200)]) == []
+    assert rule.observe(18, {P0: 5}, {P0: 9}, [(0, 200)]) == []
+    assert rule.observe(19, {P0: 5}, {P0: 9}, [(0, 200)]) == [P0]
+
+
+def test_a_partition_given_away_and_taken_back_starts_afresh() -> None:
+    rule = StallRule(timeout_s=10)
+    rule.observe(0, {P0: 5}, {P0: 9}, None)
+    rule.observe(8, {}, {}, None)
+    assert rule.observe(12, {P0: 5}, {P0: 9}, None) == []
+    assert rule.observe(22, {P0: 5}, {P0: 9}, None) == [P0]

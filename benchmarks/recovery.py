@@ -101,7 +101,8 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
         effects = [int(r.get(EFFECTS_KEY.format(counter=q["conversation_id"])) or 0)
                    for q in sent if q["agent"] == "fault-effect"]
         survivor = worker_proc.log_file(settings, 0).read_text(errors="replace")
-        healed = {"survivor restarted: stalled": survivor.count("worker stalled:"),
+        healed = {"records fetched again, not dropped": survivor.count("fetching again from"),
+                  "survivor restarted: stalled": survivor.count("worker stalled:"),
                   "survivor restarted: records dropped by Faust":
                       survivor.count("were fetched and never delivered")}
         report(sent, answers, effects, killed_at, owned, settings.partitions, healed)

@@ -69,6 +69,8 @@ class GaplessConsumer(faust_kafka.Consumer):
                 await self._fetch_again_from(tp, record.offset)
 
     async def _fetch_again_from(self, tp: TP, offset: int) -> None:
+        log.info("%s[%d]: fetching again from offset %d (fetched, not delivered)", tp.topic,
+                 tp.partition, offset)
         with contextlib.suppress(IllegalStateError):  # no longer ours: its next owner
             await self._seek(tp, offset)              # starts at the committed offset
 

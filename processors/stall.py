@@ -7,10 +7,14 @@ partitions it had taken over were served by nobody: the group counted them as ow
 request on them went unanswered. Other wedges (a blocked event loop, a fetcher waiting on
 a full stream buffer) look the same from outside.
 
-The rule is Burrow's "stalled consumer": a partition with records waiting (the high
-watermark is past the committed offset) whose committed offset has not moved for
-``worker_stall_timeout_s``. Reading a table's changelog counts as progress, so a long
-recovery of a big table is not mistaken for a stall. Only the coordinator's topics are
+The rule is Burrow's "stalled consumer", on the worker's position in each partition: the
+later of its committed offset and the record after the last one Faust delivered to the
+agents. A partition with records waiting past that position, and a position that has not
+moved for ``worker_stall_timeout_s``, is stalled. The commit alone is no measure: Faust
+can leave the last record of a quiet partition uncommitted for longer than that, and a
+slow dependency (Redis timing out) holds the commit while records are still read. Reading
+a table's changelog counts as progress, so a long recovery of a big table is not mistaken
+for a stall. Only the coordinator's topics are
 watched: the coordinator handles a record in milliseconds, while a dispatcher holds a step
 for as long as its run-time limit, and the batch intake waits for free slots by design.
 
@@ -38,47 +42,49 @@ Partition = tuple[str, int]
 
 @dataclass
 class StallRule:
-    """Per partition: when its committed offset last moved; stalled past ``timeout_s``."""
+    """Per partition: when the worker's position last moved; stalled past ``timeout_s``."""
 
     timeout_s: float
     _seen: dict[Partition, tuple[int, float]] = field(default_factory=dict)
     _recovery: Any = None
 
-    def observe(self, now: float, committed: dict[Partition, int],
+    def observe(self, now: float, position: dict[Partition, int],
                 highwater: dict[Partition, int], recovery_marker: Any) -> list[Partition]:
-        """Partitions stalled as of ``now``. A partition newly watched, or whose committed
-        offset moved, starts a fresh period; so does every partition when table recovery
-        moved (``recovery_marker`` changed)."""
+        """Partitions stalled as of ``now``. A partition newly watched, or whose position
+        moved, starts a fresh period; so does every partition when table recovery moved
+        (``recovery_marker`` changed)."""
         if recovery_marker != self._recovery:
             self._recovery = recovery_marker
             self._seen = {tp: (offset, now) for tp, (offset, _) in self._seen.items()}
         stalled = []
-        for tp, offset in committed.items():
+        for tp, offset in position.items():
             known = self._seen.get(tp)
             if known is None or known[0] != offset:
                 self._seen[tp] = (offset, now)
                 continue
             if highwater.get(tp, offset) > offset and now - known[1] >= self.timeout_s:
                 stalled.append(tp)
-        for tp in set(self._seen) - committed.keys():
+        for tp in set(self._seen) - position.keys():
             del self._seen[tp]  # no longer ours
         return stalled
 
 
 class StallWatchdog(threading.Thread):
     """Every few seconds: the worker's partitions of ``topics``, their committed offsets and
-    high watermarks from the broker, and the table recovery's position; ``restart`` when
-    the rule finds a stall."""
+    high watermarks from the broker, the last offsets delivered (``read_offsets``), and the
+    table recovery's position; ``restart`` when the rule finds a stall."""
 
     def __init__(self, *, bootstrap: str, group: str, topics: Iterable[str],
                  timeout_s: float, assignment: Callable[[], set[Partition]],
+                 read_offsets: Callable[[], dict[Partition, int]],
                  recovery_marker: Callable[[], Any], loop: asyncio.AbstractEventLoop,
                  restart: Callable[[str], None]) -> None:
         super().__init__(name="stall-watchdog", daemon=True)
         self._servers, self._group, self._topics = bootstrap, group, set(topics)
         self._rule = StallRule(timeout_s)
         self._interval_s = max(0.5, timeout_s / 8)
-        self._assignment, self._recovery_marker = assignment, recovery_marker
+        self._assignment, self._read_offsets = assignment, read_offsets
+        self._recovery_marker = recovery_marker
         self._loop, self._restart = loop, restart
         self._stopped = threading.Event()
 
@@ -94,13 +100,17 @@ class StallWatchdog(threading.Thread):
             try:
                 mine = {tp for tp in self._assignment() if tp[0] in self._topics}
                 committed, highwater = _offsets(client, mine)
+                read = self._read_offsets()
             except (KafkaException, RuntimeError) as exc:
-                log.debug("stall check skipped: %s", exc)  # broker away, or mid-rebalance
+                # broker away, mid-rebalance, or the offsets changed while we read them
+                log.debug("stall check skipped: %s", exc)
                 continue
-            stalled = self._rule.observe(time.monotonic(), committed, highwater,
+            position = {tp: max(offset, read.get(tp, -1) + 1)
+                        for tp, offset in committed.items()}
+            stalled = self._rule.observe(time.monotonic(), position, highwater,
                                          self._safe_marker())
             if stalled and not self._stopped.is_set():
-                self._replace(stalled, committed, highwater)
+                self._replace(stalled, position, highwater)
 
     def _safe_marker(self) -> Any:
         try:
@@ -108,9 +118,9 @@ class StallWatchdog(threading.Thread):
         except RuntimeError:  # the dict changed while we read it: that is progress
             return object()
 
-    def _replace(self, stalled: list[Partition], committed: dict[Partition, int],
+    def _replace(self, stalled: list[Partition], position: dict[Partition, int],
                  highwater: dict[Partition, int]) -> None:
-        waiting = ", ".join(f"{t}[{p}] at {committed[(t, p)]} of {highwater[(t, p)]}"
+        waiting = ", ".join(f"{t}[{p}] at {position[(t, p)]} of {highwater[(t, p)]}"
                             for t, p in sorted(stalled))
         self._restart(f"worker stalled: no progress for {self._rule.timeout_s:.0f} s on "
                       f"{waiting}. What its tasks were waiting on:\n"

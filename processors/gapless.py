@@ -81,7 +81,11 @@ class GaplessConsumer(faust_kafka.Consumer):
             await super()._add_gap(tp, offset_from, offset_to)
             return
         where = f"{tp.topic}[{tp.partition}]: offsets {offset_from}..{offset_to - 1}"
-        earliest = (await self.earliest_offsets(tp)).get(tp, 0)
+        try:
+            earliest = (await self.earliest_offsets(tp)).get(tp, 0)
+        except Exception as exc:  # cannot tell: the records may still be there
+            log.warning("%s: log start offset unknown (%r)", where, exc)
+            earliest = 0
         if earliest > offset_from:
             log.error("%s are gone from the log (retention) and were never handled", where)
             await super()._add_gap(tp, offset_from, offset_to)

@@ -38,8 +38,8 @@ class ClawstreamWorker(faust.Worker):
             topics=(REQUESTS_INTERACTIVE.name, RESULTS.name),
             timeout_s=settings.worker_stall_timeout_s,
             assignment=lambda: {(tp.topic, tp.partition) for tp in app.consumer.assignment()},
-            read_offsets=lambda: {(tp.topic, tp.partition): offset
-                                  for tp, offset in app.monitor.tp_read_offsets.items()},
+            # Faust's own record of acked offsets not yet committed (a TP is a tuple).
+            acked=lambda tp: app.consumer._acked_index.get(tp, ()),  # type: ignore[attr-defined]
             recovery_marker=lambda: sorted(recovery.active_offsets.items()),
             loop=self.loop, restart=restart_in_place)
         self._watchdog.start()

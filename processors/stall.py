@@ -8,15 +8,15 @@ request on them went unanswered. Other wedges (a blocked event loop, a fetcher w
 a full stream buffer) look the same from outside.
 
 The rule is Burrow's "stalled consumer", on the worker's position in each partition: the
-later of its committed offset and the record after the last one Faust delivered to the
-agents. A partition with records waiting past that position, and a position that has not
-moved for ``worker_stall_timeout_s``, is stalled. The commit alone is no measure: Faust
-can leave the last record of a quiet partition uncommitted for longer than that, and a
-slow dependency (Redis timing out) holds the commit while records are still read. Reading
-a table's changelog counts as progress, so a long recovery of a big table is not mistaken
-for a stall. Only the coordinator's topics are
-watched: the coordinator handles a record in milliseconds, while a dispatcher holds a step
-for as long as its run-time limit, and the batch intake waits for free slots by design.
+first record it has not handled, i.e. the committed offset moved past every record the
+agents have acked since. A partition with records waiting at or past that position, and a
+position that has not moved for ``worker_stall_timeout_s``, is stalled. The commit alone
+is no measure: Faust can leave the last handled record of a quiet partition uncommitted
+for longer than that. The read position is no measure either: in one ``bench recovery``
+run Faust delivered 20 records of a partition it had just taken over and then lost them
+before the agent saw them; only the position above stays behind such records. Reading a
+table's changelog counts as progress, so a long recovery of a big table is not mistaken
+for a stall.
 
 The check runs in a thread with its own Kafka client, so it sees the broker's truth even
 when the event loop or Faust's fetcher is blocked, and a broker it cannot reach makes it
@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,19 +71,19 @@ class StallRule:
 
 class StallWatchdog(threading.Thread):
     """Every few seconds: the worker's partitions of ``topics``, their committed offsets and
-    high watermarks from the broker, the last offsets delivered (``read_offsets``), and the
-    table recovery's position; ``restart`` when the rule finds a stall."""
+    high watermarks from the broker, the offsets acked and not yet committed (``acked``),
+    and the table recovery's position; ``restart`` when the rule finds a stall."""
 
     def __init__(self, *, bootstrap: str, group: str, topics: Iterable[str],
                  timeout_s: float, assignment: Callable[[], set[Partition]],
-                 read_offsets: Callable[[], dict[Partition, int]],
+                 acked: Callable[[Partition], Collection[int]],
                  recovery_marker: Callable[[], Any], loop: asyncio.AbstractEventLoop,
                  restart: Callable[[str], None]) -> None:
         super().__init__(name="stall-watchdog", daemon=True)
         self._servers, self._group, self._topics = bootstrap, group, set(topics)
         self._rule = StallRule(timeout_s)
         self._interval_s = max(0.5, timeout_s / 8)
-        self._assignment, self._read_offsets = assignment, read_offsets
+        self._assignment, self._acked = assignment, acked
         self._recovery_marker = recovery_marker
         self._loop, self._restart = loop, restart
         self._stopped = threading.Event()
@@ -100,13 +100,12 @@ class StallWatchdog(threading.Thread):
             try:
                 mine = {tp for tp in self._assignment() if tp[0] in self._topics}
                 committed, highwater = _offsets(client, mine)
-                read = self._read_offsets()
+                position = {tp: first_unhandled(offset, self._acked(tp))
+                            for tp, offset in committed.items()}
             except (KafkaException, RuntimeError) as exc:
-                # broker away, mid-rebalance, or the offsets changed while we read them
+                # broker away, mid-rebalance, or the acks changed while we read them
                 log.debug("stall check skipped: %s", exc)
                 continue
-            position = {tp: max(offset, read.get(tp, -1) + 1)
-                        for tp, offset in committed.items()}
             stalled = self._rule.observe(time.monotonic(), position, highwater,
                                          self._safe_marker())
             if stalled and not self._stopped.is_set():
@@ -125,6 +124,13 @@ class StallWatchdog(threading.Thread):
         self._restart(f"worker stalled: no progress for {self._rule.timeout_s:.0f} s on "
                       f"{waiting}. What its tasks were waiting on:\n"
                       f"{_task_report(self._loop)}\n")
+
+
+def first_unhandled(committed: int, acked: Collection[int]) -> int:
+    position = committed
+    while position in acked:
+        position += 1
+    return position
 
 
 def _offsets(client: Any, partitions: set[Partition]) -> tuple[dict[Partition, int],

@@ -3,7 +3,7 @@ timeout, per partition; recovery progress and a moving commit start a fresh peri
 
 from __future__ import annotations
 
-from processors.stall import StallRule
+from processors.stall import StallRule, first_unhandled
 
 P0, P1 = ("agent.requests.interactive", 0), ("agent.results", 1)
 
@@ -43,3 +43,9 @@ def test_a_partition_given_away_and_taken_back_starts_afresh() -> None:
     rule.observe(8, {}, {}, None)
     assert rule.observe(12, {P0: 5}, {P0: 9}, None) == []
     assert rule.observe(22, {P0: 5}, {P0: 9}, None) == [P0]
+
+
+def test_the_position_is_the_first_record_not_handled() -> None:
+    assert first_unhandled(7, set()) == 7
+    assert first_unhandled(7, {7, 8, 10}) == 9  # 9 was never handled: records after wait
+    assert first_unhandled(7, {8, 9}) == 7

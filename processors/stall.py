@@ -13,9 +13,9 @@ agents have acked since. A partition with records waiting at or past that positi
 position that has not moved for ``worker_stall_timeout_s``, is stalled. The commit alone
 is no measure: Faust can leave the last handled record of a quiet partition uncommitted
 for longer than that. The read position is no measure either: in one ``bench recovery``
-run Faust delivered 20 records of a partition it had just taken over and then lost them
-before the agent saw them; only the position above stays behind such records. Reading a
-table's changelog counts as progress, so a long recovery of a big table is not mistaken
+run 20 records of a partition the worker had just taken over never reached the agent,
+and the consumer saw no hole; only the position above stays behind such records. Reading
+a table's changelog counts as progress, so a long recovery of a big table is not mistaken
 for a stall.
 
 The check runs in a thread with its own Kafka client, so it sees the broker's truth even

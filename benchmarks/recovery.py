@@ -64,6 +64,7 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
     import redis
 
     from deploy.local import worker as worker_proc
+    from processors import gapless, stall
     from processors.tools.faults import EFFECTS_KEY
     from streams.subscriber import read_topic
     from streams.topics import ANSWERS
@@ -101,10 +102,10 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
         effects = [int(r.get(EFFECTS_KEY.format(counter=q["conversation_id"])) or 0)
                    for q in sent if q["agent"] == "fault-effect"]
         survivor = worker_proc.log_file(settings, 0).read_text(errors="replace")
-        healed = {"records fetched again, not dropped": survivor.count("fetching again from"),
-                  "survivor restarted: stalled": survivor.count("worker stalled:"),
+        healed = {"records fetched again, not dropped": survivor.count(gapless.FETCHED_AGAIN),
+                  "survivor restarted: stalled": survivor.count(stall.STALLED),
                   "survivor restarted: records dropped by Faust":
-                      survivor.count("were fetched and never delivered")}
+                      survivor.count(gapless.DROPPED)}
         report(sent, answers, effects, killed_at, owned, settings.partitions, healed)
 
 

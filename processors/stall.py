@@ -38,6 +38,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
+STALLED = "worker stalled:"  # how the log says it (bench recovery counts it)
 
 
 @dataclass
@@ -121,7 +122,7 @@ class StallWatchdog(threading.Thread):
                  highwater: dict[Partition, int]) -> None:
         waiting = ", ".join(f"{t}[{p}] at {position[(t, p)]} of {highwater[(t, p)]}"
                             for t, p in sorted(stalled))
-        self._restart(f"worker stalled: no progress for {self._rule.timeout_s:.0f} s on "
+        self._restart(f"{STALLED} no progress for {self._rule.timeout_s:.0f} s on "
                       f"{waiting}. What its tasks were waiting on:\n"
                       f"{_task_report(self._loop)}\n")
 

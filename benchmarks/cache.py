@@ -21,8 +21,8 @@ from rich.table import Table
 
 from benchmarks.common import bench_stack, console, pct
 from benchmarks.workload import Interaction, generate
-from clawstream.cost import summarise
-from clawstream.cost_cli import layers_table
+from clawstream.cli.cost import summarise
+from clawstream.cli.cost_cli import layers_table
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Run:
 
 def _answer_reader(bootstrap: str) -> Consumer:
     """A reader positioned at the answer topic's current end, before anything is sent."""
-    from streams.topics import ANSWERS
+    from clawstream.streams.topics import ANSWERS
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-cache-{time.time()}",
                          "enable.auto.commit": False})
@@ -56,8 +56,8 @@ def _answer_reader(bootstrap: str) -> Consumer:
 
 def drive(bootstrap: str, workload: list[Interaction], in_flight: int, run: Run) -> None:
     """Keep ``in_flight`` requests outstanding until every interaction is answered."""
-    from schemas import decode
-    from streams.publisher import Publisher, new_request, publish_request
+    from clawstream.schemas import decode
+    from clawstream.streams.publisher import Publisher, new_request, publish_request
 
     publisher = Publisher(bootstrap)
     reader = _answer_reader(bootstrap)
@@ -89,9 +89,9 @@ def drive(bootstrap: str, workload: list[Interaction], in_flight: int, run: Run)
 
 async def hit_latency(settings: Any, n: int = 500) -> list[float]:
     """Direct prompt-cache look-ups of a present entry from this process, in ms."""
-    from inference.client import InferenceClient
-    from processors.caching import CacheControl, Caches, collecting
-    from processors.caching.results import CachedResult
+    from clawstream.inference.client import InferenceClient
+    from clawstream.processors.caching import CacheControl, Caches, collecting
+    from clawstream.processors.caching.results import CachedResult
 
     async with InferenceClient(settings.serve_url) as inference:
         caches = Caches(settings, inference)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 
-from clawstream.settings import REPO_ROOT, Settings
-from deploy.local.env import isolated_env
+from clawstream.config import Settings
+from clawstream.deploy.local.env import isolated_env
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_ENV = {
     **isolated_env(REPO_ROOT / ".clawstream-bench", {
         "kafka_port": 39092, "kafka_controller_port": 39093, "redis_port": 36379,
@@ -36,10 +38,10 @@ def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
     ``workers`` Faust workers, and stop it afterwards unless ``keep``."""
     os.environ.update(BENCH_ENV)
     os.environ.update(env or {})
-    from clawstream.settings import get_settings
-    from deploy.local import RichProgress, down, up
-    from deploy.local import worker as worker_proc
-    from streams.admin import ensure_topics
+    from clawstream.config import get_settings
+    from clawstream.deploy.local import RichProgress, down, up
+    from clawstream.deploy.local import worker as worker_proc
+    from clawstream.streams.admin import ensure_topics
 
     get_settings.cache_clear()
     settings = Settings()

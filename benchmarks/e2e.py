@@ -33,7 +33,7 @@ def hops(answer: dict[str, Any], received_ms: float) -> dict[str, float]:
 
 
 async def direct_baseline(serve_url: str, n: int) -> list[float]:
-    from inference.client import InferenceClient
+    from clawstream.inference.client import InferenceClient
 
     times = []
     async with InferenceClient(serve_url) as client:
@@ -45,9 +45,9 @@ async def direct_baseline(serve_url: str, n: int) -> list[float]:
 
 
 def main(requests: int = 200, in_flight: int = 8, keep_stack: bool = False) -> None:
-    from streams.publisher import Publisher, new_request, publish_request
-    from streams.subscriber import read_topic
-    from streams.topics import ANSWERS
+    from clawstream.streams.publisher import Publisher, new_request, publish_request
+    from clawstream.streams.subscriber import read_topic
+    from clawstream.streams.topics import ANSWERS
 
     with bench_stack(keep=keep_stack) as settings:
         console.print(f"[bold]bench e2e[/]: {requests} requests, {in_flight} in flight, "

@@ -25,7 +25,7 @@ RATE = 1500.0
 
 
 def _send(publisher: Any, lane: str, tenant: str, n: int) -> list[dict[str, Any]]:
-    from streams.publisher import new_request, publish_request
+    from clawstream.streams.publisher import new_request, publish_request
 
     out = []
     for i in range(n):
@@ -37,8 +37,8 @@ def _send(publisher: Any, lane: str, tenant: str, n: int) -> list[dict[str, Any]
 
 
 def _collect(settings: Any, wanted: set[str], timeout_s: float) -> dict[str, dict[str, Any]]:
-    from streams.subscriber import read_topic
-    from streams.topics import ANSWERS
+    from clawstream.streams.subscriber import read_topic
+    from clawstream.streams.topics import ANSWERS
 
     got: dict[str, dict[str, Any]] = {}
     for _, answer in read_topic(settings.bootstrap_servers, ANSWERS.name, timeout_s=timeout_s,
@@ -67,10 +67,10 @@ def _ratio(during: list[float], alone: list[float], q: float) -> str:
 
 def main(interactive: int = 40, flood: int = 400, gap_ms: float = 100.0,
          keep_stack: bool = False) -> None:
-    from processors.flow.flags import set_flag
-    from processors.flow.limiter import measured_rate
-    from processors.keys import admissions_key
-    from streams.publisher import Publisher
+    from clawstream.processors.flow.flags import set_flag
+    from clawstream.processors.flow.limiter import measured_rate
+    from clawstream.processors.keys import admissions_key
+    from clawstream.streams.publisher import Publisher
 
     with bench_stack(keep=keep_stack) as settings:
         set_flag(settings.bootstrap_servers, "rate.pool.small", f"{RATE:g}", by="bench")

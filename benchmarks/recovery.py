@@ -35,7 +35,7 @@ def _partition(key: str, partitions: int) -> int:
 
 
 def _load(bootstrap: str, rate: float, stop: threading.Event, sent: list[Record]) -> None:
-    from streams.publisher import Publisher, new_request, publish_request
+    from clawstream.streams.publisher import Publisher, new_request, publish_request
 
     publisher = Publisher(bootstrap)
     run = uuid.uuid4().hex[:6]
@@ -63,11 +63,11 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
          keep_stack: bool = False) -> None:
     import redis
 
-    from deploy.local import worker as worker_proc
-    from processors import gapless, stall
-    from processors.tools.faults import EFFECTS_KEY
-    from streams.subscriber import read_topic
-    from streams.topics import ANSWERS
+    from clawstream.deploy.local import worker as worker_proc
+    from clawstream.processors import gapless, stall
+    from clawstream.processors.tools.faults import EFFECTS_KEY
+    from clawstream.streams.subscriber import read_topic
+    from clawstream.streams.topics import ANSWERS
 
     env = {"CLAWSTREAM_FAULT_INJECTION": "true"}
     with bench_stack(workers=2, env=env, keep=keep_stack) as settings:
@@ -112,8 +112,8 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
 def _explain_missing(bootstrap: str, missing: set[str], sent: list[Record],
                      partitions: int) -> None:
     """What the event log says about requests that got no answer: where they stopped."""
-    from streams.subscriber import read_topic
-    from streams.topics import DLQ, EVENTS, REQUESTS_INTERACTIVE
+    from clawstream.streams.subscriber import read_topic
+    from clawstream.streams.topics import DLQ, EVENTS, REQUESTS_INTERACTIVE
 
     if not missing:
         return

@@ -1,4 +1,5 @@
-"""Deployment of clawstream: the local stack (``deploy.local``) and, later, cluster manifests.
+"""Deployment of clawstream: the local stack (``clawstream.deploy.local``) and, later,
+cluster manifests.
 
 The local stack runs the real components (an Apache Kafka broker from Maven Central jars,
 Debian's ``redis-server``, a local Ray cluster with the Serve app, and the Faust workers)

@@ -2,7 +2,7 @@
 
 It is built around a :class:`ModelGateway` rather than Ray handles so that the HTTP
 contract (400 vs 500 vs 503, error bodies, defaults) is tested without a cluster; the
-Serve ingress in :mod:`inference.app` supplies a gateway backed by deployment handles.
+Serve ingress in :mod:`clawstream.inference.app` supplies a gateway backed by deployment handles.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
-from inference.faults import FaultPlan, FaultRule
-from inference.protocol import (
+from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from clawstream.inference.faults import FaultPlan, FaultRule
+from clawstream.inference.protocol import (
     EmbeddingResult,
     EmbedRequest,
     ErrorBody,

@@ -19,13 +19,13 @@ from ray.serve.deployment import Application, Deployment
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from inference.api import create_api
-from inference.backends import make_backend
-from inference.config import InferenceConfig
-from inference.embeddings import Embedder
-from inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
-from inference.faults import FaultPlan
-from inference.protocol import (
+from clawstream.inference.api import create_api
+from clawstream.inference.backends import make_backend
+from clawstream.inference.config import InferenceConfig
+from clawstream.inference.embeddings import Embedder
+from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from clawstream.inference.faults import FaultPlan
+from clawstream.inference.protocol import (
     ComponentHealth,
     EmbeddingResult,
     EmbedRequest,
@@ -113,7 +113,7 @@ def _original_message(exc: Exception) -> str:
 
 
 class HandleGateway:
-    """A :class:`inference.api.ModelGateway` that calls the model deployments."""
+    """A :class:`clawstream.inference.api.ModelGateway` that calls the model deployments."""
 
     def __init__(
         self, generator: DeploymentHandle, embedder: DeploymentHandle, config: InferenceConfig
@@ -192,7 +192,7 @@ def build_app(config: InferenceConfig) -> Application:
     Options are set here rather than in the decorators because they come from settings
     (back-pressure limits differ between the real and the simulated backend). Replicas
     get no runtime_env of their own so that Serve gives them the deploying job's (see
-    :func:`inference.deploy.job_runtime_env`): a deployment-level runtime_env would
+    :func:`clawstream.inference.deploy.job_runtime_env`): a deployment-level runtime_env would
     replace it, py_modules included.
     """
     backpressure = BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from inference.protocol import (
+from clawstream.inference.protocol import (
     ChatMessage,
     EmbeddingResult,
     EmbedRequest,

@@ -2,7 +2,7 @@
 
 Replicas run in Ray worker processes whose environment is whatever ``ray start`` had,
 so reading ``CLAWSTREAM_*`` there would silently pick up the wrong stack. The driver
-builds this object from :class:`clawstream.settings.Settings` and Serve pickles it to
+builds this object from :class:`clawstream.config.Settings` and Serve pickles it to
 each replica. It has no dependency on ``clawstream`` itself so that a replica only
 needs the ``inference`` package on its path.
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from clawstream.settings import Settings
+    from clawstream.config import Settings
 
 BackendName = Literal["llama_cpp", "simulated"]
 

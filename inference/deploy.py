@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from inference.config import InferenceConfig
-from inference.embeddings import OFFLINE_ENV
+from clawstream.inference.config import InferenceConfig
+from clawstream.inference.embeddings import OFFLINE_ENV
 
 if TYPE_CHECKING:
-    from clawstream.settings import Settings
+    from clawstream.config import Settings
 
 DEPLOY_TIMEOUT_S = 180.0
 _POLL_INTERVAL_S = 0.5
@@ -52,7 +52,7 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
     import ray
     from ray import serve
 
-    from inference.app import APP_NAME, build_app
+    from clawstream.inference.app import APP_NAME, build_app
 
     config = InferenceConfig.from_settings(settings)
     deadline = time.monotonic() + timeout_s
@@ -99,7 +99,7 @@ def _serve_verdict() -> str:
     """
     from ray import serve
 
-    from inference.app import APP_NAME
+    from clawstream.inference.app import APP_NAME
 
     try:
         app_status = serve.status().applications.get(APP_NAME)
@@ -118,7 +118,7 @@ def _serve_verdict() -> str:
 def _app_status_line() -> str:
     from ray import serve
 
-    from inference.app import APP_NAME
+    from clawstream.inference.app import APP_NAME
 
     try:
         status = serve.status()

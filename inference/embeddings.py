@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.model_files import EMBEDDING_DIM, EMBEDDING_MODEL_ID, minilm_model_dir
+from clawstream.inference.model_files import EMBEDDING_DIM, EMBEDDING_MODEL_ID, minilm_model_dir
 
 # Set before sentence-transformers (and with it huggingface_hub) is first imported: the
 # hub client reads them at import time. The model is on disk; any network call is a bug.

@@ -1,4 +1,4 @@
-"""Server-side failure kinds, each mapped to one HTTP status by :mod:`inference.api`.
+"""Server-side failure kinds, each mapped to one HTTP status by :mod:`clawstream.inference.api`.
 
 InputRejected and BackendFailure cross Ray's process boundary (a replica raises, the
 ingress catches), so they stay plain exceptions with a single message argument.

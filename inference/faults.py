@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from inference.errors import BackendFailure, Overloaded
-from inference.protocol import GenerateRequest
+from clawstream.inference.errors import BackendFailure, Overloaded
+from clawstream.inference.protocol import GenerateRequest
 
 
 class FaultRule(BaseModel):

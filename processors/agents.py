@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clawstream.settings import get_settings
+from clawstream.config import get_settings
 
 Record = dict[str, Any]
 
@@ -85,7 +85,7 @@ def get_agent(name: str) -> AgentSpec | None:
     if name in AGENTS:
         return AGENTS[name]
     if get_settings().fault_injection:
-        from processors.tools.faults import FAULT_AGENTS
+        from clawstream.processors.tools.faults import FAULT_AGENTS
 
         return FAULT_AGENTS.get(name)
     return None

@@ -6,9 +6,9 @@ import os
 
 import faust
 
-from clawstream.settings import get_settings
-from processors import gapless
-from streams.topics import (
+from clawstream.config import get_settings
+from clawstream.processors import gapless
+from clawstream.streams.topics import (
     CONVERSATIONS_TABLE,
     DEDUP_TABLE,
     INFERENCE_REQUESTS,
@@ -41,7 +41,7 @@ app = faust.App(
     broker_max_poll_records=settings.worker_max_poll_records,
     broker_session_timeout=settings.worker_session_timeout_s,
     broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
-    Worker="processors.lifecycle:ClawstreamWorker",
+    Worker="clawstream.processors.lifecycle:ClawstreamWorker",
 )
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from processors.agents import AgentSpec, ModelStep, ToolStep, get_agent
-from processors.caching.control import control_for_request
-from processors.caching.report import merge_records
-from processors.keys import canonical_json
-from processors.policy import Policy, retry_delay_ms
-from processors.records import (
+from clawstream.processors.agents import AgentSpec, ModelStep, ToolStep, get_agent
+from clawstream.processors.caching.control import control_for_request
+from clawstream.processors.caching.report import merge_records
+from clawstream.processors.keys import canonical_json
+from clawstream.processors.policy import Policy, retry_delay_ms
+from clawstream.processors.records import (
     Output,
     Record,
     answer,
@@ -36,7 +36,7 @@ from processors.records import (
     step_command,
     step_name,
 )
-from processors.tools.catalog import get_tool_spec
+from clawstream.processors.tools.catalog import get_tool_spec
 
 __all__ = ["Decision", "Output", "build_messages", "next_due_ms", "on_request", "on_result",
            "on_wakeup"]

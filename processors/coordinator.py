@@ -23,8 +23,8 @@ from typing import Any
 
 from faust.exceptions import PartitionsMismatch
 
-from clawstream.settings import get_settings
-from processors.app import (
+from clawstream.config import get_settings
+from clawstream.processors.app import (
     WORKER_NAME,
     app,
     batch_requests_topic,
@@ -32,16 +32,22 @@ from processors.app import (
     coordinator_topic,
     request_dedup,
 )
-from processors.conversation import Decision, next_due_ms, on_request, on_result, on_wakeup
-from processors.emit import dead_letter, now_ms, send
-from processors.flow import coordination
-from processors.keys import dedup_key
-from processors.policy import Policy
-from processors.records import Output
-from processors.restart import restart_in_place
-from schemas import DecodeError, decode
-from schemas.names import AGENT_ANSWER, AGENT_REQUEST, STEP_RESULT, WAKEUP
-from streams.topics import RESULTS
+from clawstream.processors.conversation import (
+    Decision,
+    next_due_ms,
+    on_request,
+    on_result,
+    on_wakeup,
+)
+from clawstream.processors.emit import dead_letter, now_ms, send
+from clawstream.processors.flow import coordination
+from clawstream.processors.keys import dedup_key
+from clawstream.processors.policy import Policy
+from clawstream.processors.records import Output
+from clawstream.processors.restart import restart_in_place
+from clawstream.schemas import DecodeError, decode
+from clawstream.schemas.names import AGENT_ANSWER, AGENT_REQUEST, STEP_RESULT, WAKEUP
+from clawstream.streams.topics import RESULTS
 
 log = logging.getLogger(__name__)
 settings = get_settings()

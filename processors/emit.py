@@ -6,11 +6,11 @@ import time
 import uuid
 from typing import Any
 
-from processors.app import app, raw_topic
-from processors.conversation import Output
-from schemas import encode
-from schemas.names import DEAD_LETTER
-from streams.topics import DLQ
+from clawstream.processors.app import app, raw_topic
+from clawstream.processors.conversation import Output
+from clawstream.schemas import encode
+from clawstream.schemas.names import DEAD_LETTER
+from clawstream.streams.topics import DLQ
 
 
 def now_ms() -> int:

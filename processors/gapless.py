@@ -32,8 +32,8 @@ from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, Message
 
-from processors.restart import restart_in_place
-from streams.topics import CATALOGUE
+from clawstream.processors.restart import restart_in_place
+from clawstream.streams.topics import CATALOGUE
 
 log = logging.getLogger(__name__)
 

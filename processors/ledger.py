@@ -5,7 +5,7 @@ Before a mutating call the executor looks the key up: a recorded result is retur
 the call it records the result, with no TTL (Redis evicts only keys with a TTL, and runs
 with an append-only file). The window between the effect and its record (a crash right
 after the call) is closed by passing the same key to the system the tool changes, which
-is why :class:`processors.tools.base.ToolContext` carries it.
+is why :class:`clawstream.processors.tools.base.ToolContext` carries it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 
 import redis.asyncio as aioredis
 
-from processors.keys import ledger_key
+from clawstream.processors.keys import ledger_key
 
 
 class EffectLedger:

@@ -18,10 +18,10 @@ import signal
 
 import faust
 
-from clawstream.settings import get_settings
-from processors.restart import restart_in_place
-from processors.stall import StallWatchdog
-from streams.topics import REQUESTS_INTERACTIVE, RESULTS
+from clawstream.config import get_settings
+from clawstream.processors.restart import restart_in_place
+from clawstream.processors.stall import StallWatchdog
+from clawstream.streams.topics import REQUESTS_INTERACTIVE, RESULTS
 
 
 class ClawstreamWorker(faust.Worker):
@@ -51,7 +51,7 @@ class ClawstreamWorker(faust.Worker):
             self._drain_task = asyncio.ensure_future(self._drain_then_stop(), loop=self.loop)
 
     async def _drain_then_stop(self) -> None:
-        from processors.workers import drain
+        from clawstream.processors.workers import drain
 
         try:
             await drain(get_settings().drain_timeout_s)

@@ -1,4 +1,4 @@
-"""Worker entry point: ``python -m processors.main worker --name worker-0``."""
+"""Worker entry point: ``python -m clawstream.processors.main worker --name worker-0``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 
 def main(argv: list[str]) -> None:
     if len(argv) < 1 or argv[0] != "worker":
-        raise SystemExit("usage: python -m processors.main worker [--name NAME]")
+        raise SystemExit("usage: python -m clawstream.processors.main worker [--name NAME]")
     name = argv[argv.index("--name") + 1] if "--name" in argv else "worker-0"
     os.environ["CLAWSTREAM_WORKER_NAME"] = name
-    from clawstream.settings import get_settings
-    from processors import coordinator, workers  # noqa: F401  (registers the agents)
-    from processors.app import app
+    from clawstream.config import get_settings
+    from clawstream.processors import coordinator, workers  # noqa: F401  (registers the agents)
+    from clawstream.processors.app import app
 
     port = str(get_settings().worker_web_port)
     sys.argv = [sys.argv[0], "worker", "-l", "info", "--web-port", port,

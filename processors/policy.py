@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from clawstream.settings import Settings
-from processors.tools.base import ToolSpec
+from clawstream.config import Settings
+from clawstream.processors.tools.base import ToolSpec
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from processors.keys import canonical_json, short_hash, step_key
-from schemas import encode
-from schemas.names import AGENT_ANSWER, AGENT_EVENT, AGENT_REQUEST, DEAD_LETTER, STEP_COMMAND
-from streams.topics import (
+from clawstream.processors.keys import canonical_json, short_hash, step_key
+from clawstream.schemas import encode
+from clawstream.schemas.names import (
+    AGENT_ANSWER,
+    AGENT_EVENT,
+    AGENT_REQUEST,
+    DEAD_LETTER,
+    STEP_COMMAND,
+)
+from clawstream.streams.topics import (
     ANSWERS,
     DLQ,
     EVENTS,

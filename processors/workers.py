@@ -3,7 +3,7 @@
 Workers never retry or sleep on a failure: they report it (with the backend's Retry-After)
 and the coordinator schedules the next attempt, so a failing step holds no partition.
 
-Both fetch through :mod:`processors.flow.dispatch`: lanes (interactive first), tenants in
+Both fetch through :mod:`clawstream.processors.flow.dispatch`: lanes (interactive first), tenants in
 turn, the tokens/s limiter per model pool for model steps, and paused partitions while a
 downstream reports overload (Serve's 503 + Retry-After): no new step is fetched until then.
 """
@@ -19,32 +19,32 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from clawstream.settings import get_settings
-from inference.client import InferenceClient, InferenceError, InferenceOverloaded
-from processors.app import (
+from clawstream.config import get_settings
+from clawstream.inference.client import InferenceClient, InferenceError, InferenceOverloaded
+from clawstream.processors.app import (
     WORKER_NAME,
     app,
     inference_batch_topic,
     inference_interactive_topic,
     tool_topic,
 )
-from processors.caching import CacheControl, Caches, collecting
-from processors.caching.report import current as cache_report
-from processors.emit import dead_letter, now_ms, send
-from processors.flow import runtime
-from processors.flow.acks import OrderedAcks
-from processors.flow.dispatch import Dispatcher, Unlimited
-from processors.flow.limiter import PoolAdmission
-from processors.flow.pools import estimate_tokens, smallest_pool
-from processors.flow.recall import Recall
-from processors.flow.scheduler import LaneScheduler, Pending
-from processors.ledger import EffectLedger
-from processors.records import Output
-from processors.tools.base import Tool, ToolContext, ToolError
-from processors.tools.retrieval import Retriever
-from schemas import DecodeError, decode_as
-from schemas.names import STEP_COMMAND, STEP_RESULT
-from streams.topics import RESULTS
+from clawstream.processors.caching import CacheControl, Caches, collecting
+from clawstream.processors.caching.report import current as cache_report
+from clawstream.processors.emit import dead_letter, now_ms, send
+from clawstream.processors.flow import runtime
+from clawstream.processors.flow.acks import OrderedAcks
+from clawstream.processors.flow.dispatch import Dispatcher, Unlimited
+from clawstream.processors.flow.limiter import PoolAdmission
+from clawstream.processors.flow.pools import estimate_tokens, smallest_pool
+from clawstream.processors.flow.recall import Recall
+from clawstream.processors.flow.scheduler import LaneScheduler, Pending
+from clawstream.processors.ledger import EffectLedger
+from clawstream.processors.records import Output
+from clawstream.processors.tools.base import Tool, ToolContext, ToolError
+from clawstream.processors.tools.retrieval import Retriever
+from clawstream.schemas import DecodeError, decode_as
+from clawstream.schemas.names import STEP_COMMAND, STEP_RESULT
+from clawstream.streams.topics import RESULTS
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -58,7 +58,7 @@ def _tools() -> dict[str, Tool]:
     tools: list[Tool] = [Retriever(caches.embeddings),
                          Recall(cache, settings.context_exchanges)]
     if settings.fault_injection:
-        from processors.tools.faults import fault_tools
+        from clawstream.processors.tools.faults import fault_tools
 
         tools += fault_tools(cache)
     return {tool.spec.name: tool for tool in tools}

@@ -1,6 +1,6 @@
 """Avro schemas of every clawstream event, and the codec that reads and writes them."""
 
-from schemas.codec import (
+from clawstream.schemas.codec import (
     CURRENT,
     DecodeError,
     decode,

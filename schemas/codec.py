@@ -20,7 +20,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.schema import load_schema as _fastavro_load
 
-from schemas.names import EVENT_SCHEMAS
+from clawstream.schemas.names import EVENT_SCHEMAS
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = len(MAGIC) + 8

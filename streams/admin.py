@@ -5,7 +5,7 @@ from __future__ import annotations
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.topics import CATALOGUE, changelog_topics
+from clawstream.streams.topics import CATALOGUE, changelog_topics
 
 
 def ensure_topics(bootstrap: str, partitions: int, app_id: str,

@@ -8,10 +8,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from clawstream.settings import get_settings
-from schemas import encode
-from schemas.names import AGENT_REQUEST
-from streams.topics import request_topic
+from clawstream.config import get_settings
+from clawstream.schemas import encode
+from clawstream.schemas.names import AGENT_REQUEST
+from clawstream.streams.topics import request_topic
 
 
 class PublishError(RuntimeError):

@@ -9,7 +9,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from schemas import DecodeError, decode
+from clawstream.schemas import DecodeError, decode
 
 Record = dict[str, Any]
 

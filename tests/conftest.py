@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from clawstream.settings import REPO_ROOT, Settings
-from deploy.local.env import isolated_env
+from clawstream.config import Settings
+from clawstream.deploy.local.env import isolated_env
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_ENV = {
     **isolated_env(REPO_ROOT / ".clawstream-test", {
         "kafka_port": 29092, "kafka_controller_port": 29093, "redis_port": 26379,
@@ -28,8 +30,8 @@ os.environ.update(TEST_ENV)
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Settings]:
-    from deploy.local import down, up
-    from streams.admin import ensure_topics
+    from clawstream.deploy.local import down, up
+    from clawstream.streams.admin import ensure_topics
 
     settings = Settings()
     down(settings, purge=True)
@@ -44,7 +46,7 @@ def stack() -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def worker(stack: Settings) -> Iterator[Settings]:
     """One real Faust worker process (SIGKILL-able) on the test stack."""
-    from deploy.local import worker as worker_proc
+    from clawstream.deploy.local import worker as worker_proc
 
     worker_proc.start(stack, 0)
     try:

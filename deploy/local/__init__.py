@@ -1,19 +1,19 @@
 """The local stack: real Kafka, Redis, Ray Serve and Faust workers as detached processes.
 
-Entry points: ``up``, ``down``, ``status`` (``deploy.local.stack``); one module per
+Entry points: ``up``, ``down``, ``status`` (``clawstream.deploy.local.stack``); one module per
 component (``kafka``, ``redis``, ``ray_cluster``, ``worker``), each with ``start``/``stop``;
 ``process.Processes`` for pid files, logs and crash tests (``kill``).
 """
 
-from deploy.local.errors import (
+from clawstream.deploy.local.errors import (
     FetchError,
     MissingToolError,
     NotReadyError,
     PortInUseError,
     StackError,
 )
-from deploy.local.process import Processes, ProcessInfo
-from deploy.local.stack import ComponentStatus, Progress, RichProgress, down, status, up
+from clawstream.deploy.local.process import Processes, ProcessInfo
+from clawstream.deploy.local.stack import ComponentStatus, Progress, RichProgress, down, status, up
 
 __all__ = [
     "ComponentStatus",

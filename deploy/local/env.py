@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from clawstream.settings import REPO_ROOT, Settings
+from clawstream.config import Settings
 
 PREFIX = "CLAWSTREAM_"
 
@@ -57,15 +57,8 @@ def isolated_env(state_dir: Path, ports: Mapping[str, int]) -> dict[str, str]:
 
 
 def child_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The inherited environment, overlaid with ``settings`` and then ``extra``.
-
-    The repository root goes first on ``PYTHONPATH``: a worker, or a Ray worker process
-    unpickling a Serve deployment, imports this checkout's code even when the virtualenv
-    holds a non-editable install of the package.
-    """
+    """The inherited environment, overlaid with ``settings`` and then ``extra``."""
     env = dict(os.environ)
-    path = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
     env.update(settings_env(settings))
     if extra:
         env.update(extra)

@@ -19,12 +19,12 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from clawstream.settings import Settings
-from deploy.local.errors import FetchError, NotReadyError, StackError
-from deploy.local.ports import ensure_ports_free
-from deploy.local.process import Processes, ProcessInfo
-from deploy.local.tools import require, require_java
-from deploy.local.wait import wait_for
+from clawstream.config import Settings
+from clawstream.deploy.local.errors import FetchError, NotReadyError, StackError
+from clawstream.deploy.local.ports import ensure_ports_free
+from clawstream.deploy.local.process import Processes, ProcessInfo
+from clawstream.deploy.local.tools import require, require_java
+from clawstream.deploy.local.wait import wait_for
 
 NAME = "kafka"
 POM = Path(__file__).resolve().parent.parent / "kafka" / "pom.xml"

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from deploy.local.errors import PortInUseError
+from clawstream.deploy.local.errors import PortInUseError
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 

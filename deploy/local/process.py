@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploy.local.errors import StackError
-from deploy.local.wait import wait_for
+from clawstream.deploy.local.errors import StackError
+from clawstream.deploy.local.wait import wait_for
 
 # Processes started by this interpreter: polling their Popen reaps them, so a child that
 # died is not mistaken for a live one while it lingers as a zombie.

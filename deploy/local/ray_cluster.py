@@ -6,7 +6,7 @@ developer's or another test stack's. Started with ``--block`` in a session of it
 ``ray start`` process stays up as the parent of the cluster's daemons, so stopping *our*
 cluster is "signal our session": SIGTERM to everything in it, SIGKILL what is left after the
 grace period. ``ray stop`` is never called. Daemons that moved to their own process group
-are still found by session id (see ``deploy.local.process``).
+are still found by session id (see ``clawstream.deploy.local.process``).
 
 Ray binds its GCS and raylet on all interfaces and advertises the machine's address, not
 127.0.0.1, even with ``--node-ip-address 127.0.0.1`` (it resolves loopback to the node IP on
@@ -29,13 +29,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from clawstream.settings import REPO_ROOT, Settings
-from deploy.local.env import child_env
-from deploy.local.errors import NotReadyError, StackError
-from deploy.local.ports import ensure_ports_free, free_port, port_accepts
-from deploy.local.process import Processes, ProcessInfo
-from deploy.local.tools import venv_script
-from deploy.local.wait import wait_for
+from clawstream.config import Settings
+from clawstream.deploy.local.env import child_env
+from clawstream.deploy.local.errors import NotReadyError, StackError
+from clawstream.deploy.local.ports import ensure_ports_free, free_port, port_accepts
+from clawstream.deploy.local.process import Processes, ProcessInfo
+from clawstream.deploy.local.tools import venv_script
+from clawstream.deploy.local.wait import wait_for
 
 NAME = "ray"
 READY_TIMEOUT_S = 90.0
@@ -112,7 +112,7 @@ def start(
         _address_file(settings).unlink(missing_ok=True)
         argv = command(settings, ray, client_port=free_port(), agent_port=free_port())
         env = child_env(settings, RAY_ENV)
-        info = procs.start(NAME, argv, env=env, cwd=REPO_ROOT)
+        info = procs.start(NAME, argv, env=env, cwd=Path.cwd())
 
     def died() -> str | None:
         return None if procs.is_running(NAME) else "`ray start` exited"
@@ -129,14 +129,14 @@ def start(
 def deploy_serve(settings: Settings) -> None:
     """Deploy the Serve app onto the running cluster (blocks until it answers health).
 
-    ``inference.deploy`` is imported here, not at module level, so the stack can start
+    ``clawstream.inference.deploy`` is imported here, not at module level, so the stack can start
     Kafka and Redis on a machine where the inference dependencies do not import (and by
     name, so type-checking ``deploy`` does not type-check the inference app).
     """
     if not is_ready(settings):
         raise StackError(f"Ray is not running on {settings.ray_address}; start it first")
     try:
-        module = importlib.import_module("inference.deploy")
+        module = importlib.import_module("clawstream.inference.deploy")
     except ImportError as exc:
         raise StackError(f"cannot import inference.deploy: {exc}") from exc
     deploy: Callable[[Settings], None] = module.deploy

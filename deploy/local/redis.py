@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from clawstream.settings import Settings
-from deploy.local.errors import NotReadyError
-from deploy.local.ports import ensure_ports_free
-from deploy.local.process import Processes, ProcessInfo
-from deploy.local.tools import require
-from deploy.local.wait import wait_for
+from clawstream.config import Settings
+from clawstream.deploy.local.errors import NotReadyError
+from clawstream.deploy.local.ports import ensure_ports_free
+from clawstream.deploy.local.process import Processes, ProcessInfo
+from clawstream.deploy.local.tools import require
+from clawstream.deploy.local.wait import wait_for
 
 NAME = "redis"
 READY_TIMEOUT_S = 15.0

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from clawstream.settings import REPO_ROOT, Settings
-from deploy.local import kafka, ray_cluster, redis, worker
-from deploy.local.errors import StackError
-from deploy.local.ports import port_holder, port_is_free
-from deploy.local.process import Processes, ProcessInfo
+from clawstream.config import Settings
+from clawstream.deploy.local import kafka, ray_cluster, redis, worker
+from clawstream.deploy.local.errors import StackError
+from clawstream.deploy.local.ports import port_holder, port_is_free
+from clawstream.deploy.local.process import Processes, ProcessInfo
 
 Progress = Callable[[str, str], None]
 """``progress(component, message)``: one line about one component's step."""
@@ -216,7 +216,7 @@ def down(settings: Settings, purge: bool = False, progress: Progress | None = No
 
 def _purge(settings: Settings) -> None:
     state = settings.state_dir.resolve()
-    if state in (Path("/"), Path.home().resolve()) or REPO_ROOT.is_relative_to(state):
+    if state in (Path("/"), Path.home().resolve()) or Path.cwd().resolve().is_relative_to(state):
         raise StackError(f"refusing to purge {state}: it is not a dedicated state dir")
     procs = Processes(settings.run_dir, settings.log_dir)
     alive = [n for n in procs.names() if procs.is_running(n)]

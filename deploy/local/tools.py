@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploy.local.errors import MissingToolError
+from clawstream.deploy.local.errors import MissingToolError
 
 JAVA_MIN = 17
 INSTALL_HINTS = {

@@ -1,10 +1,12 @@
-"""Faust workers of the stack: ``python -m processors.main worker --name NAME``, detached.
+"""Faust workers of the stack, detached:
+``python -m clawstream.processors.main worker --name NAME``.
 
 Workers are numbered: worker ``i`` is named ``worker-<i>`` and serves its web endpoints on
 ``worker_web_port + i``, so several run side by side in one consumer group (that is how the
 stack scales on one machine, and how tests kill one and watch the others take over).
 The port reaches the worker as ``CLAWSTREAM_WORKER_WEB_PORT``, on top of every other setting
-of the stack (see ``deploy.local.env``), so a test stack's workers talk to the test broker.
+of the stack (see ``clawstream.deploy.local.env``), so a test stack's workers talk to the
+test broker.
 
 Readiness is ``GET /ready`` answering 200 (the worker says it joined the group and
 recovered its tables), not the web port opening, which happens long before that.
@@ -17,12 +19,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from clawstream.settings import REPO_ROOT, Settings
-from deploy.local.env import child_env
-from deploy.local.errors import NotReadyError
-from deploy.local.ports import ensure_ports_free
-from deploy.local.process import Processes, ProcessInfo
-from deploy.local.wait import wait_for
+from clawstream.config import Settings
+from clawstream.deploy.local.env import child_env
+from clawstream.deploy.local.errors import NotReadyError
+from clawstream.deploy.local.ports import ensure_ports_free
+from clawstream.deploy.local.process import Processes, ProcessInfo
+from clawstream.deploy.local.wait import wait_for
 
 PREFIX = "worker-"
 READY_TIMEOUT_S = 120.0
@@ -38,7 +40,7 @@ def web_port(settings: Settings, index: int) -> int:
 
 
 def command(name: str) -> list[str]:
-    return [sys.executable, "-m", "processors.main", "worker", "--name", name]
+    return [sys.executable, "-m", "clawstream.processors.main", "worker", "--name", name]
 
 
 def worker_env(settings: Settings, index: int) -> dict[str, str]:
@@ -72,7 +74,7 @@ def start(
     if info is None:
         procs.reclaim(name)  # leftovers of a crash may hold our port
         ensure_ports_free({"worker_web_port": web_port(settings, index)}, component=name)
-        info = procs.start(name, command(name), env=worker_env(settings, index), cwd=REPO_ROOT)
+        info = procs.start(name, command(name), env=worker_env(settings, index), cwd=Path.cwd())
     if wait:
         wait_ready(settings, index, timeout=timeout)
     return info

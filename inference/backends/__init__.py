@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from inference.backends.base import Generation, GenerationBackend
-from inference.config import InferenceConfig
+from clawstream.inference.backends.base import Generation, GenerationBackend
+from clawstream.inference.config import InferenceConfig
 
 __all__ = ["Generation", "GenerationBackend", "make_backend"]
 
@@ -11,11 +11,11 @@ __all__ = ["Generation", "GenerationBackend", "make_backend"]
 def make_backend(config: InferenceConfig) -> GenerationBackend:
     """Imports the chosen backend lazily: the simulated one must not need llama.cpp."""
     if config.backend == "llama_cpp":
-        from inference.backends.llama_cpp import LlamaCppBackend
+        from clawstream.inference.backends.llama_cpp import LlamaCppBackend
 
         return LlamaCppBackend(n_ctx=config.n_ctx, n_threads=config.n_threads, seed=config.seed)
     if config.backend == "simulated":
-        from inference.backends.simulated import SimulatedBackend
+        from clawstream.inference.backends.simulated import SimulatedBackend
 
         return SimulatedBackend(delay_ms=config.simulated_delay_ms)
     raise ValueError(f"unknown inference backend {config.backend!r}")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from inference.protocol import ChatMessage
+from clawstream.inference.protocol import ChatMessage
 
 
 @dataclass(frozen=True)
@@ -26,5 +26,6 @@ class GenerationBackend(Protocol):
     async def generate(
         self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
     ) -> Generation:
-        """Raise :class:`inference.errors.InputRejected` for input the model cannot take."""
+        """Raise :class:`clawstream.inference.errors.InputRejected` for input the model cannot
+        take."""
         ...

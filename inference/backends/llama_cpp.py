@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.backends.base import Generation
-from inference.errors import BackendFailure, InputRejected
-from inference.model_files import GENERATION_MODEL_ID, smollm2_gguf_path
-from inference.protocol import ChatMessage
+from clawstream.inference.backends.base import Generation
+from clawstream.inference.errors import BackendFailure, InputRejected
+from clawstream.inference.model_files import GENERATION_MODEL_ID, smollm2_gguf_path
+from clawstream.inference.protocol import ChatMessage
 
 
 class LlamaCppBackend:

@@ -12,8 +12,8 @@ import hashlib
 import random
 from collections.abc import Sequence
 
-from inference.backends.base import Generation
-from inference.protocol import ChatMessage
+from clawstream.inference.backends.base import Generation
+from clawstream.inference.protocol import ChatMessage
 
 SIMULATED_MODEL_ID = "simulated-echo"
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from clawstream.pricing import PriceTable, cost_usd, estimate_tokens
-from inference.client import InferenceClient, InferenceError
-from processors.caching.report import current
-from processors.caching.store import CacheStore
-from processors.keys import embedding_cache_key
+from clawstream.inference.client import InferenceClient, InferenceError
+from clawstream.processors.caching.report import current
+from clawstream.processors.caching.store import CacheStore
+from clawstream.processors.keys import embedding_cache_key
+from clawstream.processors.pricing import PriceTable, cost_usd, estimate_tokens
 
 
 class ModelIds:

@@ -14,22 +14,22 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clawstream.pricing import cost_usd
-from clawstream.settings import Settings
-from inference.client import GenerationResult, InferenceClient
-from processors.caching.control import CacheControl
-from processors.caching.embeddings import EmbeddingCache, ModelIds
-from processors.caching.report import CacheReport
-from processors.caching.results import (
+from clawstream.config import Settings
+from clawstream.inference.client import GenerationResult, InferenceClient
+from clawstream.processors.caching.control import CacheControl
+from clawstream.processors.caching.embeddings import EmbeddingCache, ModelIds
+from clawstream.processors.caching.report import CacheReport
+from clawstream.processors.caching.results import (
     CacheableTool,
     CachedResult,
     PromptCache,
     ToolResultCache,
 )
-from processors.caching.store import CacheStore
-from processors.records import Output
-from schemas.names import AGENT_EVENT
-from streams.topics import EVENTS
+from clawstream.processors.caching.store import CacheStore
+from clawstream.processors.pricing import cost_usd
+from clawstream.processors.records import Output
+from clawstream.schemas.names import AGENT_EVENT
+from clawstream.streams.topics import EVENTS
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Prompt-output and tool-result caches: a stored result, reused while fresh.
 
 Both keep the output with what producing it cost, so a hit reports the tokens and USD it
-saved. The keys come from ``processors.keys`` (defined once); what differs between the two
-layers is only which steps may be cached and for how long.
+saved. The keys come from ``clawstream.processors.keys`` (defined once); what differs
+between the two layers is only which steps may be cached and for how long.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from clawstream.settings import Settings
-from processors.caching.control import CacheControl
-from processors.caching.report import current
-from processors.caching.store import CacheStore
-from processors.keys import prompt_cache_key, tool_cache_key
+from clawstream.config import Settings
+from clawstream.processors.caching.control import CacheControl
+from clawstream.processors.caching.report import current
+from clawstream.processors.caching.store import CacheStore
+from clawstream.processors.keys import prompt_cache_key, tool_cache_key
 
 
 @dataclass(frozen=True)

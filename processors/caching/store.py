@@ -17,14 +17,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from processors.caching.report import current
+from clawstream.processors.caching.report import current
 
 log = logging.getLogger(__name__)
 FAILURES = (aioredis.RedisError, OSError, asyncio.TimeoutError)
 
 
 class CacheStore:
-    """JSON values in Redis under keys built by ``processors.keys``."""
+    """JSON values in Redis under keys built by ``clawstream.processors.keys``."""
 
     def __init__(self, url: str, timeout_s: float = 0.25) -> None:
         self.redis = aioredis.Redis.from_url(

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clawstream.settings import Settings
+from clawstream.config import Settings
 
 
 @dataclass(frozen=True)

@@ -22,18 +22,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from clawstream.settings import Settings
-from processors.agents import get_agent
-from processors.conversation import Decision, on_result
-from processors.failopen import fail_open
-from processors.flow import budgets, limits, recall, runtime
-from processors.flow.buckets import TokenBuckets
-from processors.flow.flags import FlagView
-from processors.flow.pools import NoPoolAvailable, route
-from processors.policy import Policy
-from processors.records import Output, event
-from schemas.names import AGENT_ANSWER, AGENT_EVENT, STEP_COMMAND
-from streams.topics import INFERENCE_REQUESTS, inference_topic
+from clawstream.config import Settings
+from clawstream.processors.agents import get_agent
+from clawstream.processors.conversation import Decision, on_result
+from clawstream.processors.failopen import fail_open
+from clawstream.processors.flow import budgets, limits, recall, runtime
+from clawstream.processors.flow.buckets import TokenBuckets
+from clawstream.processors.flow.flags import FlagView
+from clawstream.processors.flow.pools import NoPoolAvailable, route
+from clawstream.processors.policy import Policy
+from clawstream.processors.records import Output, event
+from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT, STEP_COMMAND
+from clawstream.streams.topics import INFERENCE_REQUESTS, inference_topic
 
 Record = dict[str, Any]
 FLOW_WORKER = "flow-control"

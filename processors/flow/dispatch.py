@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from processors.flow.scheduler import LaneScheduler, Pending
+from clawstream.processors.flow.scheduler import LaneScheduler, Pending
 
 log = logging.getLogger(__name__)
 

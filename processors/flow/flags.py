@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from schemas import DecodeError, decode_as
-from schemas.names import CONTROL_FLAG
-from streams.publisher import Publisher
-from streams.topics import CONTROL_FLAGS
+from clawstream.schemas import DecodeError, decode_as
+from clawstream.schemas.names import CONTROL_FLAG
+from clawstream.streams.publisher import Publisher
+from clawstream.streams.topics import CONTROL_FLAGS
 
 ON_VALUES = frozenset({"on", "true", "1", "yes"})
 SWITCH_PREFIXES = ("degrade", "kill.tool.", "kill.pool.")

@@ -17,14 +17,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from clawstream.settings import Settings
-from processors.failopen import fail_open
-from processors.flow.buckets import TokenBuckets
-from processors.flow.flags import FlagView
-from processors.flow.limits import record_tenant_usage
-from processors.flow.pools import pool_rate, smallest_pool
-from processors.flow.scheduler import Pending
-from processors.keys import admissions_key, bucket_key
+from clawstream.config import Settings
+from clawstream.processors.failopen import fail_open
+from clawstream.processors.flow.buckets import TokenBuckets
+from clawstream.processors.flow.flags import FlagView
+from clawstream.processors.flow.limits import record_tenant_usage
+from clawstream.processors.flow.pools import pool_rate, smallest_pool
+from clawstream.processors.flow.scheduler import Pending
+from clawstream.processors.keys import admissions_key, bucket_key
 
 ADMISSION_LOG_MAX = 5000
 

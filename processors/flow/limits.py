@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from clawstream.settings import Settings
-from processors.flow.buckets import TokenBuckets
-from processors.flow.flags import FlagView
-from processors.keys import bucket_key, tenant_budget_key
+from clawstream.config import Settings
+from clawstream.processors.flow.buckets import TokenBuckets
+from clawstream.processors.flow.flags import FlagView
+from clawstream.processors.keys import bucket_key, tenant_budget_key
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clawstream.settings import Settings
-from processors.flow.flags import FlagView
+from clawstream.config import Settings
+from clawstream.processors.flow.flags import FlagView
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from processors.keys import recall_key
-from processors.tools.base import ToolContext, ToolSpec
+from clawstream.processors.keys import recall_key
+from clawstream.processors.tools.base import ToolContext, ToolSpec
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset({

@@ -7,8 +7,8 @@ from functools import lru_cache
 
 import redis.asyncio as aioredis
 
-from clawstream.settings import get_settings
-from processors.flow.flags import FlagReader, FlagView
+from clawstream.config import get_settings
+from clawstream.processors.flow.flags import FlagReader, FlagView
 
 
 @lru_cache(maxsize=1)

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from clawstream.settings import get_settings
-from processors.tools.base import ToolSpec
-from processors.tools.retrieval import Retriever
+from clawstream.config import get_settings
+from clawstream.processors.tools.base import ToolSpec
+from clawstream.processors.tools.retrieval import Retriever
 
 
 @lru_cache(maxsize=1)
 def tool_specs() -> dict[str, ToolSpec]:
     specs = {Retriever.spec.name: Retriever.spec}
     if get_settings().fault_injection:
-        from processors.tools.faults import FAULT_SPECS
+        from clawstream.processors.tools.faults import FAULT_SPECS
 
         specs.update({spec.name: spec for spec in FAULT_SPECS})
     return specs

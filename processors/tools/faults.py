@@ -20,8 +20,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from processors.agents import AgentSpec, ModelStep, Record, ToolStep
-from processors.tools.base import ToolContext, ToolError, ToolSpec
+from clawstream.processors.agents import AgentSpec, ModelStep, Record, ToolStep
+from clawstream.processors.tools.base import ToolContext, ToolError, ToolSpec
 
 # Their outcome depends on the attempt, not only the arguments: never served from the cache.
 FLAKY = ToolSpec(name="fault.flaky", max_attempts=2, cache_ttl_s=0)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processors.caching.embeddings import EmbeddingCache
-from processors.tools.base import ToolContext, ToolSpec
+from clawstream.processors.caching.embeddings import EmbeddingCache
+from clawstream.processors.tools.base import ToolContext, ToolSpec
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 

@@ -10,10 +10,10 @@ from typing import Any
 import redis
 from aiokafka.partitioner import murmur2
 
-from clawstream.settings import Settings
-from streams.publisher import Publisher, new_request, publish_request
-from streams.subscriber import read_topic, wait_for_answer
-from streams.topics import ANSWERS, EVENTS
+from clawstream.config import Settings
+from clawstream.streams.publisher import Publisher, new_request, publish_request
+from clawstream.streams.subscriber import read_topic, wait_for_answer
+from clawstream.streams.topics import ANSWERS, EVENTS
 
 Record = dict[str, Any]
 

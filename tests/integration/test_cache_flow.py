@@ -18,12 +18,12 @@ from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from clawstream.cli import app as cli
-from clawstream.settings import Settings
-from deploy.local import redis as redis_local
-from deploy.local import worker as worker_proc
-from processors.caching import collecting
-from processors.caching.store import CacheStore
-from processors.tools.retrieval import load_corpus
+from clawstream.config import Settings
+from clawstream.deploy.local import redis as redis_local
+from clawstream.deploy.local import worker as worker_proc
+from clawstream.processors.caching import collecting
+from clawstream.processors.caching.store import CacheStore
+from clawstream.processors.tools.retrieval import load_corpus
 from tests.integration.flow import ask, events_of, has_event
 
 pytestmark = pytest.mark.integration

@@ -16,16 +16,17 @@ from typing import Any
 
 import pytest
 
-from clawstream.settings import Settings
-from inference.client import GenerationResult, InferenceClient
-from processors.caching import CacheControl, Caches, collecting
+from clawstream.config import Settings
+from clawstream.inference.client import GenerationResult, InferenceClient
+from clawstream.processors.caching import CacheControl, Caches, collecting
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
 @dataclass(frozen=True)
 class Spec:
-    """A tool declaration as ``processors.tools`` has them (name, version, mutating...)."""
+    """A tool declaration as ``clawstream.processors.tools`` has them (name, version,
+    mutating...)."""
 
     name: str
     version: str = "1"
@@ -304,7 +305,7 @@ async def test_embedding_cache_whitespace_and_batch(caches: Caches) -> None:
 
 
 async def test_embedding_model_id_is_part_of_the_key(caches: Caches) -> None:
-    from processors.keys import embedding_cache_key
+    from clawstream.processors.keys import embedding_cache_key
 
     assert embedding_cache_key("m1", "a  b") == embedding_cache_key("m1", " a b ")
     assert embedding_cache_key("m1", "a b") != embedding_cache_key("m2", "a b")

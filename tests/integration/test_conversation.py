@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from clawstream.settings import Settings
-from deploy.local import worker as worker_proc
-from streams.publisher import Publisher, new_request, publish_request
-from streams.subscriber import read_topic, wait_for_answer
-from streams.topics import ANSWERS, DLQ, EVENTS, INFERENCE_REQUESTS, REQUESTS_INTERACTIVE
+from clawstream.config import Settings
+from clawstream.deploy.local import worker as worker_proc
+from clawstream.streams.publisher import Publisher, new_request, publish_request
+from clawstream.streams.subscriber import read_topic, wait_for_answer
+from clawstream.streams.topics import ANSWERS, DLQ, EVENTS, INFERENCE_REQUESTS, REQUESTS_INTERACTIVE
 
 pytestmark = pytest.mark.integration
 

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import redis
 
-from clawstream.settings import Settings
-from processors.flow.flags import set_flag
-from processors.flow.limiter import measured_rate
-from processors.keys import admissions_key
-from schemas.names import STEP_COMMAND
-from streams.publisher import Publisher, new_request, publish_request
-from streams.subscriber import read_topic
-from streams.topics import ANSWERS, RESULTS, TOOL_REQUESTS
+from clawstream.config import Settings
+from clawstream.processors.flow.flags import set_flag
+from clawstream.processors.flow.limiter import measured_rate
+from clawstream.processors.keys import admissions_key
+from clawstream.schemas.names import STEP_COMMAND
+from clawstream.streams.publisher import Publisher, new_request, publish_request
+from clawstream.streams.subscriber import read_topic
+from clawstream.streams.topics import ANSWERS, RESULTS, TOOL_REQUESTS
 from tests.integration.flow import events_of, has_event, records_of
 
 pytestmark = pytest.mark.integration

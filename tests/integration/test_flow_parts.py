@@ -8,9 +8,9 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from clawstream.settings import Settings
-from processors.flow.buckets import TokenBuckets
-from processors.flow.flags import FlagReader, read_flags, set_flag
+from clawstream.config import Settings
+from clawstream.processors.flow.buckets import TokenBuckets
+from clawstream.processors.flow.flags import FlagReader, read_flags, set_flag
 
 pytestmark = pytest.mark.integration
 

@@ -12,16 +12,16 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from clawstream.settings import Settings
-from inference.client import (
+from clawstream.config import Settings
+from clawstream.inference.client import (
     GenerationResult,
     InferenceClient,
     InferenceError,
     InferenceOverloaded,
     InferenceValidationError,
 )
-from inference.config import InferenceConfig
-from inference.model_files import EMBEDDING_DIM, EMBEDDING_MODEL_ID, GENERATION_MODEL_ID
+from clawstream.inference.config import InferenceConfig
+from clawstream.inference.model_files import EMBEDDING_DIM, EMBEDDING_MODEL_ID, GENERATION_MODEL_ID
 
 # Fixtures live on the session loop (pyproject: asyncio_default_fixture_loop_scope); the tests
 # must run on it too, or the client's connections outlive the loop they were opened on.

@@ -16,15 +16,15 @@ import pytest
 from typer.testing import CliRunner
 
 from clawstream.cli import app as cli
-from clawstream.dlq import read_letters, redrive, select
-from clawstream.settings import Settings
-from deploy.local import worker as worker_proc
-from processors.policy import jitter_fraction
-from processors.tools import faults
-from schemas import encode
-from schemas.names import STEP_COMMAND
-from streams.publisher import Publisher
-from streams.topics import ANSWERS, RESULTS, TOOL_REQUESTS
+from clawstream.cli.dlq import read_letters, redrive, select
+from clawstream.config import Settings
+from clawstream.deploy.local import worker as worker_proc
+from clawstream.processors.policy import jitter_fraction
+from clawstream.processors.tools import faults
+from clawstream.schemas import encode
+from clawstream.schemas.names import STEP_COMMAND
+from clawstream.streams.publisher import Publisher
+from clawstream.streams.topics import ANSWERS, RESULTS, TOOL_REQUESTS
 from tests.integration.flow import (
     Record,
     answer_to,

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from processors.agents import get_agent
-from processors.conversation import Decision, on_request, on_result
-from processors.policy import Policy
-from schemas import encode
-from schemas.names import AGENT_ANSWER, STEP_COMMAND
-from streams.publisher import new_request
-from streams.topics import ANSWERS, INFERENCE_REQUESTS, TOOL_REQUESTS
+from clawstream.processors.agents import get_agent
+from clawstream.processors.conversation import Decision, on_request, on_result
+from clawstream.processors.policy import Policy
+from clawstream.schemas import encode
+from clawstream.schemas.names import AGENT_ANSWER, STEP_COMMAND
+from clawstream.streams.publisher import new_request
+from clawstream.streams.topics import ANSWERS, INFERENCE_REQUESTS, TOOL_REQUESTS
 
 POLICY = Policy(interactive_step_ms=1000, retry_base_ms=100, retry_cap_ms=1000)
 

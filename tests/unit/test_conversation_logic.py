@@ -9,12 +9,18 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.conversation import Decision, next_due_ms, on_request, on_result, on_wakeup
-from processors.policy import Policy, retry_delay_ms
-from schemas import decode_as, encode
-from schemas.names import AGENT_ANSWER, AGENT_REQUEST, DEAD_LETTER
-from streams.publisher import new_request
-from streams.topics import ANSWERS, DLQ, EVENTS, INFERENCE_REQUESTS, TOOL_REQUESTS
+from clawstream.processors.conversation import (
+    Decision,
+    next_due_ms,
+    on_request,
+    on_result,
+    on_wakeup,
+)
+from clawstream.processors.policy import Policy, retry_delay_ms
+from clawstream.schemas import decode_as, encode
+from clawstream.schemas.names import AGENT_ANSWER, AGENT_REQUEST, DEAD_LETTER
+from clawstream.streams.publisher import new_request
+from clawstream.streams.topics import ANSWERS, DLQ, EVENTS, INFERENCE_REQUESTS, TOOL_REQUESTS
 
 POLICY = Policy(interactive_step_ms=1000, retry_base_ms=100, retry_cap_ms=1000)
 

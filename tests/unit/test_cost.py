@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from clawstream.cost import hit_rate, parse_since, summarise
-from clawstream.cost_cli import print_report
-from clawstream.pricing import cost_usd, estimate_tokens
-from clawstream.settings import Settings
-from processors.caching import CacheControl, control_for_request, merge_records
-from processors.keys import prompt_cache_key, tool_cache_key
+from clawstream.cli.cost import hit_rate, parse_since, summarise
+from clawstream.cli.cost_cli import print_report
+from clawstream.config import Settings
+from clawstream.processors.caching import CacheControl, control_for_request, merge_records
+from clawstream.processors.keys import prompt_cache_key, tool_cache_key
+from clawstream.processors.pricing import cost_usd, estimate_tokens
 
 NOW = 1_800_000_000_000
 
@@ -37,8 +37,8 @@ def test_price_table_prices_input_and_output_separately() -> None:
 
 
 def test_default_price_table_covers_the_local_models() -> None:
-    from inference.backends.simulated import SIMULATED_MODEL_ID
-    from inference.model_files import EMBEDDING_MODEL_ID, GENERATION_MODEL_ID
+    from clawstream.inference.backends.simulated import SIMULATED_MODEL_ID
+    from clawstream.inference.model_files import EMBEDDING_MODEL_ID, GENERATION_MODEL_ID
 
     prices = Settings().prices
     for model in (GENERATION_MODEL_ID, SIMULATED_MODEL_ID, EMBEDDING_MODEL_ID):

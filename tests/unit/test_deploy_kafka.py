@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from clawstream.settings import Settings
-from deploy.local import kafka
-from deploy.local.errors import MissingToolError, NotReadyError
-from deploy.local.process import Processes
-from deploy.local.tools import parse_java_major
+from clawstream.config import Settings
+from clawstream.deploy.local import kafka
+from clawstream.deploy.local.errors import MissingToolError, NotReadyError
+from clawstream.deploy.local.process import Processes
+from clawstream.deploy.local.tools import parse_java_major
 
 
 def _parse(text: str) -> dict[str, str]:

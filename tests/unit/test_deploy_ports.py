@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from deploy.local.errors import PortInUseError
-from deploy.local.ports import (
+from clawstream.deploy.local.errors import PortInUseError
+from clawstream.deploy.local.ports import (
     ensure_ports_free,
     free_port,
     port_accepts,

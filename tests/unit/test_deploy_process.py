@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.errors import StackError
-from deploy.local.process import Processes, pid_alive, session_members
-from deploy.local.wait import wait_for
+from clawstream.deploy.local.errors import StackError
+from clawstream.deploy.local.process import Processes, pid_alive, session_members
+from clawstream.deploy.local.wait import wait_for
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clawstream.settings import Settings
-from deploy.local import ray_cluster
+from clawstream.config import Settings
+from clawstream.deploy.local import ray_cluster
 
 
 def test_command(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from clawstream.settings import Settings
-from deploy.local import redis as redis_local
-from deploy.local.errors import MissingToolError, PortInUseError
+from clawstream.config import Settings
+from clawstream.deploy.local import redis as redis_local
+from clawstream.deploy.local.errors import MissingToolError, PortInUseError
 
 
 def _opt(cmd: list[str], name: str) -> list[str]:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from clawstream.settings import REPO_ROOT, Settings
-from deploy.local import RichProgress, StackError, down, status
-from deploy.local.ports import free_port
-from deploy.local.process import Processes
+from clawstream.config import Settings
+from clawstream.deploy.local import RichProgress, StackError, down, status
+from clawstream.deploy.local.ports import free_port
+from clawstream.deploy.local.process import Processes
 
 
 @pytest.fixture
@@ -56,6 +56,10 @@ def test_down_stops_processes_and_purges_state(settings: Settings) -> None:
     assert "worker-0" in text and "redis" in text and "purged" in text
 
 
-def test_purge_refuses_the_repository(tmp_path: Path) -> None:
+def test_purge_refuses_the_working_directory(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
     with pytest.raises(StackError, match="refusing to purge"):
-        down(Settings(state_dir=REPO_ROOT, redis_port=free_port()), purge=True)
+        down(Settings(state_dir=tmp_path, redis_port=free_port()), purge=True)
+    assert (tmp_path / "project").is_dir()

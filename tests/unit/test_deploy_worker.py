@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from clawstream.settings import REPO_ROOT, Settings
-from deploy.local import worker
-from deploy.local.env import settings_env
-from deploy.local.errors import NotReadyError
-from deploy.local.ports import free_port
-from deploy.local.process import Processes
+from clawstream.config import Settings
+from clawstream.deploy.local import worker
+from clawstream.deploy.local.env import settings_env
+from clawstream.deploy.local.errors import NotReadyError
+from clawstream.deploy.local.ports import free_port
+from clawstream.deploy.local.process import Processes
 
 
 @pytest.fixture
@@ -24,7 +23,7 @@ def settings(tmp_path: Path) -> Settings:
 
 def test_command_and_ports(settings: Settings) -> None:
     assert worker.command("worker-1") == [
-        sys.executable, "-m", "processors.main", "worker", "--name", "worker-1",
+        sys.executable, "-m", "clawstream.processors.main", "worker", "--name", "worker-1",
     ]  # fmt: skip
     assert worker.web_port(settings, 0) == 46066
     assert worker.web_port(settings, 2) == 46068
@@ -36,7 +35,6 @@ def test_env_carries_the_stack_settings_and_own_port(settings: Settings) -> None
     assert env["CLAWSTREAM_STATE_DIR"] == str(settings.state_dir)
     assert env["CLAWSTREAM_KAFKA_PORT"] == "39292"
     assert "HOME" in env  # inherited
-    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO_ROOT)
 
 
 def test_settings_env_round_trips(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from clawstream.settings import Settings
-from processors.flow.budgets import Budget, conversation_budget, exhausted
-from processors.flow.flags import FlagView, validate
-from processors.flow.pools import NoPoolAvailable, estimate_tokens, pool_rate, route
-from processors.flow.scheduler import LaneScheduler, Pending
+from clawstream.config import Settings
+from clawstream.processors.flow.budgets import Budget, conversation_budget, exhausted
+from clawstream.processors.flow.flags import FlagView, validate
+from clawstream.processors.flow.pools import NoPoolAvailable, estimate_tokens, pool_rate, route
+from clawstream.processors.flow.scheduler import LaneScheduler, Pending
 
 
 def _item(lane: str, tenant: str, n: int) -> Pending:

@@ -16,8 +16,8 @@ import pytest
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from processors import gapless
-from streams.topics import CONTROL_FLAGS, REQUESTS_INTERACTIVE
+from clawstream.processors import gapless
+from clawstream.streams.topics import CONTROL_FLAGS, REQUESTS_INTERACTIVE
 
 
 def _consumer(earliest: int) -> Any:

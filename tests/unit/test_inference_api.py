@@ -1,6 +1,6 @@
 """The HTTP contract (status codes, error bodies) and the client's reading of it, without Ray.
 
-The app under test is the real FastAPI app from ``inference.api``; only the gateway
+The app under test is the real FastAPI app from ``clawstream.inference.api``; only the gateway
 behind it (which in production calls Serve deployment handles) is replaced, and the
 client talks to it through httpx's in-process ASGI transport.
 """
@@ -13,16 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
-from inference.api import create_api
-from inference.backends.simulated import SimulatedBackend
-from inference.client import (
+from clawstream.inference.api import create_api
+from clawstream.inference.backends.simulated import SimulatedBackend
+from clawstream.inference.client import (
     InferenceBackendError,
     InferenceClient,
     InferenceOverloaded,
     InferenceValidationError,
 )
-from inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
-from inference.protocol import (
+from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from clawstream.inference.protocol import (
     ComponentHealth,
     EmbeddingResult,
     EmbedRequest,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from inference.client import (
+from clawstream.inference.client import (
     InferenceBackendError,
     InferenceClient,
     InferenceError,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from inference.backends.llama_cpp import LlamaCppBackend
-from inference.errors import InputRejected
-from inference.model_files import GENERATION_MODEL_ID
-from inference.protocol import ChatMessage
+from clawstream.inference.backends.llama_cpp import LlamaCppBackend
+from clawstream.inference.errors import InputRejected
+from clawstream.inference.model_files import GENERATION_MODEL_ID
+from clawstream.inference.protocol import ChatMessage
 
 # With this prompt, a fresh evaluation and one that reuses the cached prompt pick different
 # first tokens (measured), so the test below fails if the backend stops resetting.

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from inference.protocol import (
+from clawstream.inference.protocol import (
     MAX_EMBED_TEXT_CHARS,
     MAX_EMBED_TEXTS,
     MAX_NEW_TOKENS_LIMIT,

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from clawstream.settings import Settings
-from inference.backends import make_backend
-from inference.backends.simulated import SIMULATED_MODEL_ID, SimulatedBackend
-from inference.config import InferenceConfig
-from inference.protocol import ChatMessage
+from clawstream.config import Settings
+from clawstream.inference.backends import make_backend
+from clawstream.inference.backends.simulated import SIMULATED_MODEL_ID, SimulatedBackend
+from clawstream.inference.config import InferenceConfig
+from clawstream.inference.protocol import ChatMessage
 
 MESSAGES = [
     ChatMessage(role="system", content="You are terse."),

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.keys import canonical_json, dedup_key, step_key
-from streams.topics import (
+from clawstream.processors.keys import canonical_json, dedup_key, step_key
+from clawstream.streams.topics import (
     CATALOGUE,
     CONTROL_FLAGS,
     CONVERSATIONS_TABLE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from processors.flow.acks import OrderedAcks
+from clawstream.processors.flow.acks import OrderedAcks
 
 
 @dataclass

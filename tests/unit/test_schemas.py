@@ -12,9 +12,17 @@ from fastavro.utils import generate_many
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import CURRENT, DecodeError, decode, decode_as, encode, fingerprint_of, load_schema
-from schemas.codec import HISTORY_DIR, MAGIC
-from schemas.names import AGENT_ANSWER, AGENT_REQUEST, EVENT_SCHEMAS
+from clawstream.schemas import (
+    CURRENT,
+    DecodeError,
+    decode,
+    decode_as,
+    encode,
+    fingerprint_of,
+    load_schema,
+)
+from clawstream.schemas.codec import HISTORY_DIR, MAGIC
+from clawstream.schemas.names import AGENT_ANSWER, AGENT_REQUEST, EVENT_SCHEMAS
 
 VERSIONS = sorted(p for p in HISTORY_DIR.iterdir() if p.is_dir())
 

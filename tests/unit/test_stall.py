@@ -3,7 +3,7 @@ timeout, per partition; recovery progress and a moving commit start a fresh peri
 
 from __future__ import annotations
 
-from processors.stall import StallRule, first_unhandled
+from clawstream.processors.stall import StallRule, first_unhandled
 
 P0, P1 = ("agent.requests.interactive", 0), ("agent.results", 1)
 

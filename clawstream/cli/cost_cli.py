@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clawstream.cost import CostReport, hit_rate, parse_since, summarise
-from clawstream.settings import Settings
+from clawstream.cli.cost import CostReport, hit_rate, parse_since, summarise
+from clawstream.config import Settings
 
 console = Console()
 
@@ -22,8 +22,8 @@ def cost(
     = 3.0,
 ) -> None:
     """Read the answer events and print what was spent and what the caches saved."""
-    from streams.subscriber import read_topic
-    from streams.topics import ANSWERS
+    from clawstream.streams.subscriber import read_topic
+    from clawstream.streams.topics import ANSWERS
 
     try:
         since_ms = parse_since(since, int(time.time() * 1000)) if since else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from processors.caching.report import LAYERS, merge_records
+from clawstream.processors.caching.report import LAYERS, merge_records
 
 Record = dict[str, Any]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")

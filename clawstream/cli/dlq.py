@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clawstream.settings import Settings
-from streams.publisher import Publisher
-from streams.subscriber import read_topic
-from streams.topics import DLQ
+from clawstream.config import Settings
+from clawstream.streams.publisher import Publisher
+from clawstream.streams.subscriber import read_topic
+from clawstream.streams.topics import DLQ
 
 Record = dict[str, Any]
 FILTER_FIELDS = ("dlq_id", "tenant_id", "conversation_id", "request_id", "step_id",

@@ -10,11 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clawstream.cost_cli import cost as cost_command
-from clawstream.dlq import dlq_app
-from clawstream.flags_cli import app as flags_app
-from clawstream.render import print_answer
-from clawstream.settings import Settings
+from clawstream.cli.cost_cli import cost as cost_command
+from clawstream.cli.dlq import dlq_app
+from clawstream.cli.flags_cli import app as flags_app
+from clawstream.cli.render import print_answer
+from clawstream.config import Settings
 
 app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
@@ -30,10 +30,10 @@ def _settings() -> Settings:
 @app.command()
 def up(workers: Annotated[bool, typer.Option(help="Start the Faust worker too.")] = True) -> None:
     """Start the local stack (Kafka, Redis, Ray Serve + model, worker); idempotent."""
-    from deploy.local import RichProgress, StackError
-    from deploy.local import up as stack_up
-    from deploy.local import worker as worker_proc
-    from streams.admin import ensure_topics
+    from clawstream.deploy.local import RichProgress, StackError
+    from clawstream.deploy.local import up as stack_up
+    from clawstream.deploy.local import worker as worker_proc
+    from clawstream.streams.admin import ensure_topics
 
     settings = _settings()
     try:
@@ -54,14 +54,14 @@ def up(workers: Annotated[bool, typer.Option(help="Start the Faust worker too.")
 def down(purge: Annotated[bool, typer.Option(help="Also delete the stack's data.")] = False
          ) -> None:
     """Stop the local stack; idempotent."""
-    from deploy.local import RichProgress
-    from deploy.local import down as stack_down
+    from clawstream.deploy.local import RichProgress
+    from clawstream.deploy.local import down as stack_down
 
     stack_down(_settings(), purge=purge, progress=RichProgress(console))
 
 
 def _print_status(settings: Settings) -> None:
-    from deploy.local import status as stack_status
+    from clawstream.deploy.local import status as stack_status
 
     table = Table("component", "running", "pid", "address", "detail")
     for row in stack_status(settings):
@@ -87,9 +87,9 @@ def ask(
     timeout: float = 120.0,
 ) -> None:
     """Publish a request and wait for its answer (a repeated key returns the first answer)."""
-    from streams.publisher import Publisher, new_request, publish_request
-    from streams.subscriber import wait_for_answer
-    from streams.topics import ANSWERS
+    from clawstream.streams.publisher import Publisher, new_request, publish_request
+    from clawstream.streams.subscriber import wait_for_answer
+    from clawstream.streams.topics import ANSWERS
 
     settings = _settings()
     try:
@@ -114,8 +114,8 @@ def ask(
 @app.command()
 def tail(from_beginning: bool = False, idle: float = 3600.0) -> None:
     """Follow the answer topic, decoded."""
-    from streams.subscriber import read_topic
-    from streams.topics import ANSWERS
+    from clawstream.streams.subscriber import read_topic
+    from clawstream.streams.topics import ANSWERS
 
     for _, answer in read_topic(_settings().bootstrap_servers, ANSWERS.name,
                                 timeout_s=idle, from_beginning=from_beginning):

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clawstream.settings import Settings
+from clawstream.config import Settings
 
 app = typer.Typer(help="Runtime flags: degrade, kill.tool.*, kill.pool.*, rate.pool.*, "
                   "limit.user.*, limit.tenant.*, budget.tenant.*", no_args_is_help=True)
@@ -21,7 +21,7 @@ def set_(name: str, value: str,
          by: Annotated[str, typer.Option(help="Who changes it (kept with the flag).")] = "cli"
          ) -> None:
     """Set a flag; every processor applies it within 2 s, no restart."""
-    from processors.flow.flags import set_flag
+    from clawstream.processors.flow.flags import set_flag
 
     try:
         set_flag(Settings().bootstrap_servers, name, value, by)
@@ -35,7 +35,7 @@ def set_(name: str, value: str,
 def get(name: Annotated[str | None, typer.Argument(help="One flag; all when left out.")] = None
         ) -> None:
     """Show the flags' current values (the compacted topic read to its end)."""
-    from processors.flow.flags import read_flags
+    from clawstream.processors.flow.flags import read_flags
 
     flags = read_flags(Settings().bootstrap_servers)
     table = Table("flag", "value", "updated", "by")

@@ -7,13 +7,20 @@ can run side by side just by pointing ``CLAWSTREAM_STATE_DIR`` and the ports els
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def default_state_dir() -> Path:
+    """The user's data dir, not the package's: the local stack's ports are machine-wide, so
+    its state is too, whichever directory ``clawstream`` runs from (and never inside
+    site-packages)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "clawstream"
 
 
 class PoolSpec(BaseModel):
@@ -28,7 +35,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLAWSTREAM_", extra="ignore")
 
     state_dir: Path = Field(
-        default=REPO_ROOT / ".clawstream",
+        default_factory=default_state_dir,
         description="Runtime data of the local stack: broker logs, Redis dump, pid and log files.",
     )
 

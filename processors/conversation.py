@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from clawstream.processors.agents import AgentSpec, ModelStep, ToolStep, get_agent
+from clawstream.processors.agents import AgentSpec, Catalog, ModelStep, ToolStep
 from clawstream.processors.caching.control import control_for_request
 from clawstream.processors.caching.report import merge_records
 from clawstream.processors.keys import canonical_json
@@ -36,10 +36,19 @@ from clawstream.processors.records import (
     step_command,
     step_name,
 )
-from clawstream.processors.tools.catalog import get_tool_spec
 
-__all__ = ["Decision", "Output", "build_messages", "next_due_ms", "on_request", "on_result",
-           "on_wakeup"]
+__all__ = ["Decision", "Output", "Rules", "build_messages", "next_due_ms", "on_request",
+           "on_result", "on_wakeup"]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the rules consult besides the state, the event and the time: the retry and
+    budget policy and the catalog of agents and tools. Passed in, never read from globals,
+    so the same events replay to the same outputs on any worker."""
+
+    policy: Policy
+    catalog: Catalog
 
 
 @dataclass
@@ -54,11 +63,12 @@ def empty_conversation() -> Record:
     return {"exchanges": [], "active": None, "waiting": []}
 
 
-def build_messages(agent: AgentSpec, conv: Record, req: Record, notes: str | None
-                   ) -> list[Record]:
+def build_messages(agent: AgentSpec, conv: Record, req: Record, notes: str | None,
+                   default_exchanges: int) -> list[Record]:
     """System prompt, the last N exchanges, then the new question (with the tools' notes)."""
     messages = [{"role": "system", "content": agent.system_prompt}]
-    for ex in conv["exchanges"][-agent.context_exchanges:]:
+    kept = agent.context_exchanges or default_exchanges
+    for ex in conv["exchanges"][-kept:]:
         messages.append({"role": "user", "content": ex["user"]})
         messages.append({"role": "assistant", "content": ex["assistant"]})
     question = req["text"]
@@ -71,27 +81,28 @@ def build_messages(agent: AgentSpec, conv: Record, req: Record, notes: str | Non
 # ---------------------------------------------------------------------------- issuing steps
 
 def _plan_command(conv: Record, active: Record, agent: AgentSpec, now_ms: int,
-                  policy: Policy) -> Record:
+                  rules: Rules) -> Record:
     req, index = active["request"], active["step_index"]
     step = agent.plan[index]
     cache = control_for_request(req["options"], agent.cache_ttl_s)
     if isinstance(step, ToolStep):
-        spec = get_tool_spec(step.tool)
+        spec = rules.catalog.tool_spec(step.tool)
         tool = {"name": step.tool, "version": spec.version if spec else "?",
                 "arguments_json": canonical_json(step.arguments(req)),
                 "mutating": bool(spec and spec.mutating)}
-        limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
+        limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
         return step_command(req, active["run"], index, "tool", now_ms, limit, None, tool,
                             cache=cache)
     assert isinstance(step, ModelStep)
     call = {
         "model": "default",
         "prompt_version": agent.prompt_version,
-        "messages": build_messages(agent, conv, req, active["notes"]),
+        "messages": build_messages(agent, conv, req, active["notes"],
+                                   rules.policy.context_exchanges),
         "max_tokens": agent.max_tokens,
         "temperature": agent.temperature,
     }
-    limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, None)
+    limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, None)
     return step_command(req, active["run"], index, "model", now_ms, limit, call, None,
                         cache=cache)
 
@@ -116,8 +127,8 @@ def _issue(active: Record, cmd: Record, agent: AgentSpec, now_ms: int) -> list[O
     return outputs
 
 
-def _start(conv: Record, req: Record, run: int, now_ms: int, policy: Policy) -> list[Output]:
-    agent = get_agent(req["agent"])
+def _start(conv: Record, req: Record, run: int, now_ms: int, rules: Rules) -> list[Output]:
+    agent = rules.catalog.agent(req["agent"])
     if agent is None:
         return _reject_unknown_agent(req, now_ms)
     active = {"request": req, "run": run, "step_index": 0, "pending": None,
@@ -126,8 +137,8 @@ def _start(conv: Record, req: Record, run: int, now_ms: int, policy: Policy) -> 
     conv["active"] = active
     if now_ms >= req["deadline_ms"]:
         return _finish(conv, agent, "failed", "", "deadline passed before the request started",
-                       now_ms, policy, []).outputs
-    return _issue(active, _plan_command(conv, active, agent, now_ms, policy), agent, now_ms)
+                       now_ms, rules, []).outputs
+    return _issue(active, _plan_command(conv, active, agent, now_ms, rules), agent, now_ms)
 
 
 def _reject_unknown_agent(req: Record, now_ms: int) -> list[Output]:
@@ -140,7 +151,7 @@ def _reject_unknown_agent(req: Record, now_ms: int) -> list[Output]:
 # ---------------------------------------------------------------------------- requests
 
 def on_request(conv: Record | None, dedup: Record | None, req: Record, now_ms: int,
-               policy: Policy) -> Decision:
+               rules: Rules) -> Decision:
     conv = conv or empty_conversation()
     active = conv["active"]
     redrive_of = req["options"].get("redrive_of")
@@ -158,7 +169,7 @@ def on_request(conv: Record | None, dedup: Record | None, req: Record, now_ms: i
         dedup = {"request_id": req["request_id"], "status": "in_progress", "redriven": []}
         outputs = [event("request_received", now_ms, req)]
     if active is None:
-        outputs += _start(conv, req, run, now_ms, policy)
+        outputs += _start(conv, req, run, now_ms, rules)
     else:
         conv["waiting"].append({**req, "options": {**req["options"], "run": str(run)}})
     return Decision(conv, outputs, dedup)
@@ -200,7 +211,7 @@ def _is_pending(active: Record | None, res: Record) -> bool:
                 and (pending["step_id"], pending["attempt"]) == (res["step_id"], res["attempt"]))
 
 
-def on_result(conv: Record | None, res: Record, now_ms: int, policy: Policy) -> Decision:
+def on_result(conv: Record | None, res: Record, now_ms: int, rules: Rules) -> Decision:
     active = conv["active"] if conv else None
     if conv is None or active is None or not _is_pending(active, res):
         req = active["request"] if active else res
@@ -209,7 +220,7 @@ def on_result(conv: Record | None, res: Record, now_ms: int, policy: Policy) -> 
                                      step_id=res["step_id"], worker=res["worker"],
                                      detail={"reason": "not the pending step or attempt",
                                              "attempt": res["attempt"]})])
-    agent = get_agent(active["request"]["agent"])
+    agent = rules.catalog.agent(active["request"]["agent"])
     assert agent is not None  # checked when the request started
     pending = active["pending"]
     active["timeline"].append(_timeline_entry(pending, res, now_ms))
@@ -221,29 +232,29 @@ def on_result(conv: Record | None, res: Record, now_ms: int, policy: Policy) -> 
                      worker=res["worker"], agent_version=agent.version,
                      detail={"status": res["status"], "attempt": res["attempt"]})]
     if res["status"] == "error":
-        return _step_failed(conv, agent, res["error"] or {}, now_ms, policy, outputs)
+        return _step_failed(conv, agent, res["error"] or {}, now_ms, rules, outputs)
     if active["failure"] is not None:
         outputs.append(event("compensation_completed", now_ms, active["request"],
                              step_id=res["step_id"], agent_version=agent.version,
                              detail={"tool": step_name(pending), "for_step":
                                      json.loads(pending["tool_call"]["arguments_json"])
                                      ["step_id"]}))
-        return _compensate_next(conv, agent, now_ms, policy, outputs)
-    _record_output(active, pending, res["output"])
+        return _compensate_next(conv, agent, now_ms, rules, outputs)
+    _record_output(active, pending, res["output"], rules)
     active["step_index"] += 1
     if active["step_index"] < len(agent.plan):
-        cmd = _plan_command(conv, active, agent, now_ms, policy)
+        cmd = _plan_command(conv, active, agent, now_ms, rules)
         return Decision(conv, outputs + _issue(active, cmd, agent, now_ms))
-    return _finish(conv, agent, "ok", active["last_output"], None, now_ms, policy, outputs)
+    return _finish(conv, agent, "ok", active["last_output"], None, now_ms, rules, outputs)
 
 
-def _record_output(active: Record, cmd: Record, output: str) -> None:
+def _record_output(active: Record, cmd: Record, output: str, rules: Rules) -> None:
     if cmd["step_type"] == "model":
         active["last_output"] = output.strip()
         return
     active["notes"] = _notes(output)
     active["last_output"] = output
-    spec = get_tool_spec(step_name(cmd))
+    spec = rules.catalog.tool_spec(step_name(cmd))
     if cmd["tool_call"]["mutating"] and spec is not None and spec.compensation:
         active["effects"].append({"step_id": cmd["step_id"], "compensation": spec.compensation,
                                   "arguments_json": cmd["tool_call"]["arguments_json"],
@@ -260,7 +271,7 @@ def _notes(tool_output: str) -> str:
 
 # ---------------------------------------------------------------------------- failures
 
-def _step_failed(conv: Record, agent: AgentSpec, error: Record, now_ms: int, policy: Policy,
+def _step_failed(conv: Record, agent: AgentSpec, error: Record, now_ms: int, rules: Rules,
                  outputs: list[Output]) -> Decision:
     """Retry with backoff when the error allows it and attempts remain; else dead-letter the
     step and fail the request (compensating first), or go on compensating."""
@@ -270,9 +281,9 @@ def _step_failed(conv: Record, agent: AgentSpec, error: Record, now_ms: int, pol
     message = f"{error.get('error_class', 'Error')}: {error.get('message', 'unknown error')}"
     active["attempts"].append({"attempt": pending["attempt"], "at_ms": now_ms,
                                "error": message})
-    spec = get_tool_spec(step_name(pending)) if pending["tool_call"] else None
-    if error.get("retryable") and pending["attempt"] < policy.max_attempts(spec):
-        delay, ceiling = retry_delay_ms(policy, pending["step_id"], pending["attempt"],
+    spec = rules.catalog.tool_spec(step_name(pending)) if pending["tool_call"] else None
+    if error.get("retryable") and pending["attempt"] < rules.policy.max_attempts(spec):
+        delay, ceiling = retry_delay_ms(rules.policy, pending["step_id"], pending["attempt"],
                                         error.get("retry_after_ms"))
         active["retry_at_ms"] = now_ms + delay
         outputs.append(event("retry_scheduled", now_ms, req, step_id=pending["step_id"],
@@ -291,49 +302,49 @@ def _step_failed(conv: Record, agent: AgentSpec, error: Record, now_ms: int, pol
                          detail={"dlq_id": letter.record["dlq_id"], "error": message}))
     active["pending"] = None
     if active["failure"] is not None:  # a compensation gave up: go on with the others
-        return _compensate_next(conv, agent, now_ms, policy, outputs)
+        return _compensate_next(conv, agent, now_ms, rules, outputs)
     reason = (f"the {step_name(pending)} step failed after {pending['attempt']} attempt(s) "
               f"({message}); dead letter {letter.record['dlq_id']}")
-    return _fail(conv, agent, reason, now_ms, policy, outputs)
+    return _fail(conv, agent, reason, now_ms, rules, outputs)
 
 
-def _fail(conv: Record, agent: AgentSpec, reason: str, now_ms: int, policy: Policy,
+def _fail(conv: Record, agent: AgentSpec, reason: str, now_ms: int, rules: Rules,
           outputs: list[Output]) -> Decision:
     active = conv["active"]
     active["pending"] = None
     active["retry_at_ms"] = None
     if not active["effects"]:
-        return _finish(conv, agent, "failed", "", reason, now_ms, policy, outputs)
+        return _finish(conv, agent, "failed", "", reason, now_ms, rules, outputs)
     active["failure"] = {"status": "failed", "reason": reason}
     outputs.append(event("saga_compensating", now_ms, active["request"],
                          agent_version=agent.version,
                          detail={"steps": len(active["effects"]), "reason": reason}))
-    return _compensate_next(conv, agent, now_ms, policy, outputs)
+    return _compensate_next(conv, agent, now_ms, rules, outputs)
 
 
-def _compensate_next(conv: Record, agent: AgentSpec, now_ms: int, policy: Policy,
+def _compensate_next(conv: Record, agent: AgentSpec, now_ms: int, rules: Rules,
                      outputs: list[Output]) -> Decision:
     """Undo completed mutating steps, last first; then answer with the failure."""
     active = conv["active"]
     if not active["effects"]:
         failure = active["failure"]
-        return _finish(conv, agent, failure["status"], "", failure["reason"], now_ms, policy,
+        return _finish(conv, agent, failure["status"], "", failure["reason"], now_ms, rules,
                        outputs)
     effect = active["effects"].pop()
     req = active["request"]
-    spec = get_tool_spec(effect["compensation"])
+    spec = rules.catalog.tool_spec(effect["compensation"])
     arguments = {"step_id": effect["step_id"],
                  "arguments": json.loads(effect["arguments_json"]), "output": effect["output"]}
     tool = {"name": effect["compensation"], "version": spec.version if spec else "?",
             "arguments_json": canonical_json(arguments), "mutating": True}
-    limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
+    limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
     cmd = step_command(req, active["run"], active["step_index"], "tool", now_ms, limit, None,
                        tool, key_input={"compensate": effect["step_id"]})
     return Decision(conv, outputs + _issue(active, cmd, agent, now_ms))
 
 
 def _finish(conv: Record, agent: AgentSpec, status: str, text: str, reason: str | None,
-            now_ms: int, policy: Policy, outputs: list[Output]) -> Decision:
+            now_ms: int, rules: Rules, outputs: list[Output]) -> Decision:
     active = conv["active"]
     req = active["request"]
     outputs.append(answer(active, status, text, reason, now_ms, agent.version))
@@ -346,13 +357,13 @@ def _finish(conv: Record, agent: AgentSpec, status: str, text: str, reason: str 
     while conv["waiting"] and conv["active"] is None:
         nxt = conv["waiting"].pop(0)
         run = int(nxt["options"].pop("run", "0"))
-        outputs += _start(conv, nxt, run, now_ms, policy)
+        outputs += _start(conv, nxt, run, now_ms, rules)
     return Decision(conv, outputs)
 
 
 # ---------------------------------------------------------------------------- time
 
-def next_due_ms(conv: Record | None, policy: Policy) -> int | None:
+def next_due_ms(conv: Record | None, rules: Rules) -> int | None:
     """When this conversation next needs a wake-up, or None if it is idle."""
     if conv is None:
         return None
@@ -365,11 +376,11 @@ def next_due_ms(conv: Record | None, policy: Policy) -> int | None:
         if active["retry_at_ms"] is not None:
             due.append(active["retry_at_ms"])
         elif pending is not None:
-            due.append(pending["issued_at_ms"] + policy.budget_ms(pending["timeout_ms"]))
+            due.append(pending["issued_at_ms"] + rules.policy.budget_ms(pending["timeout_ms"]))
     return min(due) if due else None
 
 
-def on_wakeup(conv: Record | None, now_ms: int, policy: Policy) -> Decision:
+def on_wakeup(conv: Record | None, now_ms: int, rules: Rules) -> Decision:
     """Expired waiting requests are answered; then the active request's deadline, due retry
     or outlived attempt is handled. A wake-up with nothing due changes nothing."""
     if conv is None:
@@ -383,14 +394,14 @@ def on_wakeup(conv: Record | None, now_ms: int, policy: Policy) -> Decision:
     active = conv["active"]
     if active is None:
         return Decision(conv, outputs)
-    agent = get_agent(active["request"]["agent"])
+    agent = rules.catalog.agent(active["request"]["agent"])
     assert agent is not None
     req, pending = active["request"], active["pending"]
     if active["failure"] is None and now_ms >= req["deadline_ms"]:
         outputs.append(event("deadline_exceeded", now_ms, req, agent_version=agent.version,
                              step_id=pending["step_id"] if pending else None))
         return _fail(conv, agent, "deadline exceeded: the request was not answered in time",
-                     now_ms, policy, outputs)
+                     now_ms, rules, outputs)
     if pending is None:
         return Decision(conv, outputs)
     if active["retry_at_ms"] is not None:
@@ -398,13 +409,13 @@ def on_wakeup(conv: Record | None, now_ms: int, policy: Policy) -> Decision:
             return Decision(conv, outputs)
         retry = {**pending, "attempt": pending["attempt"] + 1, "issued_at_ms": now_ms}
         return Decision(conv, outputs + _issue(active, retry, agent, now_ms))
-    budget = policy.budget_ms(pending["timeout_ms"])
+    budget = rules.policy.budget_ms(pending["timeout_ms"])
     if now_ms < pending["issued_at_ms"] + budget:
         return Decision(conv, outputs)
     outputs.append(event("step_timed_out", now_ms, req, step_id=pending["step_id"],
                          agent_version=agent.version,
                          detail={"attempt": pending["attempt"], "budget_ms": budget}))
     error = {"error_class": "StepTimeout", "retryable": True,
-             "message": f"no result within {budget} ms ({policy.budget_factor:g}x the "
+             "message": f"no result within {budget} ms ({rules.policy.budget_factor:g}x the "
                         "step's run-time limit)"}
-    return _step_failed(conv, agent, error, now_ms, policy, outputs)
+    return _step_failed(conv, agent, error, now_ms, rules, outputs)

@@ -3,11 +3,10 @@ dead letters. Pure functions of their inputs, like the rules that call them."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from clawstream.processors.keys import canonical_json, short_hash, step_key
+from clawstream.processors.keys import canonical_json, content_hash, short_hash, step_key
 from clawstream.schemas import encode
 from clawstream.schemas.names import (
     AGENT_ANSWER,
@@ -38,9 +37,11 @@ class Output:
 
 
 def event(kind: str, at_ms: int, req: Record, **extra: Any) -> Output:
+    """An audit event. Its id is a hash of everything else in it, not a random draw, so
+    the rules replayed over the same events write byte-identical events; two events with
+    the same id say exactly the same thing."""
     detail = {k: str(v) for k, v in extra.pop("detail", {}).items()}
     record = {
-        "event_id": uuid.uuid4().hex,
         "event_type": kind,
         "at_ms": at_ms,
         "request_id": req.get("request_id"),
@@ -52,6 +53,7 @@ def event(kind: str, at_ms: int, req: Record, **extra: Any) -> Output:
         "worker": extra.get("worker"),
         "detail": detail,
     }
+    record = {"event_id": content_hash(record)[:32], **record}
     return Output(EVENTS.name, req["conversation_id"], AGENT_EVENT, record)
 
 

@@ -15,22 +15,29 @@ so the coordinator's own rules stay unaware of flags:
   synthesized result from worker ``flow-control`` (so it shows in the timeline) and the
   request's answer is marked ``degraded`` with the reasons;
 - answered exchanges are archived for the recall tool.
+
+The boundary: :func:`route_and_cut` is pure (the decision, a snapshot of the flags, the
+settings and the time in; the routed decision and the exchanges to archive out), like the
+coordinator's rules, so a replay routes the same way. Only :func:`gate` (Redis buckets and
+spend windows) and :func:`archive` (the recall archive in Redis) do I/O, and the
+coordinator calls them around the pure part.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from clawstream.config import Settings
-from clawstream.processors.agents import get_agent
-from clawstream.processors.conversation import Decision, on_result
+from clawstream.processors.conversation import Decision, Rules, on_result
 from clawstream.processors.failopen import fail_open
-from clawstream.processors.flow import budgets, limits, recall, runtime
+from clawstream.processors.flow import budgets, limits, recall
 from clawstream.processors.flow.buckets import TokenBuckets
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.flow.pools import NoPoolAvailable, route
-from clawstream.processors.policy import Policy
 from clawstream.processors.records import Output, event
 from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT, STEP_COMMAND
 from clawstream.streams.topics import INFERENCE_REQUESTS, inference_topic
@@ -39,13 +46,8 @@ Record = dict[str, Any]
 FLOW_WORKER = "flow-control"
 
 
-def _event(kind: str, req: Record, detail: dict[str, str]) -> Output:
-    return event(kind, int(time.time() * 1000), req, detail=detail)
-
-
-def rejection_outputs(req: Record, rejection: limits.Rejection) -> list[Output]:
+def rejection_outputs(req: Record, rejection: limits.Rejection, now: int) -> list[Output]:
     """A ``rejected`` answer with the reason and retry hint, and its audit event."""
-    now = int(time.time() * 1000)
     answer = {
         "request_id": req["request_id"], "idempotency_key": req["idempotency_key"],
         "conversation_id": req["conversation_id"], "tenant_id": req["tenant_id"],
@@ -57,31 +59,32 @@ def rejection_outputs(req: Record, rejection: limits.Rejection) -> list[Output]:
         "timeline": [],
     }
     return [Output("agent.answers", req["conversation_id"], AGENT_ANSWER, answer),
-            _event("request_rejected", req, {"reason": rejection.reason, "kind": rejection.kind,
-                                             "retry_after_s": f"{rejection.retry_after_s:.3f}"})]
+            event("request_rejected", now, req,
+                  detail={"reason": rejection.reason, "kind": rejection.kind,
+                          "retry_after_s": f"{rejection.retry_after_s:.3f}"})]
 
 
-async def gate(req: Record, conv: Record | None, settings: Settings) -> limits.Rejection | None:
-    """Entrance checks for a request that is not a duplicate."""
-    flags = runtime.flags()
+async def gate(req: Record, conv: Record | None, settings: Settings, flags: FlagView,
+               redis: aioredis.Redis) -> limits.Rejection | None:
+    """Entrance checks for a request that is not a duplicate (I/O: Redis)."""
     spent = (conv or {}).get("flow_spent", {})
     reason = budgets.exhausted(spent, budgets.conversation_budget(settings, req.get("options")
                                                                   or {}))
     if reason is not None:
         return limits.Rejection("conversation_budget", reason, 0.0)
-    return await fail_open("entrance", _redis_gate(req, settings, flags), None)
+    return await fail_open("entrance", _redis_gate(req, settings, flags, redis), None)
 
 
-async def _redis_gate(req: Record, settings: Settings, flags: FlagView
-                      ) -> limits.Rejection | None:
-    redis = runtime.redis()
+async def _redis_gate(req: Record, settings: Settings, flags: FlagView,
+                      redis: aioredis.Redis) -> limits.Rejection | None:
     rejection = await limits.check_entrance(TokenBuckets(redis), settings, flags,
                                             req["tenant_id"], req.get("user_id", "anonymous"))
     return rejection or await limits.check_tenant_budget(redis, settings, flags,
                                                         req["tenant_id"])
 
 
-def _cut_reason(conv: Record, cmd: Record, flags: FlagView, settings: Settings) -> str | None:
+def _cut_reason(conv: Record, cmd: Record, flags: FlagView, settings: Settings,
+                rules: Rules) -> str | None:
     budget = budgets.conversation_budget(settings,
                                          conv["active"]["request"].get("options") or {})
     reason = budgets.exhausted(conv.get("flow_spent", {}), budget)
@@ -92,20 +95,19 @@ def _cut_reason(conv: Record, cmd: Record, flags: FlagView, settings: Settings) 
         return None
     if flags.tool_killed(tool["name"]):
         return f"tool {tool['name']} is switched off"
-    if flags.degrade and _expensive(conv, cmd):
+    if flags.degrade and _expensive(conv, cmd, rules):
         return f"degrade: expensive tool {tool['name']} skipped"
     return None
 
 
-def _expensive(conv: Record, cmd: Record) -> bool:
+def _expensive(conv: Record, cmd: Record, rules: Rules) -> bool:
     """The agent's plan marks the step expensive."""
-    agent = get_agent(conv["active"]["request"]["agent"])
+    agent = rules.catalog.agent(conv["active"]["request"]["agent"])
     index = cmd["step_index"]
     return bool(agent and index < len(agent.plan) and agent.plan[index].expensive)
 
 
-def _skipped_result(cmd: Record, reason: str) -> Record:
-    now = int(time.time() * 1000)
+def _skipped_result(cmd: Record, reason: str, now: int) -> Record:
     return {"step_id": cmd["step_id"], "step_index": cmd["step_index"],
             "step_type": cmd["step_type"], "attempt": cmd["attempt"],
             "request_id": cmd["request_id"], "conversation_id": cmd["conversation_id"],
@@ -129,8 +131,8 @@ def count_result(conv: Record | None, res: Record) -> None:
 
 
 def _route_model(conv: Record, cmd: Record, out: Output, settings: Settings,
-                 flags: FlagView) -> Output | str:
-    agent = get_agent(cmd.get("agent") or conv["active"]["request"]["agent"])
+                 flags: FlagView, rules: Rules) -> Output | str:
+    agent = rules.catalog.agent(conv["active"]["request"]["agent"])
     task_class = agent.task_class if agent else "chat"
     try:
         chosen = route(task_class, settings, flags)
@@ -159,29 +161,37 @@ def _fix_event(out: Output, cmd_pool: dict[str, str]) -> Output:
     return out
 
 
-async def apply(decision: Decision, policy: Policy, settings: Settings) -> Decision:
-    """Route, cut and mark the decision's outputs (see the module docstring)."""
+@dataclass
+class Routed:
+    """The decision to send, and the answered exchanges to archive for the recall tool."""
+
+    decision: Decision
+    archive: list[tuple[str, Record]] = field(default_factory=list)
+
+
+def route_and_cut(decision: Decision, rules: Rules, settings: Settings, flags: FlagView,
+                  now: int) -> Routed:
+    """Route, cut and mark the decision's outputs (see the module docstring). Pure."""
     conv = decision.conversation
     if conv is None:
-        return decision
-    flags = runtime.flags()
+        return Routed(decision)
     queue = list(decision.outputs)
     final: list[Output] = []
+    archive: list[tuple[str, Record]] = []
     pools: dict[str, str] = {}
     while queue:
         out = queue.pop(0)
         if out.schema == STEP_COMMAND and conv.get("active"):
             cmd = out.record
-            reason = _cut_reason(conv, cmd, flags, settings)
+            reason = _cut_reason(conv, cmd, flags, settings, rules)
             routed = None if reason else (
-                _route_model(conv, cmd, out, settings, flags) if cmd.get("model_call")
+                _route_model(conv, cmd, out, settings, flags, rules) if cmd.get("model_call")
                 else out)
             if isinstance(routed, str):
                 reason = routed
             if reason is not None:
                 _note_degraded(conv, cmd["request_id"], reason)
-                cut = on_result(conv, _skipped_result(cmd, reason), int(time.time() * 1000),
-                                policy)
+                cut = on_result(conv, _skipped_result(cmd, reason, now), now, rules)
                 conv = cut.conversation if cut.conversation is not None else conv
                 queue = cut.outputs + queue
                 continue
@@ -191,21 +201,28 @@ async def apply(decision: Decision, policy: Policy, settings: Settings) -> Decis
             final.append(routed)
             continue
         if out.schema == AGENT_ANSWER:
-            await _finish_answer(conv, out.record)
+            archive += _finish_answer(conv, out.record)
         final.append(_fix_event(out, pools) if out.schema == AGENT_EVENT else out)
-    return Decision(conv, final, decision.dedup)
+    return Routed(Decision(conv, final, decision.dedup), archive)
 
 
-async def _finish_answer(conv: Record, answer: Record) -> None:
+def _finish_answer(conv: Record, answer: Record) -> list[tuple[str, Record]]:
     notes = conv.get("flow_degraded", {}).pop(answer["request_id"], None)
     if notes and answer["status"] in ("ok", "failed"):
         answer["status"] = "degraded"
         answer["reason"] = "; ".join(notes)
     if answer["status"] in ("ok", "degraded") and answer["text"]:
-        await fail_open("recall_archive", recall.archive_exchange(
-            runtime.redis(), answer["conversation_id"], {
-                "request_id": answer["request_id"], "user": _question(conv, answer),
-                "assistant": answer["text"]}), None)
+        return [(answer["conversation_id"], {"request_id": answer["request_id"],
+                                             "user": _question(conv, answer),
+                                             "assistant": answer["text"]})]
+    return []
+
+
+async def archive(redis: aioredis.Redis, exchanges: Iterable[tuple[str, Record]]) -> None:
+    """Append answered exchanges to their conversations' recall archives (I/O: Redis)."""
+    for conversation_id, exchange in exchanges:
+        await fail_open("recall_archive",
+                        recall.archive_exchange(redis, conversation_id, exchange), None)
 
 
 def _question(conv: Record, answer: Record) -> str:

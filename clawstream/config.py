@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         default=15.0, description="SIGTERM: how long a worker waits for in-flight steps."
     )
+    ledger_lease_s: float = Field(
+        default=5.0, gt=0,
+        description="A mutating step's claim in the side-effect ledger lasts this long and "
+        "is renewed while the step runs: a crashed execution's claim frees within it.")
     fault_injection: bool = Field(
         default=False,
         description="The inference app's /faults endpoint (injected model failures). Test, "

@@ -204,14 +204,16 @@ class StepExecutors:
         if not tool.spec.mutating:
             return await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
         token = f"{self.worker_name}:{ctx.attempt}:{uuid.uuid4().hex}"
-        claim = await self.ledger.claim(ctx.step_id, token, lease_s=hard_cut_s)
+        lease_s = self.settings.ledger_lease_s
+        claim = await self.ledger.claim(ctx.step_id, token, lease_s)
         if claim.state == "done":
             log.info("step %s already applied: returning the ledger's result", ctx.step_id)
             return claim.output or ""
         if claim.state == "busy":
             raise StepBusy(ctx.step_id, claim.retry_after_s)
         try:
-            output = await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
+            async with self.ledger.holding(ctx.step_id, token, lease_s):
+                output = await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
         except BaseException:
             await self.ledger.release(ctx.step_id, token)
             raise

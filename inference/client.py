@@ -23,6 +23,7 @@ from clawstream.inference.protocol import (
     GenerateRequest,
     GenerationResult,
     HealthReport,
+    ToolFunction,
 )
 
 __all__ = [
@@ -171,6 +172,8 @@ class InferenceClient:
         max_tokens: int | None = None,
         temperature: float = 0.0,
         model: str | None = None,
+        tools: Sequence[ToolFunction | Mapping[str, object]] = (),
+        tool_choice: str = "auto",
     ) -> GenerationResult:
         """Raises InferenceValidationError locally, before any I/O, for a malformed request."""
         request = _validated(
@@ -179,6 +182,8 @@ class InferenceClient:
             max_tokens=max_tokens,
             temperature=temperature,
             model=model,
+            tools=list(tools),
+            tool_choice=tool_choice,
         )
         data = await self._post("/generate", request.model_dump(mode="json"))
         return GenerationResult.model_validate(data)

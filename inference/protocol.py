@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 MAX_MESSAGES = 256
 MAX_CONTENT_CHARS = 32_000
@@ -24,11 +24,54 @@ MAX_EMBED_TEXT_CHARS = 8_192
 EmbedText = Annotated[str, Field(max_length=MAX_EMBED_TEXT_CHARS)]
 
 
+MAX_TOOLS = 64
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+
+
+class ToolCall(BaseModel):
+    """A model's call of a tool, as OpenAI writes it (``arguments``: a JSON object as text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=128)
+    name: ToolName
+    arguments: str = Field(default="{}", max_length=MAX_CONTENT_CHARS)
+
+
+class ToolFunction(BaseModel):
+    """A tool the model may call: OpenAI's ``tools`` entry of type function."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ToolName
+    description: str = Field(default="", max_length=4096)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: Role
-    content: str = Field(max_length=MAX_CONTENT_CHARS)
+    content: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> ChatMessage:
+        """OpenAI's rules: content unless an assistant calls tools; tool calls only from the
+        assistant; a tool message names the call it answers."""
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message can call tools")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.content or ""
 
 
 class GenerateRequest(BaseModel):
@@ -40,6 +83,8 @@ class GenerateRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
     temperature: float = Field(default=0.0, ge=0.0, le=MAX_TEMPERATURE)
     model: str | None = None
+    tools: list[ToolFunction] = Field(default_factory=list, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] = "auto"
 
 
 class GenerationResult(BaseModel):
@@ -51,6 +96,7 @@ class GenerationResult(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
     replica: str
     queue_ms: float | None = None
     run_ms: float

@@ -52,7 +52,7 @@ class LlamaCppBackend:
     def _generate(
         self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
     ) -> Generation:
-        payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+        payload: list[Any] = [{"role": m.role, "content": m.text} for m in messages]
         with self._lock:
             # llama-cpp-python reuses the KV cache of a matching prompt prefix and then
             # re-evaluates only the last token; that changes the float path enough to flip

@@ -37,7 +37,7 @@ def prompt_digest(messages: Sequence[ChatMessage]) -> bytes:
     for message in messages:
         hasher.update(message.role.encode())
         hasher.update(b"\x00")
-        hasher.update(message.content.encode())
+        hasher.update(message.text.encode())
         hasher.update(b"\x01")
     return hasher.digest()
 
@@ -75,7 +75,7 @@ class SimulatedBackend:
         words = [rng.choice(_VOCABULARY) for _ in range(completion_tokens)]
         text = f"[simulated {digest.hex()[:8]}] " + " ".join(words)
         prompt_tokens = sum(
-            _approx_tokens(m.content) + _TEMPLATE_TOKENS_PER_MESSAGE for m in messages
+            _approx_tokens(m.text) + _TEMPLATE_TOKENS_PER_MESSAGE for m in messages
         )
         return Generation(
             text=text,

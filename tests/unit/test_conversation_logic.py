@@ -43,6 +43,7 @@ def _result(cmd: dict[str, Any], output: str, status: str = "ok", *, retryable: 
         "finished_at_ms": 20, "cache_hit": False, "model": "m", "backend": "b",
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "cost_usd": 0.0,
                   "saved_tokens": 0, "saved_cost_usd": 0.0}, "cache": [],
+        "tool_calls": [], "finish_reason": None,
     }
 
 

@@ -62,7 +62,8 @@ def _result(cmd: dict[str, Any], output: str = "ok", *, error: dict[str, Any] | 
         "started_at_ms": 10, "finished_at_ms": 20, "cache_hit": False, "model": "m",
         "backend": "b", "usage": {"prompt_tokens": tokens, "completion_tokens": 2,
                                   "cost_usd": 0.001, "saved_tokens": 0,
-                                  "saved_cost_usd": 0.0}, "cache": []}
+                                  "saved_cost_usd": 0.0}, "cache": [],
+        "tool_calls": [], "finish_reason": None}
 
 
 def _error(cls: str, *, infrastructure: bool = False, retryable: bool = True) -> dict[str, Any]:
@@ -167,7 +168,7 @@ def test_infrastructure_failures_retry_until_the_deadline_without_using_attempts
         [scheduled] = _events(decision)[-1:]
         assert scheduled["detail"]["infrastructure"] == "true"
         assert decision.conversation and decision.conversation["active"]
-        now = decision.conversation["active"]["retry_at_ms"] or now
+        now = decision.conversation["active"]["steps"][0]["retry_at_ms"] or now
         decision = on_wakeup(decision.conversation, now, RULES)
     [cmd] = _commands(decision)
     assert cmd["attempt"] == 9
@@ -175,7 +176,7 @@ def test_infrastructure_failures_retry_until_the_deadline_without_using_attempts
         decision = on_result(decision.conversation, _result(cmd, error=_error("ToolError")),
                              now, RULES)
         assert decision.conversation and decision.conversation["active"]
-        now = decision.conversation["active"]["retry_at_ms"] or now
+        now = decision.conversation["active"]["steps"][0]["retry_at_ms"] or now
         decision = on_wakeup(decision.conversation, now, RULES)
         [cmd] = _commands(decision)
     done = on_result(decision.conversation, _result(cmd, error=_error("ToolError")), now, RULES)

@@ -195,7 +195,7 @@ async def test_function_tools_validate_and_run() -> None:
         await add.run({"a": 1, "b": 2, "c": 3}, ctx)
     assert add(1, 2) == 3  # still the plain function
     with pytest.raises(ValueError, match="cache_params"):
-        tool(cache_params=("nope",))(lambda x: x)
+        tool(name="t", cache_params=("nope",))(lambda x: x)
 
 
 def test_a_module_of_agents_and_tools_is_found_without_a_register_function() -> None:

@@ -1,6 +1,6 @@
 """clawstream: AI-agent conversations as Avro events on Kafka.
 
-``from clawstream import Agent, tool`` is the API a team writes its agents with; it is
+``from clawstream import Agent, tool, ToolContext`` is the API a team writes its agents with; it is
 loaded on first use, so ``import clawstream.config`` (or the CLI) does not import the
 processors.
 """
@@ -8,9 +8,9 @@ processors.
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from clawstream.processors.api import Agent, tool
+    from clawstream.processors.api import Agent, ToolContext, tool
 
-__all__ = ["Agent", "tool"]
+__all__ = ["Agent", "ToolContext", "tool"]
 
 
 def __getattr__(name: str) -> Any:

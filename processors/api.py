@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from clawstream.processors.agents import AgentSpec, Step
-from clawstream.processors.tools.base import Tool
+from clawstream.processors.tools.base import Tool, ToolContext
 from clawstream.processors.tools.functions import FunctionTool, tool
 
-__all__ = ["Agent", "FunctionTool", "tool"]
+__all__ = ["Agent", "FunctionTool", "ToolContext", "tool"]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from clawstream.inference.errors import (
+    BackendFailure,
+    GenerationTimeout,
+    InputRejected,
+    NotReady,
+    Overloaded,
+)
 from clawstream.inference.faults import FaultPlan, FaultRule
 from clawstream.inference.protocol import (
     EmbeddingResult,
@@ -71,6 +77,10 @@ def create_api(gateway: ModelGateway, faults: FaultPlan | None = None) -> FastAP
     @api.exception_handler(BackendFailure)
     async def _backend(_: Request, exc: BackendFailure) -> JSONResponse:
         return _error(500, ErrorBody(error="backend", detail=str(exc)))
+
+    @api.exception_handler(GenerationTimeout)
+    async def _timeout(_: Request, exc: GenerationTimeout) -> JSONResponse:
+        return _error(504, ErrorBody(error="timeout", detail=str(exc)))
 
     @api.exception_handler(NotReady)
     async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:

@@ -13,7 +13,13 @@ def make_backend(config: InferenceConfig) -> GenerationBackend:
     if config.backend == "llama_cpp":
         from clawstream.inference.backends.llama_cpp import LlamaCppBackend
 
-        return LlamaCppBackend(n_ctx=config.n_ctx, n_threads=config.n_threads, seed=config.seed)
+        return LlamaCppBackend(
+            n_ctx=config.n_ctx,
+            n_threads=config.n_threads,
+            seed=config.seed,
+            repeat_penalty=config.repeat_penalty,
+            max_tool_calls=config.local_max_tool_calls,
+        )
     if config.backend == "simulated":
         from clawstream.inference.backends.simulated import SimulatedBackend
 

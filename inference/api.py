@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from fastapi import FastAPI, Request
@@ -31,6 +32,7 @@ from clawstream.inference.protocol import (
     GenerationResult,
     HealthReport,
 )
+from clawstream.inference.scripted import Script
 
 
 class ModelGateway(Protocol):
@@ -49,8 +51,14 @@ def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) 
     return JSONResponse(status_code=status, content=body.model_dump(mode="json"), headers=headers)
 
 
-def create_api(gateway: ModelGateway, faults: FaultPlan | None = None) -> FastAPI:
-    """``faults``: the test stack's fault plan, exposed as POST /faults; None in production."""
+AddScript = Callable[[Script], Awaitable[None]]
+
+
+def create_api(
+    gateway: ModelGateway, faults: FaultPlan | None = None, add_script: AddScript | None = None
+) -> FastAPI:
+    """``faults``: the test stack's fault plan, exposed as POST /faults; ``add_script``: the
+    scripted fixture's registration, POST /script; both None in production."""
     api = FastAPI(title="clawstream inference", docs_url=None, redoc_url=None)
 
     @api.exception_handler(RequestValidationError)
@@ -111,5 +119,12 @@ def create_api(gateway: ModelGateway, faults: FaultPlan | None = None) -> FastAP
         @api.post("/faults", status_code=204)
         async def add_fault(rule: FaultRule) -> None:
             plan.add(rule)
+
+    if add_script is not None:
+        on_script = add_script
+
+        @api.post("/script", status_code=204)
+        async def register_script(script: Script) -> None:
+            await on_script(script)
 
     return api

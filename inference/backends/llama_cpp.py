@@ -20,7 +20,7 @@ from clawstream.inference.backends.local_tools import (
 )
 from clawstream.inference.errors import BackendFailure, InputRejected
 from clawstream.inference.model_files import GENERATION_MODEL_ID, smollm2_gguf_path
-from clawstream.inference.protocol import ChatMessage, ToolChoice, ToolFunction
+from clawstream.inference.protocol import ChatMessage, FinishReason, ToolChoice, ToolFunction
 
 DEFAULT_REPEAT_PENALTY = 1.1
 """Above 1.0 a token already in the last 64 is less likely again: SmolLM2 otherwise loops
@@ -134,7 +134,7 @@ class LlamaCppBackend:
         choice = result["choices"][0]
         usage = result["usage"]
         text = choice["message"]["content"] or ""
-        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        finish: FinishReason = "length" if choice.get("finish_reason") == "length" else "stop"
         if not constrained:
             return Generation(
                 text=text,

@@ -33,7 +33,7 @@ def test_defaults_are_greedy_and_leave_max_tokens_to_the_server() -> None:
         {"messages": [{"role": "tool", "content": "x"}]},
         {"messages": [{"role": "user"}]},
         {"messages": [{"role": "user", "content": 3}]},
-        {"messages": [{**USER, "name": "extra field"}]},
+        {"messages": [{**USER, "weight": "extra field"}]},
         {"messages": [USER], "max_tokens": 0},
         {"messages": [USER], "max_tokens": MAX_NEW_TOKENS_LIMIT + 1},
         {"messages": [USER], "temperature": -0.1},

@@ -62,7 +62,9 @@ def openai_message(message: ChatMessage) -> dict[str, Any]:
             for c in message.tool_calls
         ]
         if not message.content:
-            out["content"] = None  # what OpenAI itself sends for a calls-only message
+            # Left out rather than null: OpenAI and vLLM take either, llama.cpp's server
+            # refuses null (its assistant content is an optional *string*).
+            del out["content"]
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
     if message.name is not None:

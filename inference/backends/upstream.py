@@ -61,10 +61,9 @@ def openai_message(message: ChatMessage) -> dict[str, Any]:
              "function": {"name": c.name, "arguments": c.arguments}}
             for c in message.tool_calls
         ]
-        if not message.content:
-            # Left out rather than null: OpenAI and vLLM take either, llama.cpp's server
-            # refuses null (its assistant content is an optional *string*).
-            del out["content"]
+        # An empty content stays "" (not null, not left out): OpenAI and vLLM take any of
+        # the three, llama.cpp's server only "" (it refuses null, and its
+        # function-calling template reads the field).
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
     if message.name is not None:

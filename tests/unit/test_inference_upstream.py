@@ -78,7 +78,7 @@ async def test_sends_an_openai_request_with_tools_and_the_key(
     assert body["tool_choice"] == "required"
     assert body["tools"] == [{"type": "function", "function": WEATHER.model_dump()}]
     assert body["messages"][2] == {
-        "role": "assistant",
+        "role": "assistant", "content": "",
         "tool_calls": [{"id": "call_1", "type": "function",
                         "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}],
     }

@@ -23,6 +23,8 @@ from clawstream.inference.protocol import (
     GenerateRequest,
     GenerationResult,
     HealthReport,
+    ToolCall,
+    ToolChoice,
     ToolFunction,
 )
 
@@ -37,6 +39,8 @@ __all__ = [
     "InferenceOverloaded",
     "InferenceTimeout",
     "InferenceValidationError",
+    "ToolCall",
+    "ToolFunction",
 ]
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -88,6 +92,7 @@ class InferenceTimeout(InferenceError):
 
 
 MessageLike = ChatMessage | Mapping[str, object]
+ToolLike = ToolFunction | Mapping[str, object]
 _Request = TypeVar("_Request", bound=BaseModel)
 
 
@@ -172,10 +177,11 @@ class InferenceClient:
         max_tokens: int | None = None,
         temperature: float = 0.0,
         model: str | None = None,
-        tools: Sequence[ToolFunction | Mapping[str, object]] = (),
-        tool_choice: str = "auto",
+        tools: Sequence[ToolLike] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> GenerationResult:
-        """Raises InferenceValidationError locally, before any I/O, for a malformed request."""
+        """Raises InferenceValidationError locally, before any I/O, for a malformed request.
+        The answer is text and/or ``tool_calls`` (``finish_reason`` "tool_calls")."""
         request = _validated(
             GenerateRequest,
             messages=list(messages),

@@ -33,7 +33,7 @@ class FaultPlan:
     def check(self, request: GenerateRequest) -> None:
         """Raise the first matching rule's failure and count it down."""
         for rule in self._rules:
-            if rule.times > 0 and any(rule.match in m.text for m in request.messages):
+            if rule.times > 0 and any(rule.match in m.content for m in request.messages):
                 rule.times -= 1
                 message = f"injected fault ({rule.times} left) for prompts with {rule.match!r}"
                 if rule.status == 503:

@@ -27,6 +27,7 @@ from clawstream.inference.client import (
     InferenceOverloaded,
     InferenceUnreachable,
 )
+from clawstream.inference.protocol import ToolChoice
 from clawstream.processors.app import WorkerTopics
 from clawstream.processors.caching import CacheControl, Caches, collecting
 from clawstream.processors.caching.report import current as cache_report
@@ -86,6 +87,14 @@ def chat_messages(call: ModelCall) -> list[dict[str, object]]:
 def tool_functions(call: ModelCall) -> list[dict[str, object]]:
     return [{"name": t["name"], "description": t["description"],
              "parameters": json.loads(t["parameters_json"] or "{}")} for t in call["tools"]]
+
+
+def tool_choice(call: ModelCall) -> ToolChoice:
+    if call["tool_choice"] == "none":
+        return "none"
+    if call["tool_choice"] == "required":
+        return "required"
+    return "auto"
 
 
 class StepBusy(Exception):
@@ -206,7 +215,7 @@ class StepExecutors:
                                             temperature=call["temperature"],
                                             model=spec.backend_model if spec else None,
                                             tools=tool_functions(call),
-                                            tool_choice=call["tool_choice"] or "auto"),
+                                            tool_choice=tool_choice(call)),
                     timeout=cmd["timeout_ms"] / 1000),
                 served_model=spec.backend_model if spec else None)
         except TimeoutError:

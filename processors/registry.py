@@ -26,7 +26,7 @@ from clawstream.processors.agents import AgentSpec, ToolStep
 from clawstream.processors.api import Agent
 from clawstream.processors.caching.embeddings import EmbeddingCache
 from clawstream.processors.tools.base import Tool, ToolSpec
-from clawstream.processors.tools.functions import FunctionTool
+from clawstream.processors.tools.functions import NAME, FunctionTool
 
 
 class RegistryError(ValueError):
@@ -96,6 +96,10 @@ class Registry:
                    for name in [*a.tools, *(s.tool for s in a.plan or ()
                                             if isinstance(s, ToolStep))]
                    if name not in self._tools]
+        missing += [f"agent {a.name!r} offers tool {name!r} to its model, but models take "
+                    "only names of letters, digits, _ and - (at most 64)"
+                    for a in self._agents.values() if a.plan is None for name in a.tools
+                    if not NAME.match(name)]
         missing += [f"tool {spec.name!r} names unknown compensation {spec.compensation!r}"
                     for spec, _ in self._tools.values()
                     if spec.compensation and spec.compensation not in self._tools]

@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from clawstream.processors.tools.base import ToolArgumentsInvalid, ToolContext, ToolSpec
 
-NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""OpenAI's rule for function names: a tool a model may call must be named so."""
 
 
 class FunctionTool:
@@ -79,7 +80,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
     def build(fn: Callable[..., Any]) -> FunctionTool:
         tool_name = name or fn.__name__
         if not NAME.match(tool_name):
-            raise ValueError(f"tool name {tool_name!r}: letters, digits, _ . -, at most 64")
+            raise ValueError(f"tool name {tool_name!r}: letters, digits, _ and -, at most 64")
         hints = get_type_hints(fn)
         fields: dict[str, Any] = {}
         context_param = None

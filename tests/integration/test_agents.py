@@ -106,7 +106,7 @@ def test_a_mutating_call_in_the_loop_is_applied_once_across_a_worker_sigkill(
         worker: Settings) -> None:
     r = redis_client(worker)
     marker, counter = _marker(), f"loop-effect-{uuid.uuid4().hex[:8]}"
-    _script(worker, marker, _calls(("fault.effect", {"counter": counter, "hold": True})),
+    _script(worker, marker, _calls(("fault_effect", {"counter": counter, "hold": True})),
             {"text": "applied"})
     request = send(worker, agent="team-helpdesk",
                    conversation_id=f"kill-{uuid.uuid4().hex[:8]}", text=f"apply {marker}")

@@ -158,7 +158,7 @@ def test_infrastructure_failures_retry_until_the_deadline_without_using_attempts
                       options={"args0": json.dumps({"counter": "c"})})
     decision = on_request(None, None, req, req["created_at_ms"], RULES, SOURCE)
     now = req["created_at_ms"]
-    for _ in range(8):  # fault.effect has 3 attempts: far more infrastructure failures pass
+    for _ in range(8):  # fault_effect has 3 attempts: far more infrastructure failures pass
         [cmd] = _commands(decision)
         now += 10
         decision = on_result(decision.conversation,
@@ -223,7 +223,7 @@ def test_abort_compensates_and_answers_and_hard_abort_answers_everyone() -> None
     assert decision.conversation is not None
     aborted = abort(decision.conversation, "broken", 2, RULES)
     [undo] = _commands(aborted)
-    assert undo["tool_call"]["name"] == "fault.undo"
+    assert undo["tool_call"]["name"] == "fault_undo"
     assert aborted.conversation and aborted.conversation["active"]
     assert aborted.conversation["active"]["request"]["text"] == ""
     finished = on_result(aborted.conversation, _result(undo, "undone"), 3, RULES)

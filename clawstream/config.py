@@ -136,8 +136,9 @@ class Settings(BaseSettings):
 
     worker_stall_timeout_s: float = Field(
         default=30.0, gt=0,
-        description="A partition of the coordinator's topics with records waiting and no "
-        "commit for this long means the worker is wedged: it replaces itself "
+        description="Records waiting this long on a partition of the coordinator's topics "
+        "(from when they were first seen waiting) with no progress mean the worker is "
+        "wedged: it replaces itself "
         "(processors/stall.py). Well above Faust's commit interval (2.8 s) and a rebalance.",
     )
 

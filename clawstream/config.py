@@ -142,6 +142,10 @@ class Settings(BaseSettings):
         "(processors/stall.py). Well above Faust's commit interval (2.8 s) and a rebalance.",
     )
 
+    log_repeat_interval_s: float = Field(
+        default=10.0, description="A worker logs a repeated warning or error once per this "
+        "interval, with the count of the repeats it dropped (0 = every line).")
+
     # Contracts: time budgets and retries (processors/policy.py turns them into decisions)
     interactive_step_timeout_s: float = Field(
         default=20.0, description="Run-time limit of one step in the interactive lane."

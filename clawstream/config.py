@@ -190,6 +190,14 @@ class Settings(BaseSettings):
     user_burst: float = 10.0
     tenant_rate_per_s: float = Field(default=20.0, description="Requests/s per tenant.")
     tenant_burst: float = 40.0
+    entrance_clock_skew_s: float = Field(
+        default=5.0, ge=0, description="Entrance limits count a request at its created time; "
+        "a created time later than Redis' clock by more than this counts as that clock plus "
+        "this (a client's clock may be ahead, but cannot book future windows).")
+    entrance_reorder_s: float = Field(
+        default=120.0, gt=0, description="How far behind a client's newest admitted request "
+        "another may arrive and still be counted at its own time (after an outage partitions "
+        "catch up at different speeds); older ones count at this bound.")
     pools: dict[str, PoolSpec] = Field(
         default_factory=lambda: {
             "small": PoolSpec(capacity_tokens_per_s=1200.0, rank=0),

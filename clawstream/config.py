@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 9093
     kafka_heap: str = "768m"
     partitions: int = 4
+    topic_retention_ms: dict[str, int] = Field(
+        default_factory=dict,
+        description="Retention per topic name in ms (-1 = forever), over the catalogue's "
+        "defaults in streams/topics.py (answers and events forever, work queues 7 days, "
+        "dead letters 90 days). Applied when topics are created, and by `up` to existing ones.")
 
     # Redis
     redis_port: int = 6379

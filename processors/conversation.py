@@ -219,7 +219,9 @@ def on_result(conv: Record | None, res: Record, now_ms: int, policy: Policy) -> 
     active["cache"] = merge_records(active.get("cache", []), res.get("cache") or [])
     outputs = [event("step_completed", now_ms, active["request"], step_id=res["step_id"],
                      worker=res["worker"], agent_version=agent.version,
-                     detail={"status": res["status"], "attempt": res["attempt"]})]
+                     usage=res["usage"], cache=res.get("cache") or [],
+                     detail={"status": res["status"], "attempt": res["attempt"],
+                             "model": res.get("model") or "", "cache_hit": res["cache_hit"]})]
     if res["status"] == "error":
         return _step_failed(conv, agent, res["error"] or {}, now_ms, policy, outputs)
     if active["failure"] is not None:

@@ -51,6 +51,8 @@ def event(kind: str, at_ms: int, req: Record, **extra: Any) -> Output:
         "agent_version": extra.get("agent_version"),
         "worker": extra.get("worker"),
         "detail": detail,
+        "usage": extra.get("usage"),
+        "cache": extra.get("cache") or [],
     }
     return Output(EVENTS.name, req["conversation_id"], AGENT_EVENT, record)
 

@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     worker_count: int = Field(
         default=1, description="Faust workers `up` starts; worker i serves on web port + i."
     )
+    worker_restart_backoff_s: float = Field(
+        default=0.5, description="A supervisor starts a worker that exited on a failure "
+        "again after this long, doubled for each quick failure in a row.")
+    worker_restart_backoff_cap_s: float = Field(default=30.0, description="Longest backoff.")
+    worker_restart_healthy_s: float = Field(
+        default=30.0, description="A worker that ran at least this long before it exited was "
+        "not crash-looping: the count of quick failures and the backoff start over.")
+    worker_restart_limit: int = Field(
+        default=5, ge=0, description="Quick failures in a row after which the supervisor "
+        "gives up (a crash loop); `clawstream status` shows it, `up` starts it again.")
     rocksdb_block_cache_mb: int = 8
     worker_session_timeout_s: float = Field(
         default=10.0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -12,6 +13,14 @@ def main(argv: list[str]) -> None:
     name = argv[argv.index("--name") + 1] if "--name" in argv else "worker-0"
     os.environ["CLAWSTREAM_WORKER_NAME"] = name
     from clawstream.config import get_settings
+    from clawstream.streams.admin import wait_for_broker
+
+    # Faust cannot bootstrap without a broker and exits: wait for one instead, so a worker
+    # started or restarted in place during a broker outage comes up when the broker is back.
+    # (Faust replaces this logging set-up with its own when it starts.)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    wait_for_broker(get_settings().bootstrap_servers)
     from clawstream.processors import coordinator, workers  # noqa: F401  (registers the agents)
     from clawstream.processors.app import app
 

@@ -1,9 +1,11 @@
-"""Create the catalogue's topics and the tables' changelogs idempotently at start, and bring
-the existing ones' retention in line with the settings."""
+"""Create the catalogue's topics and the tables' changelogs idempotently at start, bring the
+existing ones' retention in line with the settings, and wait for a broker to answer."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -18,6 +20,7 @@ from confluent_kafka.admin import (
 
 from clawstream.streams.topics import CATALOGUE, TopicSpec, changelog_topics, with_retention
 
+log = logging.getLogger(__name__)
 RETENTION = "retention.ms"
 
 
@@ -79,3 +82,40 @@ def _align_retention(admin: AdminClient, specs: list[TopicSpec], timeout_s: floa
     for future in altered.values():
         future.result()
     return stale
+
+
+def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """True if a broker at ``bootstrap`` answers a metadata request within ``timeout_s``."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return True
+
+
+def wait_for_broker(bootstrap: str, *, base_s: float = 0.5, cap_s: float = 5.0,
+                    report_every_s: float = 30.0,
+                    sleep: Callable[[float], None] = time.sleep,
+                    clock: Callable[[], float] = time.monotonic,
+                    answers: Callable[[str], bool] = broker_answers) -> float:
+    """Block until the broker answers, retrying with backoff (``base_s`` doubling up to
+    ``cap_s``) and logging once every ``report_every_s``; returns the seconds waited.
+
+    A process that needs the broker to start (a Faust worker cannot bootstrap without one)
+    waits here instead of exiting, so a broker outage delays it rather than killing it."""
+    started = clock()
+    reported = started
+    delay = base_s
+    while not answers(bootstrap):
+        now = clock()
+        if now - reported >= report_every_s or now == started:
+            log.warning("broker %s does not answer; waiting for it (%.0f s so far)",
+                        bootstrap, now - started)
+            reported = now
+        sleep(delay)
+        delay = min(cap_s, delay * 2)
+    waited = clock() - started
+    if waited > 0:
+        log.info("broker %s answers after %.1f s", bootstrap, waited)
+    return waited

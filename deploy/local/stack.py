@@ -294,4 +294,8 @@ def status(settings: Settings) -> list[ComponentStatus]:
     for i in sorted(indices):
         port = worker.web_port(settings, i)
         row(worker.worker_name(i), port, f"http://127.0.0.1:{port}", _worker_probe(settings, i))
+        if worker.has_supervisor_record(settings, i):  # restarts, crash loops: say so
+            last = rows[-1]
+            rows[-1] = ComponentStatus(last.name, last.running, last.pid, last.address,
+                                       f"{last.detail}; {worker.summary(settings, i)}")
     return rows

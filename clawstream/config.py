@@ -7,12 +7,14 @@ can run side by side just by pointing ``CLAWSTREAM_STATE_DIR`` and the ports els
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_state_dir() -> Path:
@@ -195,9 +197,25 @@ class Settings(BaseSettings):
     )
     fault_injection: bool = Field(
         default=False,
-        description="Registers the fault-injecting tools and agents (processors/tools/faults.py) "
-        "and the inference app's /faults endpoint. Test and benchmark stacks only.",
+        description="The inference app's /faults endpoint (injected model failures). Test, "
+        "benchmark and chaos stacks only.",
     )
+    agent_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Python modules with the team's agents and tools, each with a "
+        "register(registry) function, loaded by every worker after the built-in examples: "
+        "comma-separated (CLAWSTREAM_AGENT_MODULES=myco.agents,myco.tools) or a JSON list.",
+    )
+
+    @field_validator("agent_modules", mode="before")
+    @classmethod
+    def _module_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
 
     # Flow control (issue 5; see processors/flow/): entrance buckets, model pools,
     # budgets, context. Operators override limits at run time with `clawstream flags`.

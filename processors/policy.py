@@ -28,6 +28,7 @@ class Policy:
     model_max_attempts: int = 3
     retry_base_ms: int = 250
     retry_cap_ms: int = 8_000
+    context_exchanges: int = 6
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
@@ -38,6 +39,7 @@ class Policy:
             model_max_attempts=s.model_max_attempts,
             retry_base_ms=s.retry_base_ms,
             retry_cap_ms=s.retry_cap_ms,
+            context_exchanges=s.context_exchanges,
         )
 
     def step_limit_ms(self, lane: str, agent_limit_s: float | None,

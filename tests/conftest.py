@@ -20,6 +20,7 @@ TEST_ENV = {
     "CLAWSTREAM_INFERENCE_LLAMA_THREADS": "1",
     "CLAWSTREAM_CONTEXT_EXCHANGES": "4",
     "CLAWSTREAM_FAULT_INJECTION": "true",
+    "CLAWSTREAM_AGENT_MODULES": "fixtures.faults",
     # Short run-time limits and backoff, so budget and retry tests take seconds.
     "CLAWSTREAM_RETRY_BASE_MS": "200",
     "CLAWSTREAM_DRAIN_TIMEOUT_S": "10",

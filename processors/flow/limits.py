@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -22,6 +21,7 @@ from clawstream.config import Settings
 from clawstream.processors.flow.arrivals import ArrivalWindows
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import arrivals_key, tenant_budget_key
+from clawstream.schemas.records import AgentRequest
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,10 @@ def arrival_windows(redis: aioredis.Redis, settings: Settings) -> ArrivalWindows
 
 
 async def check_entrance(windows: ArrivalWindows, settings: Settings, flags: FlagView,
-                         request: dict[str, Any]) -> Rejection | None:
+                         request: AgentRequest) -> Rejection | None:
     """Count the request at its arrival time against the user's limit, then the tenant's;
     the first one full rejects."""
-    user_id = request.get("user_id") or "anonymous"
+    user_id = request["user_id"] or "anonymous"
     checks = (
         ("user", user_id, settings.user_rate_per_s, settings.user_burst),
         ("tenant", request["tenant_id"], settings.tenant_rate_per_s, settings.tenant_burst),

@@ -1,5 +1,5 @@
 """The reliability contracts on the real stack, proven by breaking things: fault-injecting
-tools (processors/tools/faults.py), a model app told to fail (inference/faults.py), real
+tools (fixtures/faults.py), a model app told to fail (inference/faults.py), real
 SIGKILL and SIGTERM of the worker process."""
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from clawstream.cli.dlq import read_letters, redrive, select
 from clawstream.config import Settings
 from clawstream.deploy.local import worker as worker_proc
 from clawstream.processors.policy import jitter_fraction
-from clawstream.processors.tools import faults
 from clawstream.schemas import encode
 from clawstream.schemas.names import STEP_COMMAND
 from clawstream.streams.publisher import Publisher
 from clawstream.streams.topics import ANSWERS, RESULTS, TOOL_REQUESTS
+from fixtures import faults
 from tests.integration.flow import (
     Record,
     answer_to,

@@ -3,7 +3,7 @@ dead letters. Pure functions of their inputs, like the rules that call them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
@@ -24,7 +24,6 @@ from clawstream.schemas.records import (
     AgentRequest,
     AnswerStatus,
     CacheControl,
-    CacheUsage,
     DeadLetter,
     ModelCall,
     StepCommand,
@@ -64,6 +63,10 @@ class Output:
         return cast(StepResult, self.record) if self.schema == STEP_RESULT else None
 
     @property
+    def letter(self) -> DeadLetter | None:
+        return cast(DeadLetter, self.record) if self.schema == DEAD_LETTER else None
+
+    @property
     def answer(self) -> AgentAnswer | None:
         return cast(AgentAnswer, self.record) if self.schema == AGENT_ANSWER else None
 
@@ -88,12 +91,10 @@ def about(req: AgentRequest) -> Subject:
 
 def event(kind: str, at_ms: int, subject: Subject, *, step_id: str | None = None,
           agent_version: str | None = None, worker: str | None = None,
-          detail: Mapping[str, object] | None = None, usage: Usage | None = None,
-          cache: Sequence[CacheUsage] = ()) -> Output:
+          detail: Mapping[str, object] | None = None) -> Output:
     """An audit event. Its id is a hash of everything else in it, not a random draw, so
     the rules replayed over the same events write byte-identical events; two events with
-    the same id say exactly the same thing. ``usage`` and ``cache`` (a completed step's
-    tokens, cost and cache figures) keep the per-step cost in the audit trail."""
+    the same id say exactly the same thing."""
     body = {
         "event_type": kind,
         "at_ms": at_ms,
@@ -105,8 +106,6 @@ def event(kind: str, at_ms: int, subject: Subject, *, step_id: str | None = None
         "agent_version": agent_version,
         "worker": worker,
         "detail": {k: str(v) for k, v in (detail or {}).items()},
-        "usage": dict(usage) if usage is not None else None,
-        "cache": [dict(c) for c in cache],
     }
     record = cast(AgentEvent, {"event_id": content_hash(body)[:32], **body})
     return Output(EVENTS.name, subject["conversation_id"], AGENT_EVENT, record)
@@ -190,16 +189,30 @@ def prompt_signature(cmd: StepCommand) -> str:
 
 def dead_letter(req: AgentRequest, attempts: list[Attempt], cmd: StepCommand,
                 error_class: str, message: str, now_ms: int) -> Output:
-    """The step's dead letter. Its payload is the request, marked as a redrive of this
-    letter, so ``clawstream dlq redrive`` sends it back unchanged and a second redrive of
-    the same letter is recognised as a duplicate."""
-    dlq_id = short_hash({"step_id": cmd["step_id"], "request_id": req["request_id"]})
-    redrive: AgentRequest = {**req, "options": {**req["options"], "redrive_of": dlq_id}}
+    """The dead letter of a step that used its last attempt."""
     call = cmd["model_call"] if cmd["model_call"] else cmd["tool_call"]
+    return _letter(req, attempts, cmd["step_id"], step_name(cmd), cmd["attempt"],
+                   canonical_json(call), prompt_signature(cmd), error_class, message, now_ms)
+
+
+def plan_letter(req: AgentRequest, step_id: str, step: str, error_class: str, message: str,
+                now_ms: int) -> Output:
+    """The dead letter of a step whose command could not even be built (the agent's plan
+    raised on this request): no attempt ran."""
+    return _letter(req, [], step_id, step, 0, None, None, error_class, message, now_ms)
+
+
+def _letter(req: AgentRequest, attempts: list[Attempt], step_id: str, step: str,
+            attempt: int, parameters_json: str | None, signature: str | None,
+            error_class: str, message: str, now_ms: int) -> Output:
+    """Its payload is the request, marked as a redrive of this letter, so ``clawstream dlq
+    redrive`` sends it back unchanged and a second redrive of the same letter is
+    recognised as a duplicate."""
+    dlq_id = short_hash({"step_id": step_id, "request_id": req["request_id"]})
+    redrive: AgentRequest = {**req, "options": {**req["options"], "redrive_of": dlq_id}}
     record: DeadLetter = {
         "dlq_id": dlq_id,
-        "reason": f"step {step_name(cmd)} failed after {cmd['attempt']} attempt(s): "
-                  f"{message}",
+        "reason": f"step {step} failed after {attempt} attempt(s): {message}",
         "error_class": error_class,
         "at_ms": now_ms,
         "source_topic": request_topic(req["lane"]).name,
@@ -210,9 +223,9 @@ def dead_letter(req: AgentRequest, attempts: list[Attempt], cmd: StepCommand,
         "request_id": req["request_id"],
         "conversation_id": req["conversation_id"],
         "tenant_id": req["tenant_id"],
-        "step_id": cmd["step_id"],
-        "parameters_json": canonical_json(call),
-        "prompt_signature": prompt_signature(cmd),
+        "step_id": step_id,
+        "parameters_json": parameters_json,
+        "prompt_signature": signature,
         "attempts": [{"attempt": a["attempt"], "at_ms": a["at_ms"], "error": a["error"]}
                      for a in attempts],
     }

@@ -63,6 +63,7 @@ class StepError(TypedDict):
     message: str
     retryable: bool
     retry_after_ms: int | None
+    infrastructure: bool
 
 
 class TimelineEntry(TypedDict):
@@ -146,8 +147,6 @@ class AgentEvent(TypedDict):
     agent_version: str | None
     worker: str | None
     detail: dict[str, str]
-    usage: Usage | None
-    cache: list[CacheUsage]
 
 
 class AgentAnswer(TypedDict):

@@ -34,6 +34,7 @@ class Publisher:
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 2,
+            "message.max.bytes": get_settings().kafka_max_message_bytes,
             # Java's (and aiokafka's) partitioner: requests must land on the same partition
             # as the results Faust produces for that conversation, or co-partitioning breaks.
             "partitioner": "murmur2_random",

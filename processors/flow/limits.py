@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -21,17 +20,8 @@ from clawstream.config import Settings
 from clawstream.processors.flow.arrivals import ArrivalWindows
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import arrivals_key, tenant_budget_key
+from clawstream.processors.validation import Rejection
 from clawstream.schemas.records import AgentRequest
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why a request may not start now, and after how long it may (None: not in this window
-    of anything the client controls)."""
-
-    kind: str
-    reason: str
-    retry_after_s: float
 
 
 def arrival_windows(redis: aioredis.Redis, settings: Settings) -> ArrivalWindows:

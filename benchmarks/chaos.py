@@ -24,16 +24,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from benchmarks import faultload
 from benchmarks.common import bench_stack, console, pct
-from benchmarks.faultload import (
-    FAULT_ENV,
-    Record,
-    collect_answers,
-    count_effects,
-    explain_missing,
-    integrity,
-    load,
-)
+from benchmarks.faultload import Record
 
 
 def _schedule(duration_s: float, kill_every_s: float, broker_at_s: float,
@@ -70,7 +63,7 @@ def main(rate: float = 5.0, duration_s: float = 240.0, kill_every_s: float = 30.
     from clawstream.deploy.local.supervision import read_state
     from clawstream.processors import faust_fence, stall
 
-    with bench_stack(workers=2, env=FAULT_ENV, keep=keep_stack) as settings:
+    with bench_stack(workers=2, env=faultload.FAULT_ENV, keep=keep_stack) as settings:
         schedule = _schedule(duration_s, kill_every_s, broker_at_s, redis_at_s)
         console.print(f"[bold]bench chaos[/]: {rate:g} requests/s for {duration_s:g} s, "
                       f"2 supervised workers; faults at {[(t, w) for t, w in schedule]}")
@@ -78,7 +71,7 @@ def main(rate: float = 5.0, duration_s: float = 240.0, kill_every_s: float = 30.
         stop = threading.Event()
         unacked: list[int] = []
         loader = threading.Thread(target=lambda: unacked.append(
-            load(settings.bootstrap_servers, rate, stop, sent, prefix="chaos")))
+            faultload.load(settings.bootstrap_servers, rate, stop, sent, prefix="chaos")))
         t0 = time.monotonic()
         loader.start()
 
@@ -92,10 +85,10 @@ def main(rate: float = 5.0, duration_s: float = 240.0, kill_every_s: float = 30.
         stop.set()
         loader.join()
         say(f"load stopped: {len(sent)} requests sent; awaiting their answers")
-        answers = collect_answers(settings, sent)
-        explain_missing(settings.bootstrap_servers, {r["request_id"] for r in sent}
+        answers = faultload.collect_answers(settings, sent)
+        faultload.explain_missing(settings.bootstrap_servers, {r["request_id"] for r in sent}
                         - answers.keys(), sent, settings.partitions)
-        effects = count_effects(settings, sent)
+        effects = faultload.count_effects(settings, sent)
         logs = "".join(worker_proc.log_file(settings, i).read_text(errors="replace")
                        for i in range(2))
         guards = {"records fetched again, not dropped": logs.count(faust_fence.FETCHED_AGAIN),
@@ -117,7 +110,7 @@ def longest_silence_ms(sent: list[Record], answers: dict[str, list[Record]]) -> 
 
 def report(sent: list[Record], answers: dict[str, list[Record]], effects: list[int],
            unacked: int, restarts: dict[str, int], guards: dict[str, int]) -> None:
-    counts = integrity(sent, answers, effects)
+    counts = faultload.integrity(sent, answers, effects)
     firsts = [v[0] for v in answers.values()]
     statuses = Counter(a["status"] for a in firsts)
     latency = [float(a["answered_at_ms"] - a["created_at_ms"]) for a in firsts]
@@ -137,13 +130,7 @@ def report(sent: list[Record], answers: dict[str, list[Record]], effects: list[i
         table.add_row(f"{name} restarted by its supervisor", str(n))
     for figure, count in guards.items():
         table.add_row(figure, str(count))
-    console.print(table)
-    reasons = Counter(f"{a['status']}: {(a['reason'] or '')[:100]}" for a in firsts
-                      if a["status"] != "ok")
-    for reason, count in reasons.most_common(8):
-        console.print(f"  {count} x {reason}")
-    if counts["requests lost (must be 0)"] or counts["answers doubled (must be 0)"]:
-        raise SystemExit("requests were lost or answered twice")
+    faultload.conclude(table, answers, counts)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ import json
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from aiokafka.partitioner import murmur2
+from rich.table import Table
 
 from benchmarks.common import console
 from clawstream.config import Settings
@@ -120,3 +121,16 @@ def integrity(sent: list[Record], answers: dict[str, list[Record]], effects: lis
         "duplicate effects (must be 0)": sum(max(0, e - 1) for e in effects),
         "missing effects": sum(e == 0 for e in effects),
     }
+
+
+def conclude(table: Table, answers: dict[str, list[Record]], counts: dict[str, int],
+             reasons_shown: int = 8) -> None:
+    """Print the table and the commonest reasons of answers that are not ``ok``; exit with
+    an error if a request was lost or answered twice."""
+    console.print(table)
+    reasons = Counter(f"{v[0]['status']}: {(v[0]['reason'] or '')[:100]}"
+                      for v in answers.values() if v[0]["status"] != "ok")
+    for reason, count in reasons.most_common(reasons_shown):
+        console.print(f"  {count} x {reason}")
+    if counts["requests lost (must be 0)"] or counts["answers doubled (must be 0)"]:
+        raise SystemExit("requests were lost or answered twice")

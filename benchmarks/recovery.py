@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from itertools import pairwise
 from typing import Any
 
@@ -28,6 +28,7 @@ from benchmarks.faultload import (
     FAULT_ENV,
     Record,
     collect_answers,
+    conclude,
     count_effects,
     explain_missing,
     integrity,
@@ -110,13 +111,7 @@ def report(sent: list[Record], answers: dict[str, list[Record]], effects: list[i
     table.add_row("ratio recovery / steady gap", f"{recovery_ms / steady_gap:.0f} x")
     for figure, count in healed.items():
         table.add_row(figure, str(count))
-    console.print(table)
-    reasons = Counter(f"{v[0]['status']}: {(v[0]['reason'] or '')[:80]}"
-                      for v in answers.values() if v[0]["status"] != "ok")
-    for reason, count in reasons.most_common(5):
-        console.print(f"  {count} x {reason}")
-    if counts["requests lost (must be 0)"] or counts["answers doubled (must be 0)"]:
-        raise SystemExit("requests were lost or answered twice")
+    conclude(table, answers, counts)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from clawstream.deploy.local import kafka, status
 from clawstream.deploy.local import worker as worker_proc
 from clawstream.deploy.local.process import Processes
 from clawstream.deploy.local.supervision import read_state
-from tests.integration.flow import ask
+from tests.integration.flow import ask, await_in_file
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +30,6 @@ def _served(settings: Settings) -> None:
     answer = ask(settings, agent="fault-flaky", conversation_id=f"sup-{uuid.uuid4().hex[:8]}",
                  text="go", options={"args0": '{"fail_attempts": 0, "output": "served"}'})
     assert (answer["status"], answer["text"]) == ("ok", "served")
-
-
-def _await_in_file(path: Path, offset: int, text: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.is_file():
-            with path.open("rb") as f:
-                f.seek(offset)
-                if text.encode() in f.read():
-                    return
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} never appeared in {path}")
 
 
 def _size(path: Path) -> int:
@@ -69,7 +57,7 @@ def test_a_worker_started_while_the_broker_is_down_comes_up_when_it_is_back(
     try:
         assert procs.kill(kafka.NAME)  # SIGKILL: the broker is gone
         worker_proc.start(worker, 1, wait=False)
-        _await_in_file(log1, from1, "does not answer; waiting for it")
+        await_in_file(log1, from1, "does not answer; waiting for it", 60)
         time.sleep(OUTAGE_S)  # the outage itself: how long the broker stays away
         state = read_state(worker, 1)
         assert state is not None and (state.state, state.restarts) == ("running", 0)

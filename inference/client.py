@@ -23,6 +23,9 @@ from clawstream.inference.protocol import (
     GenerateRequest,
     GenerationResult,
     HealthReport,
+    ToolCall,
+    ToolChoice,
+    ToolFunction,
 )
 
 __all__ = [
@@ -36,6 +39,8 @@ __all__ = [
     "InferenceOverloaded",
     "InferenceTimeout",
     "InferenceValidationError",
+    "ToolCall",
+    "ToolFunction",
 ]
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -87,6 +92,7 @@ class InferenceTimeout(InferenceError):
 
 
 MessageLike = ChatMessage | Mapping[str, object]
+ToolLike = ToolFunction | Mapping[str, object]
 _Request = TypeVar("_Request", bound=BaseModel)
 
 
@@ -171,14 +177,19 @@ class InferenceClient:
         max_tokens: int | None = None,
         temperature: float = 0.0,
         model: str | None = None,
+        tools: Sequence[ToolLike] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> GenerationResult:
-        """Raises InferenceValidationError locally, before any I/O, for a malformed request."""
+        """Raises InferenceValidationError locally, before any I/O, for a malformed request.
+        The answer is text and/or ``tool_calls`` (``finish_reason`` "tool_calls")."""
         request = _validated(
             GenerateRequest,
             messages=list(messages),
             max_tokens=max_tokens,
             temperature=temperature,
             model=model,
+            tools=list(tools),
+            tool_choice=tool_choice,
         )
         data = await self._post("/generate", request.model_dump(mode="json"))
         return GenerationResult.model_validate(data)

@@ -85,6 +85,7 @@ def drive(bootstrap: str, workload: list[Interaction], in_flight: int, run: Run)
                 progress.advance(task)
     run.wall_s = time.monotonic() - start
     reader.close()
+    publisher.close()
 
 
 async def hit_latency(settings: Any, n: int = 500) -> list[float]:

@@ -57,6 +57,7 @@ def _load(bootstrap: str, rate: float, stop: threading.Event, sent: list[Record]
         i += 1
         next_at += 1 / rate
         stop.wait(max(0.0, next_at - time.monotonic()))
+    publisher.close()
 
 
 def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,

@@ -25,16 +25,21 @@ pytestmark = pytest.mark.integration
 
 
 def _send(settings: Settings, n: int, **fields: Any) -> list[dict[str, Any]]:
-    publisher = Publisher(settings.bootstrap_servers)
     requests = []
-    for i in range(n):
-        # one user per request: these tests are about tenants, lanes and pools
-        req = new_request(conversation_id=fields.pop("conversation_id", None)
-                          or f"flow-{uuid.uuid4().hex[:8]}", text=f"Say hello #{i}",
-                          user_id=f"u-{uuid.uuid4().hex[:8]}", **fields)
-        publish_request(publisher, req)
-        requests.append(req)
+    with Publisher(settings.bootstrap_servers) as publisher:  # closing waits for the acks
+        for i in range(n):
+            # one user per request: these tests are about tenants, lanes and pools
+            req = new_request(conversation_id=fields.pop("conversation_id", None)
+                              or f"flow-{uuid.uuid4().hex[:8]}", text=f"Say hello #{i}",
+                              user_id=f"u-{uuid.uuid4().hex[:8]}", **fields)
+            publish_request(publisher, req)
+            requests.append(req)
     return requests
+
+
+def _publish(settings: Settings, request: dict[str, Any]) -> None:
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result()
 
 
 def _answers(settings: Settings, requests: list[dict[str, Any]], timeout_s: float = 180
@@ -73,7 +78,7 @@ def test_tenant_over_its_bucket_is_rejected_with_a_hint_while_another_is_served(
     assert other["status"] == "ok"
     # A redelivery of a rejected request is a duplicate: still one answer ...
     first = next(r for r in flood if r["request_id"] == rejected[0]["request_id"])
-    publish_request(Publisher(worker.bootstrap_servers), first)
+    _publish(worker, first)
     events_of(worker, first["conversation_id"], until=has_event("request_duplicate"))
     assert len(records_of(worker, ANSWERS.name, first["conversation_id"])) == 1
     # ... while the client's retry (new request id, same key) is checked afresh.
@@ -83,7 +88,7 @@ def test_tenant_over_its_bucket_is_rejected_with_a_hint_while_another_is_served(
                         tenant_id=flooder, user_id=f"u-{uuid.uuid4().hex[:8]}")
     deadline = time.monotonic() + 10
     while True:  # until the raised limit has reached the worker (flags apply within 2 s)
-        publish_request(Publisher(worker.bootstrap_servers), retry)
+        _publish(worker, retry)
         again = _answers(worker, [retry])[retry["request_id"]]
         if again["status"] == "ok" or time.monotonic() > deadline:
             break
@@ -150,7 +155,7 @@ def test_context_keeps_n_exchanges_and_recall_finds_an_older_one(worker: Setting
     answers = []
     for q in questions:
         req = new_request(agent="chat", conversation_id=conversation, text=q)
-        publish_request(Publisher(worker.bootstrap_servers), req)
+        _publish(worker, req)
         answers.append(_answers(worker, [req])[req["request_id"]])
     prompts = [r for _, r in read_topic(worker.bootstrap_servers, "inference.requests",
                                         timeout_s=3)
@@ -173,8 +178,8 @@ async def _recall(settings: Settings, conversation: str, query: str, kept: int
            "tool_call": {"name": "recall", "version": "1", "mutating": False,
                          "arguments_json": json.dumps({"conversation_id": conversation,
                                                        "query": query, "kept": kept})}}
-    Publisher(settings.bootstrap_servers).publish(TOOL_REQUESTS.name, conversation,
-                                                  STEP_COMMAND, cmd)
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publisher.publish(TOOL_REQUESTS.name, conversation, STEP_COMMAND, cmd).result()
     for _, res in read_topic(settings.bootstrap_servers, RESULTS.name, timeout_s=60,
                              until=lambda _n, r: r.get("step_id") == step_id):
         if res.get("step_id") == step_id:

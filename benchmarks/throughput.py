@@ -1,0 +1,397 @@
+"""``just bench throughput``: open-loop load at rising rates until the stack saturates.
+
+For ``chat`` (one model step) and ``researcher`` (retrieval tool, then the model) on the
+SIMULATED model backend (``--delay-ms``, 1 ms by default), with caches off (every step
+runs) and on (one repeated question: prompt and tool caches answer), one worker. Requests
+are sent on a fixed schedule whatever the answers do (open loop: a slow system is not
+allowed to slow its own load down). Per rate:
+
+- answers/s over the rate's window, and end-to-end p50/p95/p99 (created → answer read);
+- the median of every hop of the answer's timeline (request topic + coordinator, each
+  step's queue wait, run and result back, answer topic → reader) and the model step's
+  overhead: its run time minus the model's own (the simulated delay);
+- CPU seconds per answered request for every process of the stack (worker, Kafka, Redis
+  and each of Ray's processes), read from /proc around the window.
+
+In the same run, with the same broker and the same load generator: the Kafka floor, a
+plain confluent-kafka pipeline with the same number of topic hops (``benchmarks/floor.py``,
+one relay process), so the figure to watch is clawstream's latency over the floor's. Before
+the load: the stack's idle memory (RSS and PSS per process) and how long ``up`` took.
+
+A rate counts as sustained when at least 90 % of its requests were answered within the
+window plus a grace, with p50 under a second; the first rate that is not ends the sweep
+for that agent, and saturation is the highest rate of answers seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import typer
+from confluent_kafka import Consumer, Producer, TopicPartition
+from rich.table import Table
+
+from benchmarks.common import (
+    UNLIMITED,
+    bench_stack,
+    console,
+    cpu_by_label,
+    cpu_seconds,
+    memory_by_label,
+    pct,
+    stack_processes,
+)
+
+Record = dict[str, Any]
+HOPS = {"chat": 4, "researcher": 6}
+"""Topics a request crosses: request, (tool command, tool result,) model command, model
+result, answer."""
+SUSTAINED_SHARE = 0.9
+GRACE_S = 3.0
+
+
+@dataclass
+class RateResult:
+    system: str
+    rate: float
+    sent: int
+    answered: int
+    window_s: float
+    latencies: list[float]
+    hops: dict[str, float] = field(default_factory=dict)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def answers_per_s(self) -> float:
+        return self.answered / self.window_s if self.window_s else 0.0
+
+    @property
+    def sustained(self) -> bool:
+        return (self.answered >= SUSTAINED_SHARE * self.sent and bool(self.latencies)
+                and pct(self.latencies, 0.5) < 1000)
+
+    def p(self, q: float) -> float:
+        return pct(self.latencies, q) if self.latencies else float("nan")
+
+
+class AnswerReader:
+    """Reads a topic from its current end in a thread; records when each key arrived."""
+
+    def __init__(self, bootstrap: str, topic: str, ident: Callable[[bytes], str | None]
+                 ) -> None:
+        self.arrived: dict[str, tuple[float, bytes]] = {}
+        self._ident = ident
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "enable.auto.commit": False,
+                                   "group.id": f"bench-throughput-{uuid.uuid4().hex[:8]}",
+                                   "fetch.wait.max.ms": 5})
+        parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = [TopicPartition(topic, p, self._consumer.get_watermark_offsets(
+            TopicPartition(topic, p), timeout=10)[1]) for p in parts]
+        self._consumer.assign(ends)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(500, 0.05):
+                if msg.error():
+                    continue
+                now = time.time() * 1000
+                key = self._ident(msg.value())
+                if key is not None and key not in self.arrived:
+                    self.arrived[key] = (now, msg.value())
+
+    def wait_for(self, keys: set[str], until: float) -> None:
+        while time.monotonic() < until and not keys <= self.arrived.keys():
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
+
+
+def open_loop(rate: float, duration_s: float, send: Callable[[int], None]) -> int:
+    """Call ``send(i)`` on a fixed schedule of ``rate`` per second; returns how many."""
+    n = max(1, int(rate * duration_s))
+    start = time.monotonic()
+    for i in range(n):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        send(i)
+    return n
+
+
+# ------------------------------------------------------------------------- clawstream
+
+def _answer_id(value: bytes) -> str | None:
+    from clawstream.schemas import DecodeError, decode
+
+    try:
+        return str(decode(value)[1]["request_id"])
+    except (DecodeError, KeyError):
+        return None
+
+
+def _hops(answer: Record, received_ms: float, delay_ms: float) -> dict[str, float]:
+    timeline = answer["timeline"]
+    out = {"request → first step issued": timeline[0]["issued_at_ms"] - answer["created_at_ms"]
+           if timeline else float("nan")}
+    for entry in timeline:
+        kind = entry["step_type"]
+        out[f"{kind}: queue wait"] = entry["queue_wait_ms"]
+        out[f"{kind}: run"] = entry["run_ms"]
+        out[f"{kind}: result back"] = entry["result_wait_ms"]
+        if kind == "model" and not entry["cache_hit"]:
+            out["model: overhead (run - model)"] = entry["run_ms"] - delay_ms
+    if timeline:
+        last = timeline[-1]
+        out["last result → answer"] = answer["answered_at_ms"] - (
+            last["issued_at_ms"] + last["queue_wait_ms"] + last["run_ms"]
+            + last["result_wait_ms"])
+    out["answer topic → reader"] = received_ms - answer["answered_at_ms"]
+    return out
+
+
+def run_rate(settings: Any, agent: str, rate: float, duration_s: float, cached: bool,
+             delay_ms: float, pids: dict[int, str]) -> RateResult:
+    from clawstream.schemas import decode
+    from clawstream.streams.publisher import Publisher, new_request, publish_request
+    from clawstream.streams.topics import ANSWERS
+
+    reader = AnswerReader(settings.bootstrap_servers, ANSWERS.name, _answer_id)
+    run = uuid.uuid4().hex[:6]
+    sent: dict[str, Record] = {}
+    text = "Where does clawstream keep its caches?"
+
+    with Publisher(settings.bootstrap_servers) as publisher:
+        def send(i: int) -> None:
+            request = new_request(
+                agent=agent, conversation_id=f"tp-{run}-{i}", tenant_id="bench",
+                user_id=f"u-{i % 97}", text=text if cached else f"{text} #{run}-{i}")
+            sent[request["request_id"]] = request
+            publish_request(publisher, request)
+
+        cpu_before = cpu_seconds(pids)
+        t0 = time.monotonic()
+        n = open_loop(rate, duration_s, send)
+        reader.wait_for(set(sent), time.monotonic() + GRACE_S)
+        window = time.monotonic() - t0
+        cpu_after = cpu_seconds(pids)
+    # Stragglers past the window still get an answer: wait for them (not counted) so the
+    # next rate starts on an empty pipeline.
+    reader.wait_for(set(sent), time.monotonic() + 60)
+    reader.close()
+    answered = {k: v for k, v in reader.arrived.items() if k in sent}
+    in_window = [k for k, (at, _) in answered.items()
+                 if at <= sent[k]["created_at_ms"] + window * 1000]
+    latencies, hops, statuses = [], [], {}
+    for key, (at, raw) in answered.items():
+        answer = decode(raw)[1]
+        statuses[answer["status"]] = statuses.get(answer["status"], 0) + 1
+        latencies.append(at - sent[key]["created_at_ms"])
+        hops.append(_hops(answer, at, delay_ms))
+    spent = cpu_by_label(pids, cpu_before, cpu_after)
+    return RateResult(
+        system=f"clawstream {agent}", rate=rate, sent=n,
+        answered=min(len(in_window), n), window_s=window, latencies=latencies,
+        hops={k: statistics.median([h[k] for h in hops if k in h])
+              for k in (hops[0] if hops else {})},
+        cpu_ms={label: 1000 * s / max(1, len(answered)) for label, s in spent.items()},
+        statuses=statuses)
+
+
+async def _direct_model_calls(serve_url: str, n: int) -> list[float]:
+    """The model path alone, from this process: /generate round trips, sequential."""
+    from clawstream.inference.client import InferenceClient
+
+    times = []
+    async with InferenceClient(serve_url) as client:
+        for i in range(n):
+            t = time.perf_counter()
+            await client.generate([{"role": "user", "content": f"question {i}"}], max_tokens=16)
+            times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+# ------------------------------------------------------------------------------ floor
+
+@contextmanager
+def floor_pipeline(bootstrap: str, hops: int) -> Iterator[tuple[list[str], int]]:
+    """``hops`` fresh topics and a relay process moving records from each to the next."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from clawstream.config import get_settings
+
+    tag = uuid.uuid4().hex[:6]
+    topics = [f"bench.floor.{tag}.{i}" for i in range(hops)]
+    partitions = get_settings().partitions
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(t, num_partitions=partitions,
+                                                replication_factor=1)
+                                       for t in topics]).values():
+        future.result()
+    relay = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", bootstrap, *topics])
+    try:
+        yield topics, relay.pid
+    finally:
+        relay.terminate()
+        relay.wait(10)
+        admin.delete_topics(topics)
+
+
+def run_floor_rate(bootstrap: str, topics: list[str], rate: float, duration_s: float,
+                   relay_pid: int | None = None) -> RateResult:
+    reader = AnswerReader(bootstrap, topics[-1], lambda v: v.split(b"|", 1)[0].decode())
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 1,
+                         "enable.idempotence": True, "partitioner": "murmur2_random"})
+    created: dict[str, float] = {}
+    run = uuid.uuid4().hex[:6]
+
+    def send(i: int) -> None:
+        key = f"{run}-{i}"
+        created[key] = time.time() * 1000
+        producer.produce(topics[0], key=key.encode(), value=f"{key}|{'x' * 400}".encode())
+        producer.poll(0)
+
+    pids = {relay_pid: "floor relay"} if relay_pid else {}
+    before = cpu_seconds(pids)
+    t0 = time.monotonic()
+    n = open_loop(rate, duration_s, send)
+    producer.flush(10)
+    reader.wait_for(set(created), time.monotonic() + GRACE_S)
+    window = time.monotonic() - t0
+    spent = cpu_by_label(pids, before, cpu_seconds(pids))
+    reader.close()
+    latencies = [at - created[k] for k, (at, _) in reader.arrived.items() if k in created]
+    return RateResult(system=f"kafka floor, {len(topics)} hops", rate=rate, sent=n,
+                      answered=len(latencies), window_s=window, latencies=latencies,
+                      cpu_ms={k: 1000 * v / max(1, len(latencies)) for k, v in spent.items()})
+
+
+# ------------------------------------------------------------------------------ report
+
+def _results_table(results: list[RateResult], title: str) -> Table:
+    table = Table("system", "rate/s", "answers/s", "sent", "answered", "p50 ms", "p95 ms",
+                  "p99 ms", "statuses", title=title)
+    for r in results:
+        table.add_row(r.system, f"{r.rate:g}", f"{r.answers_per_s:.1f}", str(r.sent),
+                      str(r.answered), f"{r.p(0.5):.1f}", f"{r.p(0.95):.1f}",
+                      f"{r.p(0.99):.1f}",
+                      " ".join(f"{k}:{v}" for k, v in sorted(r.statuses.items())))
+    return table
+
+
+def _hops_table(results: list[RateResult], title: str) -> Table:
+    names = list(dict.fromkeys(k for r in results for k in r.hops))
+    table = Table("hop (median ms)", *[f"{r.rate:g}/s" for r in results], title=title)
+    for name in names:
+        table.add_row(name, *[f"{r.hops[name]:.1f}" if name in r.hops else "-"
+                              for r in results])
+    return table
+
+
+def _cpu_table(results: list[RateResult], title: str) -> Table:
+    labels = sorted({k for r in results for k in r.cpu_ms},
+                    key=lambda k: -max(r.cpu_ms.get(k, 0.0) for r in results))
+    table = Table("process (CPU ms / request)", *[f"{r.rate:g}/s" for r in results],
+                  title=title)
+    for label in labels:
+        if max(r.cpu_ms.get(label, 0.0) for r in results) < 0.05:
+            continue
+        table.add_row(label, *[f"{r.cpu_ms.get(label, 0.0):.2f}" for r in results])
+    table.add_row("[bold]total[/]", *[f"{sum(r.cpu_ms.values()):.1f}" for r in results])
+    return table
+
+
+def _memory_table(memory: dict[str, tuple[float, float]]) -> Table:
+    table = Table("process (idle)", "RSS MiB", "PSS MiB", title="idle memory of the stack")
+    for label, (rss, pss) in sorted(memory.items(), key=lambda kv: -kv[1][1]):
+        table.add_row(label, f"{rss:.0f}", f"{pss:.0f}")
+    table.add_row("[bold]total[/]", f"{sum(v[0] for v in memory.values()):.0f}",
+                  f"{sum(v[1] for v in memory.values()):.0f}")
+    return table
+
+
+def sweep(rates: list[float], one: Callable[[float], RateResult]) -> list[RateResult]:
+    """Rates in order until the first one that is not sustained (it is kept, then stop)."""
+    out = []
+    for rate in rates:
+        result = one(rate)
+        out.append(result)
+        console.print(f"  {result.system} at {rate:g}/s: {result.answers_per_s:.1f} answers/s, "
+                      f"p50 {result.p(0.5):.1f} ms, p99 {result.p(0.99):.1f} ms")
+        if not result.sustained:
+            break
+    return out
+
+
+def bench_agent(settings: Any, agent: str, cache: str, rates: list[float], duration_s: float,
+                delay_ms: float, pids: dict[int, str], floor: bool) -> RateResult:
+    """The floor's sweep and the agent's on one stack; prints them, returns the best rate."""
+    results: list[RateResult] = []
+    if floor:
+        with floor_pipeline(settings.bootstrap_servers, HOPS[agent]) as (topics, relay):
+            results += sweep(rates, lambda r: run_floor_rate(
+                settings.bootstrap_servers, topics, r, duration_s, relay))
+    ours = sweep(rates, lambda r: run_rate(settings, agent, r, duration_s, cache == "on",
+                                           delay_ms, pids))
+    results += ours
+    title = f"{agent}, caches {cache}"
+    console.print(_results_table(results, title))
+    console.print(_hops_table(ours, f"{title}: timeline hops"))
+    console.print(_cpu_table(ours, f"{title}: CPU per answered request"))
+    best = max(ours, key=lambda r: r.answers_per_s)
+    console.print(f"[bold]{title}: saturation ≈ {best.answers_per_s:.0f} answers/s[/] "
+                  f"(at {best.rate:g}/s offered)")
+    return best
+
+
+def _rates(spec: str) -> list[float]:
+    return [float(r) for r in spec.split(",") if r.strip()]
+
+
+def main(agents: str = "chat,researcher", caches: str = "off,on",
+         rates: str = "10,25,50,100,150,200,300",
+         researcher_rates: str = "5,10,25,50,100", duration_s: float = 8.0,
+         delay_ms: float = 1.0, floor: bool = True, idle_s: float = 5.0,
+         model_calls: int = 200) -> None:
+    """Sweeps ``rates`` (``researcher_rates`` for researcher) per agent and cache setting."""
+    summary: list[RateResult] = []
+    for cache in [c.strip() for c in caches.split(",") if c.strip()]:
+        env = {**UNLIMITED, "CLAWSTREAM_CACHE_ENABLED": "true" if cache == "on" else "false",
+               "CLAWSTREAM_SIMULATED_DELAY_MS": str(delay_ms)}
+        timings: dict[str, float] = {}
+        with bench_stack(env=env, timings=timings) as settings:
+            pids = stack_processes(settings)
+            time.sleep(idle_s)  # let start-up work settle before reading idle memory
+            console.print(f"[bold]bench throughput[/], caches {cache}: simulated model "
+                          f"{delay_ms:g} ms, 1 worker, {duration_s:g} s per rate; up took "
+                          f"{timings['up_s']:.1f} s, the worker {timings['workers_s']:.1f} s")
+            console.print(_memory_table(memory_by_label(pids)))
+            direct = asyncio.run(_direct_model_calls(settings.serve_url, model_calls))
+            console.print(f"model path alone (this process → /generate, sequential, "
+                          f"{model_calls} calls): p50 {pct(direct, 0.5):.2f} ms, p99 "
+                          f"{pct(direct, 0.99):.2f} ms for {delay_ms:g} ms of model time")
+            for agent in [a.strip() for a in agents.split(",") if a.strip()]:
+                agent_rates = _rates(researcher_rates if agent == "researcher" else rates)
+                summary.append(bench_agent(settings, agent, cache, agent_rates, duration_s,
+                                           delay_ms, pids, floor))
+    console.print(_results_table(summary, "saturation per agent and cache setting"))
+
+
+if __name__ == "__main__":
+    typer.run(main)

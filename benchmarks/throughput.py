@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -166,8 +167,64 @@ def _hops(answer: Record, received_ms: float, delay_ms: float) -> dict[str, floa
     return out
 
 
+PROFILED = ("worker", "ray:replica", "ray:ProxyActor", "ray:raylet")
+"""Processes py-spy samples with ``--profile-rate`` (prefixes of their labels)."""
+
+
+@contextmanager
+def profiling(pids: dict[int, str], out_dir: Path | None, duration_s: float,
+              tag: str) -> Iterator[None]:
+    """py-spy (sampling, non-blocking) on the worker and Ray's request path while the
+    block runs; collapsed stacks land in ``out_dir`` and are summarised after."""
+    if out_dir is None:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for pid, label in pids.items():
+        if label.startswith(PROFILED):
+            path = out_dir / f"{tag}-{label.replace(':', '_')}-{pid}.txt"
+            spies.append((label, path, subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+                 "--rate", "200", "--duration", str(int(duration_s)), "--nonblocking",
+                 "--format", "raw", "--output", str(path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    try:
+        yield
+    finally:
+        for label, path, spy in spies:
+            spy.wait(duration_s + 30)
+            if path.exists():
+                console.print(_profile_table(label, path))
+
+
+def _profile_table(label: str, path: Path, top: int = 12) -> Table:
+    """Top functions by own samples and by samples under them (collapsed py-spy stacks)."""
+    own: dict[str, int] = {}
+    under: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].split("/")[-1]
+                  + ")" if " (" in f else f for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            under[frame] = under.get(frame, 0) + n
+    table = Table(f"{label}: own %", "function", "incl. %", title=f"py-spy {path.name}, "
+                  f"{total} samples")
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        table.add_row(f"{100 * n / max(1, total):.1f}", frame,
+                      f"{100 * under.get(frame, 0) / max(1, total):.1f}")
+    return table
+
+
 def run_rate(settings: Any, agent: str, rate: float, duration_s: float, cached: bool,
-             delay_ms: float, pids: dict[int, str]) -> RateResult:
+             delay_ms: float, pids: dict[int, str], profile_dir: Path | None = None
+             ) -> RateResult:
     from clawstream.schemas import decode
     from clawstream.streams.publisher import Publisher, new_request, publish_request
     from clawstream.streams.topics import ANSWERS
@@ -187,7 +244,8 @@ def run_rate(settings: Any, agent: str, rate: float, duration_s: float, cached: 
 
         cpu_before = cpu_seconds(pids)
         t0 = time.monotonic()
-        n = open_loop(rate, duration_s, send)
+        with profiling(pids, profile_dir, duration_s, f"{agent}-{rate:g}"):
+            n = open_loop(rate, duration_s, send)
         reader.wait_for(set(sent), time.monotonic() + GRACE_S)
         window = time.monotonic() - t0
         cpu_after = cpu_seconds(pids)
@@ -340,15 +398,17 @@ def sweep(rates: list[float], one: Callable[[float], RateResult]) -> list[RateRe
 
 
 def bench_agent(settings: Any, agent: str, cache: str, rates: list[float], duration_s: float,
-                delay_ms: float, pids: dict[int, str], floor: bool) -> RateResult:
+                delay_ms: float, pids: dict[int, str], floor: bool,
+                profile: tuple[float, Path] | None = None) -> RateResult:
     """The floor's sweep and the agent's on one stack; prints them, returns the best rate."""
     results: list[RateResult] = []
     if floor:
         with floor_pipeline(settings.bootstrap_servers, HOPS[agent]) as (topics, relay):
             results += sweep(rates, lambda r: run_floor_rate(
                 settings.bootstrap_servers, topics, r, duration_s, relay))
-    ours = sweep(rates, lambda r: run_rate(settings, agent, r, duration_s, cache == "on",
-                                           delay_ms, pids))
+    ours = sweep(rates, lambda r: run_rate(
+        settings, agent, r, duration_s, cache == "on", delay_ms, pids,
+        profile[1] / f"caches-{cache}" if profile and profile[0] == r else None))
     results += ours
     title = f"{agent}, caches {cache}"
     console.print(_results_table(results, title))
@@ -368,8 +428,11 @@ def main(agents: str = "chat,researcher", caches: str = "off,on",
          rates: str = "10,25,50,100,150,200,300",
          researcher_rates: str = "5,10,25,50,100", duration_s: float = 8.0,
          delay_ms: float = 1.0, floor: bool = True, idle_s: float = 5.0,
-         model_calls: int = 200) -> None:
-    """Sweeps ``rates`` (``researcher_rates`` for researcher) per agent and cache setting."""
+         model_calls: int = 200, profile_rate: float = 0.0,
+         profile_dir: Path = Path(".clawstream-bench/profiles")) -> None:
+    """Sweeps ``rates`` (``researcher_rates`` for researcher) per agent and cache setting;
+    ``--profile-rate R`` samples the worker and Ray's processes with py-spy at rate R."""
+    profile = (profile_rate, profile_dir) if profile_rate else None
     summary: list[RateResult] = []
     for cache in [c.strip() for c in caches.split(",") if c.strip()]:
         env = {**UNLIMITED, "CLAWSTREAM_CACHE_ENABLED": "true" if cache == "on" else "false",
@@ -389,7 +452,7 @@ def main(agents: str = "chat,researcher", caches: str = "off,on",
             for agent in [a.strip() for a in agents.split(",") if a.strip()]:
                 agent_rates = _rates(researcher_rates if agent == "researcher" else rates)
                 summary.append(bench_agent(settings, agent, cache, agent_rates, duration_s,
-                                           delay_ms, pids, floor))
+                                           delay_ms, pids, floor, profile))
     console.print(_results_table(summary, "saturation per agent and cache setting"))
 
 

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     inference_retry_after_s: float = Field(
         default=1.0, description="Retry-After sent with an overload (503) answer."
     )
+    inference_lazy_embedder: bool = Field(
+        default=True,
+        description="Load the embedding model on its first call instead of at deploy: "
+        "about 1 GB less while nothing embeds; the first call waits seconds for it.",
+    )
     inference_llama_threads: int = Field(
         default=2,
         description="llama.cpp threads of the generation replica (1 is faster on a busy 2-core "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from fastapi import FastAPI, Request
@@ -16,8 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
-from clawstream.inference.faults import FaultPlan, FaultRule
+from clawstream.inference.faults import FaultRule
 from clawstream.inference.protocol import (
+    GENERATE_PATH,
     EmbeddingResult,
     EmbedRequest,
     ErrorBody,
@@ -43,9 +45,9 @@ def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) 
     return JSONResponse(status_code=status, content=body.model_dump(mode="json"), headers=headers)
 
 
-def create_api(gateway: ModelGateway, faults: FaultPlan | None = None) -> FastAPI:
-    """``faults``: the test stack's fault plan, exposed as POST /faults; None in production."""
-    api = FastAPI(title="clawstream inference", docs_url=None, redoc_url=None)
+def install_error_contract(api: FastAPI) -> None:
+    """The status code and JSON body of every failure kind, on any of the app's HTTP
+    surfaces (the ingress and the generator's own route answer alike)."""
 
     @api.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -81,11 +83,41 @@ def create_api(gateway: ModelGateway, faults: FaultPlan | None = None) -> FastAP
         # Anything the gateway did not classify is the backend's fault, and retryable.
         return _error(500, ErrorBody(error="backend", detail=f"{type(exc).__name__}: {exc}"))
 
-    @api.post("/generate", response_model=GenerationResult)
-    async def generate(body: GenerateRequest) -> GenerationResult:
-        if faults is not None:
-            faults.check(body)
-        return await gateway.generate(body, received_at=time.time())
+
+Generate = Callable[[GenerateRequest, float], Awaitable[GenerationResult]]
+AddFault = Callable[[FaultRule], Awaitable[None]]
+
+
+def create_model_api(generate: Generate, add_fault: AddFault | None = None,
+                     paths: tuple[str, ...] = ("/generate",)) -> FastAPI:
+    """POST /generate (and /faults on a test stack) around one ``generate`` callable: the
+    generator replica's own HTTP surface, which Serve mounts under ``/model``."""
+    api = FastAPI(title="clawstream generation", docs_url=None, redoc_url=None)
+    install_error_contract(api)
+
+    async def generate_route(body: GenerateRequest) -> GenerationResult:
+        return await generate(body, time.time())
+
+    for path in paths:
+        api.post(path, response_model=GenerationResult)(generate_route)
+
+    if add_fault is not None:
+        on_fault = add_fault
+
+        @api.post("/faults", status_code=204)
+        async def add_fault_route(rule: FaultRule) -> None:
+            await on_fault(rule)
+
+    return api
+
+
+def create_api(gateway: ModelGateway, add_fault: AddFault | None = None) -> FastAPI:
+    """The ingress's surface: /generate (also at :data:`GENERATE_PATH`, which Serve routes
+    to the generator directly, so the in-process app answers the client's path too), /embed,
+    /health; ``add_fault``: the test stack's fault plan as POST /faults, None in
+    production."""
+    api = create_model_api(gateway.generate, add_fault, paths=("/generate", GENERATE_PATH))
+    api.title = "clawstream inference"
 
     @api.post("/embed", response_model=EmbeddingResult)
     async def embed(body: EmbedRequest) -> EmbeddingResult:
@@ -94,12 +126,5 @@ def create_api(gateway: ModelGateway, faults: FaultPlan | None = None) -> FastAP
     @api.get("/health", response_model=HealthReport)
     async def health() -> HealthReport:
         return await gateway.health()
-
-    if faults is not None:
-        plan = faults
-
-        @api.post("/faults", status_code=204)
-        async def add_fault(rule: FaultRule) -> None:
-            plan.add(rule)
 
     return api

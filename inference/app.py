@@ -1,9 +1,17 @@
-"""The Ray Serve application: an HTTP ingress in front of two model deployments.
+"""The Ray Serve applications: the generator on its own route, and an HTTP ingress in
+front of the embedder (and of the generator again, for callers of the old paths).
 
-Why three deployments and not one: generation (llama.cpp, one request at a time) and
-embeddings (MiniLM, micro-batched) have different concurrency and are scaled
-separately; the ingress validates before anything queues, so a bad request costs no
-model time, and it turns Serve's back-pressure into the JSON error contract.
+Why the generator is an application of its own: a model step is the hot path, and each
+Python process it crosses costs milliseconds of CPU on a small machine. Mounted under
+``/model``, a call goes HTTP → Serve's proxy → generator replica; through the ingress it
+was one replica more (proxy → ingress → generator). Serve's back-pressure stays Serve's:
+the proxy admits at most ``max_ongoing_requests`` per replica and queues at most
+``max_queued_requests``, then answers 503 with Retry-After (``backpressure_config``).
+
+Why generation and embeddings stay apart: llama.cpp runs one request at a time, MiniLM is
+micro-batched; they have different concurrency and are scaled separately. The ingress
+validates before anything queues, so a bad request costs no model time, and it turns
+Serve's back-pressure on its handles into the same JSON error contract.
 """
 
 from __future__ import annotations
@@ -18,14 +26,16 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.deployment import Application, Deployment
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import LoggingConfig
 
-from clawstream.inference.api import create_api
+from clawstream.inference.api import create_api, create_model_api
 from clawstream.inference.backends import make_backend
 from clawstream.inference.config import InferenceConfig
 from clawstream.inference.embeddings import Embedder
 from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
-from clawstream.inference.faults import FaultPlan
+from clawstream.inference.faults import FaultPlan, FaultRule
 from clawstream.inference.protocol import (
+    MODEL_ROUTE_PREFIX,
     ComponentHealth,
     EmbeddingResult,
     EmbedRequest,
@@ -35,6 +45,8 @@ from clawstream.inference.protocol import (
 )
 
 APP_NAME = "clawstream-inference"
+GENERATOR_APP_NAME = "clawstream-generator"
+APP_NAMES = (GENERATOR_APP_NAME, APP_NAME)
 
 
 def _replica_id() -> str:
@@ -43,16 +55,30 @@ def _replica_id() -> str:
 
 
 @serve.deployment(name="generator")
+@serve.ingress()
 class GenerationDeployment:
     def __init__(self, config: InferenceConfig) -> None:
         self._backend = make_backend(config)
         self._default_max_tokens = config.max_new_tokens
+        # Test stacks only; here rather than in the ingress so that both routes to the
+        # model (its own and the ingress's) see the injected failures.
+        self._faults = FaultPlan() if config.fault_injection else None
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_model_api(self.generate, self.add_fault if self._faults else None)
 
     async def ready(self) -> ComponentHealth:
         return ComponentHealth(model=self._backend.model_id, backend=self._backend.name)
 
+    async def add_fault(self, rule: FaultRule) -> None:
+        if self._faults is None:
+            raise InputRejected("fault injection is off on this stack")
+        self._faults.add(rule)
+
     async def generate(self, request: GenerateRequest, received_at: float) -> GenerationResult:
         started = time.time()
+        if self._faults is not None:
+            self._faults.check(request)
         backend = self._backend
         if request.model is not None and request.model != backend.model_id:
             raise InputRejected(
@@ -78,32 +104,46 @@ class GenerationDeployment:
 
 @serve.deployment(name="embedder")
 class EmbeddingDeployment:
+    """MiniLM behind ``@serve.batch``. With ``embed_lazy`` the model (torch and
+    sentence-transformers, about 1 GB resident) loads on the first call instead of at
+    start: a stack that never embeds (``chat`` only) never holds it."""
+
     def __init__(self, config: InferenceConfig) -> None:
-        self._embedder = Embedder(threads=config.embed_threads)
+        self._threads = config.embed_threads
+        self._embedder: Embedder | None = None
+        self._loading = asyncio.Lock()
         batcher: Any = self._encode_batch  # @serve.batch adds setters its typing hides
         batcher.set_max_batch_size(config.embed_max_batch_size)
         batcher.set_batch_wait_timeout_s(config.embed_batch_wait_s)
+        if not config.embed_lazy:
+            self._embedder = Embedder(threads=self._threads)
+
+    async def _loaded(self) -> Embedder:
+        async with self._loading:
+            if self._embedder is None:
+                # In a thread: health checks keep answering during the seconds it takes.
+                self._embedder = await asyncio.to_thread(Embedder, self._threads)
+        return self._embedder
 
     async def ready(self) -> ComponentHealth:
-        return ComponentHealth(model=self._embedder.model_id, backend="sentence_transformers")
+        return ComponentHealth(model=Embedder.model_id, backend="sentence_transformers")
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         vectors = await self._encode_batch(texts)
-        embedder = self._embedder
-        return EmbeddingResult(model=embedder.model_id, dim=embedder.dim, vectors=vectors)
+        return EmbeddingResult(model=Embedder.model_id, dim=Embedder.dim, vectors=vectors)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _encode_batch(self, requests: list[list[str]]) -> list[list[list[float]]]:
-        """One forward pass for several requests' texts: per-call overhead dominates MiniLM."""
-        flat = [text for texts in requests for text in texts]
+        """One forward pass for several requests' texts: per-call overhead dominates MiniLM.
+
+        A text that several requests of the batch carry (the retrieval tool sends its
+        whole corpus with every query when caches are off) is encoded once."""
+        unique = list(dict.fromkeys(text for texts in requests for text in texts))
         # A thread keeps the replica's event loop (health checks, batch assembly) responsive.
-        vectors = await asyncio.to_thread(self._embedder.encode, flat)
-        out: list[list[list[float]]] = []
-        start = 0
-        for texts in requests:
-            out.append(vectors[start : start + len(texts)])
-            start += len(texts)
-        return out
+        embedder = await self._loaded()
+        vectors = dict(zip(unique, await asyncio.to_thread(embedder.encode, unique),
+                           strict=True))
+        return [[vectors[text] for text in texts] for texts in requests]
 
 
 def _original_message(exc: Exception) -> str:
@@ -113,15 +153,26 @@ def _original_message(exc: Exception) -> str:
 
 
 class HandleGateway:
-    """A :class:`clawstream.inference.api.ModelGateway` that calls the model deployments."""
+    """A :class:`clawstream.inference.api.ModelGateway` that calls the model deployments.
 
-    def __init__(
-        self, generator: DeploymentHandle, embedder: DeploymentHandle, config: InferenceConfig
-    ) -> None:
-        self._generator = generator
+    The generator lives in another application (:data:`GENERATOR_APP_NAME`); its handle is
+    taken on first use, once Serve has both applications."""
+
+    def __init__(self, embedder: DeploymentHandle, config: InferenceConfig) -> None:
+        self._generator_handle: DeploymentHandle | None = None
         self._embedder = embedder
         self._config = config
         self._ready: HealthReport | None = None
+
+    @property
+    def _generator(self) -> DeploymentHandle:
+        if self._generator_handle is None:
+            self._generator_handle = serve.get_deployment_handle(
+                "generator", app_name=GENERATOR_APP_NAME)
+        return self._generator_handle
+
+    async def add_fault(self, rule: FaultRule) -> None:
+        await self._call(self._generator.add_fault.remote(rule))
 
     async def _call(self, response: Any) -> Any:
         try:
@@ -169,14 +220,13 @@ class HandleGateway:
 @serve.deployment(name="ingress")
 @serve.ingress()
 class InferenceIngress:
-    def __init__(
-        self, generator: DeploymentHandle, embedder: DeploymentHandle, config: InferenceConfig
-    ) -> None:
-        self._gateway = HandleGateway(generator, embedder, config)
-        self._faults = FaultPlan() if config.fault_injection else None
+    def __init__(self, embedder: DeploymentHandle, config: InferenceConfig) -> None:
+        self._gateway = HandleGateway(embedder, config)
+        self._fault_injection = config.fault_injection
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self._gateway, self._faults)
+        return create_api(self._gateway,
+                          self._gateway.add_fault if self._fault_injection else None)
 
 
 def _deployment(decorated: object) -> Deployment:
@@ -186,22 +236,25 @@ def _deployment(decorated: object) -> Deployment:
     return decorated
 
 
-def build_app(config: InferenceConfig) -> Application:
-    """The bound application, deployment options taken from ``config``.
+def build_apps(config: InferenceConfig) -> dict[str, Application]:
+    """The bound applications by name, deployment options taken from ``config``.
 
     Options are set here rather than in the decorators because they come from settings
     (back-pressure limits differ between the real and the simulated backend). Replicas
     get no runtime_env of their own so that Serve gives them the deploying job's (see
     :func:`clawstream.inference.deploy.job_runtime_env`): a deployment-level runtime_env would
-    replace it, py_modules included.
+    replace it, py_modules included. Per-request access logs are off: on a small machine
+    writing and shipping a log line per call costs more CPU than the call.
     """
     backpressure = BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s)
+    logging_config = LoggingConfig(enable_access_log=False, log_level="WARNING")
     generator = (
         _deployment(GenerationDeployment)
         .options(
             max_ongoing_requests=config.generate_max_ongoing_requests,
             max_queued_requests=config.max_queued_requests,
             backpressure_config=backpressure,
+            logging_config=logging_config,
             ray_actor_options={"num_cpus": config.generate_num_cpus},
         )
         .bind(config)
@@ -214,18 +267,24 @@ def build_app(config: InferenceConfig) -> Application:
             # drains in well under a second.
             max_queued_requests=config.max_queued_requests * 4,
             backpressure_config=backpressure,
+            logging_config=logging_config,
             ray_actor_options={"num_cpus": config.embed_num_cpus},
         )
         .bind(config)
     )
-    return (
+    ingress = (
         _deployment(InferenceIngress)
         .options(
             # The ingress only awaits handles; its own limit is a last line of defence.
             max_ongoing_requests=512,
             max_queued_requests=1024,
             backpressure_config=backpressure,
+            logging_config=logging_config,
             ray_actor_options={"num_cpus": config.ingress_num_cpus},
         )
-        .bind(generator, embedder, config)
+        .bind(embedder, config)
     )
+    return {GENERATOR_APP_NAME: generator, APP_NAME: ingress}
+
+
+ROUTE_PREFIXES = {GENERATOR_APP_NAME: MODEL_ROUTE_PREFIX, APP_NAME: "/"}

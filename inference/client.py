@@ -17,6 +17,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from clawstream.inference.protocol import (
+    GENERATE_PATH,
     ChatMessage,
     EmbeddingResult,
     EmbedRequest,
@@ -175,7 +176,7 @@ class InferenceClient:
             temperature=temperature,
             model=model,
         )
-        data = await self._post("/generate", request.model_dump(mode="json"))
+        data = await self._post(GENERATE_PATH, request.model_dump(mode="json"))
         return GenerationResult.model_validate(data)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:

@@ -51,8 +51,9 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
     """
     import ray
     from ray import serve
+    from ray.serve.schema import LoggingConfig
 
-    from clawstream.inference.app import APP_NAME, build_app
+    from clawstream.inference.app import ROUTE_PREFIXES, build_apps
 
     config = InferenceConfig.from_settings(settings)
     deadline = time.monotonic() + timeout_s
@@ -65,10 +66,13 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
         runtime_env=job_runtime_env(),
     )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": settings.serve_http_port})
-        app = build_app(config)
+        serve.start(http_options={"host": "127.0.0.1", "port": settings.serve_http_port},
+                    # The proxy and the controller: no access log line per request.
+                    logging_config=LoggingConfig(enable_access_log=False,
+                                                 log_level="WARNING"))
         serve.run_many(
-            [serve.RunTarget(target=app, name=APP_NAME, route_prefix="/")],
+            [serve.RunTarget(target=app, name=name, route_prefix=ROUTE_PREFIXES[name])
+             for name, app in build_apps(config).items()],
             wait_for_ingress_deployment_creation=False,
             wait_for_applications_running=False,
         )
@@ -91,7 +95,8 @@ def _require_cluster(address: str) -> None:
 
 
 def _serve_verdict() -> str:
-    """Serve's view of the app: "RUNNING", "DEPLOYING", "DEPLOY_FAILED: why", …
+    """Serve's view of the apps: "RUNNING" when all run, else the first that does not:
+    "DEPLOYING", "DEPLOY_FAILED: why", …
 
     Checked besides /health because on a redeploy the old version keeps answering
     /health until Serve has replaced it, and because a crashing replica should fail the
@@ -99,26 +104,30 @@ def _serve_verdict() -> str:
     """
     from ray import serve
 
-    from clawstream.inference.app import APP_NAME
+    from clawstream.inference.app import APP_NAMES
 
     try:
-        app_status = serve.status().applications.get(APP_NAME)
+        applications = serve.status().applications
     except Exception as exc:
         # Right after a redeploy the controller can briefly fail to describe the old
         # version; that is "no verdict yet", not a failure.
         return f"UNKNOWN ({type(exc).__name__})"
-    if app_status is None:
-        return "NOT_FOUND"
-    status = str(getattr(app_status.status, "value", app_status.status))
-    if status == "DEPLOY_FAILED":
-        return f"DEPLOY_FAILED: {app_status.message}"
-    return status
+    for name in APP_NAMES:
+        app_status = applications.get(name)
+        if app_status is None:
+            return f"NOT_FOUND ({name})"
+        status = str(getattr(app_status.status, "value", app_status.status))
+        if status == "DEPLOY_FAILED":
+            return f"DEPLOY_FAILED: {name}: {app_status.message}"
+        if status != "RUNNING":
+            return status
+    return "RUNNING"
 
 
 def _app_status_line() -> str:
     from ray import serve
 
-    from clawstream.inference.app import APP_NAME
+    from clawstream.inference.app import APP_NAMES
 
     try:
         status = serve.status()
@@ -126,14 +135,15 @@ def _app_status_line() -> str:
         return f"serve.status() failed: {exc!r}"
     proxies = ", ".join(str(getattr(p, "value", p)) for p in status.proxies.values())
     parts = [f"proxies [{proxies or 'none'}]"]
-    app_status = status.applications.get(APP_NAME)
-    if app_status is None:
-        parts.append("app not known to Serve")
-        return "; ".join(parts)
-    parts.append(f"app {getattr(app_status.status, 'value', app_status.status)}")
-    for name, dep in app_status.deployments.items():
-        dep_status = getattr(dep.status, "value", dep.status)
-        parts.append(f"{name}: {dep_status} {dep.message}".strip())
+    for app_name in APP_NAMES:
+        app_status = status.applications.get(app_name)
+        if app_status is None:
+            parts.append(f"app {app_name} not known to Serve")
+            continue
+        parts.append(f"app {app_name} {getattr(app_status.status, 'value', app_status.status)}")
+        for name, dep in app_status.deployments.items():
+            dep_status = getattr(dep.status, "value", dep.status)
+            parts.append(f"{name}: {dep_status} {dep.message}".strip())
     return "; ".join(parts)
 
 

@@ -20,6 +20,13 @@ MAX_TEMPERATURE = 2.0
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_TEXT_CHARS = 8_192
 
+MODEL_ROUTE_PREFIX = "/model"
+"""The generation deployment's own HTTP route: Serve's proxy hands a call under it straight
+to a generator replica (no ingress replica in between)."""
+GENERATE_PATH = f"{MODEL_ROUTE_PREFIX}/generate"
+"""Where callers send generations; ``/generate`` on the app's root still answers, one hop
+longer (through the ingress replica)."""
+
 # MiniLM reads at most 256 word pieces; the character cap only bounds request size.
 EmbedText = Annotated[str, Field(max_length=MAX_EMBED_TEXT_CHARS)]
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from rich.table import Table
 
 from benchmarks.common import (
@@ -98,11 +98,22 @@ class AnswerReader:
                                    "group.id": f"bench-throughput-{uuid.uuid4().hex[:8]}",
                                    "fetch.wait.max.ms": 5})
         parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = [TopicPartition(topic, p, self._consumer.get_watermark_offsets(
-            TopicPartition(topic, p), timeout=10)[1]) for p in parts]
-        self._consumer.assign(ends)
+        self._consumer.assign([TopicPartition(topic, p, self._end(topic, p)) for p in parts])
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def _end(self, topic: str, partition: int, patience_s: float = 30.0) -> int:
+        """The partition's end offset; a topic created a moment ago may not have a leader
+        yet, so ask again until it has."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return int(self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10)[1])
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from rich.table import Table
 
 from benchmarks.common import (
@@ -89,8 +95,10 @@ class RateResult:
 class AnswerReader:
     """Reads a topic from its current end in a thread; records when each key arrived."""
 
-    def __init__(self, bootstrap: str, topic: str, ident: Callable[[bytes], str | None]
-                 ) -> None:
+    def __init__(self, bootstrap: str, topic: str, ident: Callable[[bytes], str | None],
+                 fresh: bool = False) -> None:
+        """``fresh``: the topic was just created (read it from the start; its partitions
+        may have no leader in this client's metadata yet, so their ends cannot be asked)."""
         self.arrived: dict[str, tuple[float, bytes]] = {}
         self._ident = ident
         self._stop = threading.Event()
@@ -98,7 +106,8 @@ class AnswerReader:
                                    "group.id": f"bench-throughput-{uuid.uuid4().hex[:8]}",
                                    "fetch.wait.max.ms": 5})
         parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        self._consumer.assign([TopicPartition(topic, p, self._end(topic, p)) for p in parts])
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING if fresh
+                                              else self._end(topic, p)) for p in parts])
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -324,7 +333,8 @@ def floor_pipeline(bootstrap: str, hops: int) -> Iterator[tuple[list[str], int]]
 
 def run_floor_rate(bootstrap: str, topics: list[str], rate: float, duration_s: float,
                    relay_pid: int | None = None) -> RateResult:
-    reader = AnswerReader(bootstrap, topics[-1], lambda v: v.split(b"|", 1)[0].decode())
+    reader = AnswerReader(bootstrap, topics[-1], lambda v: v.split(b"|", 1)[0].decode(),
+                          fresh=True)
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 1,
                          "enable.idempotence": True, "partitioner": "murmur2_random"})
     created: dict[str, float] = {}

@@ -82,7 +82,7 @@ class InferenceTimeout(InferenceError):
     """No answer in time (client timeout, or the server's own 408/504)."""
 
 
-MessageLike = ChatMessage | Mapping[str, str]
+MessageLike = ChatMessage | Mapping[str, object]
 _Request = TypeVar("_Request", bound=BaseModel)
 
 

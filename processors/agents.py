@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clawstream.processors.tools.base import ToolSpec
+from clawstream.schemas.records import AgentRequest
 
-Record = dict[str, Any]
+ToolArguments = dict[str, Any]
+"""A tool call's arguments, as the tool's JSON arguments object."""
 
 
 @dataclass(frozen=True)
 class ToolStep:
     tool: str
-    arguments: Callable[[Record], Record]
+    arguments: Callable[[AgentRequest], ToolArguments]
     """The tool's arguments, from the request."""
     expensive: bool = False
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from clawstream.processors.agents import AgentSpec, ModelStep, Record, ToolStep
+from clawstream.processors.agents import AgentSpec, ModelStep, ToolArguments, ToolStep
 from clawstream.processors.flow.recall import Recall
 from clawstream.processors.registry import Registry, ToolResources
 from clawstream.processors.tools.retrieval import Retriever
+from clawstream.schemas.records import AgentRequest
 
 
-def retrieval_query(request: Record) -> Record:
+def retrieval_query(request: AgentRequest) -> ToolArguments:
     return {"query": request["text"], "k": 2}
 
 

@@ -27,14 +27,33 @@ from clawstream.processors.keys import canonical_json
 from clawstream.processors.policy import Policy, retry_delay_ms
 from clawstream.processors.records import (
     Output,
-    Record,
+    Subject,
+    about,
     answer,
     command_output,
     dead_letter,
-    empty_usage,
     event,
     step_command,
     step_name,
+    usage_sum,
+)
+from clawstream.processors.state import (
+    ActiveRequest,
+    Conversation,
+    DedupEntry,
+    empty_conversation,
+)
+from clawstream.schemas.records import (
+    AgentRequest,
+    AnswerStatus,
+    Message,
+    ModelCall,
+    StepCommand,
+    StepError,
+    StepResult,
+    TimelineEntry,
+    ToolCall,
+    empty_usage,
 )
 
 __all__ = ["Decision", "Output", "Rules", "build_messages", "next_due_ms", "on_request",
@@ -53,20 +72,16 @@ class Rules:
 
 @dataclass
 class Decision:
-    conversation: Record | None
+    conversation: Conversation | None
     outputs: list[Output] = field(default_factory=list)
-    dedup: Record | None = None
+    dedup: DedupEntry | None = None
     """The request's new dedup entry (on_request only); answers mark it answered."""
 
 
-def empty_conversation() -> Record:
-    return {"exchanges": [], "active": None, "waiting": []}
-
-
-def build_messages(agent: AgentSpec, conv: Record, req: Record, notes: str | None,
-                   default_exchanges: int) -> list[Record]:
+def build_messages(agent: AgentSpec, conv: Conversation, req: AgentRequest, notes: str | None,
+                   default_exchanges: int) -> list[Message]:
     """System prompt, the last N exchanges, then the new question (with the tools' notes)."""
-    messages = [{"role": "system", "content": agent.system_prompt}]
+    messages: list[Message] = [{"role": "system", "content": agent.system_prompt}]
     kept = agent.context_exchanges or default_exchanges
     for ex in conv["exchanges"][-kept:]:
         messages.append({"role": "user", "content": ex["user"]})
@@ -78,23 +93,35 @@ def build_messages(agent: AgentSpec, conv: Record, req: Record, notes: str | Non
     return messages
 
 
+def _agent(rules: Rules, active: ActiveRequest) -> AgentSpec:
+    agent = rules.catalog.agent(active["request"]["agent"])
+    assert agent is not None  # checked when the request started
+    return agent
+
+
+def _pending(active: ActiveRequest) -> StepCommand:
+    pending = active["pending"]
+    assert pending is not None
+    return pending
+
+
 # ---------------------------------------------------------------------------- issuing steps
 
-def _plan_command(conv: Record, active: Record, agent: AgentSpec, now_ms: int,
-                  rules: Rules) -> Record:
+def _plan_command(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_ms: int,
+                  rules: Rules) -> StepCommand:
     req, index = active["request"], active["step_index"]
     step = agent.plan[index]
     cache = control_for_request(req["options"], agent.cache_ttl_s)
     if isinstance(step, ToolStep):
         spec = rules.catalog.tool_spec(step.tool)
-        tool = {"name": step.tool, "version": spec.version if spec else "?",
-                "arguments_json": canonical_json(step.arguments(req)),
-                "mutating": bool(spec and spec.mutating)}
+        tool: ToolCall = {"name": step.tool, "version": spec.version if spec else "?",
+                          "arguments_json": canonical_json(step.arguments(req)),
+                          "mutating": bool(spec and spec.mutating)}
         limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
         return step_command(req, active["run"], index, "tool", now_ms, limit, None, tool,
                             cache=cache)
     assert isinstance(step, ModelStep)
-    call = {
+    call: ModelCall = {
         "model": "default",
         "prompt_version": agent.prompt_version,
         "messages": build_messages(agent, conv, req, active["notes"],
@@ -107,19 +134,21 @@ def _plan_command(conv: Record, active: Record, agent: AgentSpec, now_ms: int,
                         cache=cache)
 
 
-def _issue(active: Record, cmd: Record, agent: AgentSpec, now_ms: int) -> list[Output]:
+def _issue(active: ActiveRequest, cmd: StepCommand, agent: AgentSpec, now_ms: int
+           ) -> list[Output]:
     active["pending"] = cmd
     active["retry_at_ms"] = None
     if cmd["attempt"] == 1:
         active["attempts"] = []
-    req = active["request"]
+    subject = about(active["request"])
     outputs = []
-    if cmd["tool_call"] and cmd["tool_call"]["mutating"] and cmd["attempt"] == 1:
-        outputs.append(event("draft_recorded", now_ms, req, step_id=cmd["step_id"],
+    tool = cmd["tool_call"]
+    if tool and tool["mutating"] and cmd["attempt"] == 1:
+        outputs.append(event("draft_recorded", now_ms, subject, step_id=cmd["step_id"],
                              agent_version=agent.version,
                              detail={"tool": step_name(cmd),
-                                     "arguments": cmd["tool_call"]["arguments_json"]}))
-    outputs.append(event("step_issued", now_ms, req, step_id=cmd["step_id"],
+                                     "arguments": tool["arguments_json"]}))
+    outputs.append(event("step_issued", now_ms, subject, step_id=cmd["step_id"],
                          agent_version=agent.version,
                          detail={"step_type": cmd["step_type"], "name": step_name(cmd),
                                  "attempt": cmd["attempt"], "timeout_ms": cmd["timeout_ms"]}))
@@ -127,31 +156,33 @@ def _issue(active: Record, cmd: Record, agent: AgentSpec, now_ms: int) -> list[O
     return outputs
 
 
-def _start(conv: Record, req: Record, run: int, now_ms: int, rules: Rules) -> list[Output]:
+def _start(conv: Conversation, req: AgentRequest, run: int, now_ms: int, rules: Rules
+           ) -> list[Output]:
     agent = rules.catalog.agent(req["agent"])
     if agent is None:
         return _reject_unknown_agent(req, now_ms)
-    active = {"request": req, "run": run, "step_index": 0, "pending": None,
-              "retry_at_ms": None, "attempts": [], "notes": None, "last_output": "",
-              "timeline": [], "usage": empty_usage(), "effects": [], "failure": None}
+    active: ActiveRequest = {
+        "request": req, "run": run, "step_index": 0, "pending": None, "retry_at_ms": None,
+        "attempts": [], "notes": None, "last_output": "", "timeline": [],
+        "usage": empty_usage(), "effects": [], "failure": None}
     conv["active"] = active
     if now_ms >= req["deadline_ms"]:
-        return _finish(conv, agent, "failed", "", "deadline passed before the request started",
-                       now_ms, rules, []).outputs
+        return _finish(conv, active, agent, "failed", "",
+                       "deadline passed before the request started", now_ms, rules,
+                       []).outputs
     return _issue(active, _plan_command(conv, active, agent, now_ms, rules), agent, now_ms)
 
 
-def _reject_unknown_agent(req: Record, now_ms: int) -> list[Output]:
+def _reject_unknown_agent(req: AgentRequest, now_ms: int) -> list[Output]:
     reason = f"unknown agent {req['agent']!r}"
-    holder = {"request": req, "usage": empty_usage(), "timeline": []}
-    return [answer(holder, "rejected", "", reason, now_ms, "none"),
-            event("request_rejected", now_ms, req, detail={"reason": reason})]
+    return [answer(req, "rejected", "", reason, now_ms, "none"),
+            event("request_rejected", now_ms, about(req), detail={"reason": reason})]
 
 
 # ---------------------------------------------------------------------------- requests
 
-def on_request(conv: Record | None, dedup: Record | None, req: Record, now_ms: int,
-               rules: Rules) -> Decision:
+def on_request(conv: Conversation | None, dedup: DedupEntry | None, req: AgentRequest,
+               now_ms: int, rules: Rules) -> Decision:
     conv = conv or empty_conversation()
     active = conv["active"]
     redrive_of = req["options"].get("redrive_of")
@@ -163,11 +194,11 @@ def on_request(conv: Record | None, dedup: Record | None, req: Record, now_ms: i
             return _duplicate(conv, dedup, req, now_ms)
         run = len(redriven) + 1
         dedup = {**dedup, "status": "in_progress", "redriven": [*redriven, redrive_of]}
-        outputs = [event("request_redriven", now_ms, req,
+        outputs = [event("request_redriven", now_ms, about(req),
                          detail={"dlq_id": redrive_of, "run": run})]
     else:
         dedup = {"request_id": req["request_id"], "status": "in_progress", "redriven": []}
-        outputs = [event("request_received", now_ms, req)]
+        outputs = [event("request_received", now_ms, about(req))]
     if active is None:
         outputs += _start(conv, req, run, now_ms, rules)
     else:
@@ -175,8 +206,9 @@ def on_request(conv: Record | None, dedup: Record | None, req: Record, now_ms: i
     return Decision(conv, outputs, dedup)
 
 
-def _duplicate(conv: Record, dedup: Record, req: Record, now_ms: int) -> Decision:
-    outputs = [event("request_duplicate", now_ms, req,
+def _duplicate(conv: Conversation, dedup: DedupEntry, req: AgentRequest, now_ms: int
+               ) -> Decision:
+    outputs = [event("request_duplicate", now_ms, about(req),
                      detail={"first_request_id": dedup["request_id"]})]
     active = conv["active"]
     # A redelivery after a crash: re-issue the pending step, in case it never left. Not while
@@ -189,11 +221,11 @@ def _duplicate(conv: Record, dedup: Record, req: Record, now_ms: int) -> Decisio
 
 # ---------------------------------------------------------------------------- results
 
-def _timeline_entry(cmd: Record, res: Record, now_ms: int) -> Record:
+def _timeline_entry(cmd: StepCommand, res: StepResult, now_ms: int) -> TimelineEntry:
     return {
         "step_id": res["step_id"],
         "step_type": res["step_type"],
-        "name": step_name(cmd) if cmd["tool_call"] else (res.get("model") or "model"),
+        "name": step_name(cmd) if cmd["tool_call"] else (res["model"] or "model"),
         "status": res["status"],
         "worker": res["worker"],
         "attempt": res["attempt"],
@@ -205,59 +237,65 @@ def _timeline_entry(cmd: Record, res: Record, now_ms: int) -> Record:
     }
 
 
-def _is_pending(active: Record | None, res: Record) -> bool:
+def _is_pending(active: ActiveRequest | None, res: StepResult) -> bool:
     pending = active["pending"] if active else None
     return bool(active and pending and active["retry_at_ms"] is None
                 and (pending["step_id"], pending["attempt"]) == (res["step_id"], res["attempt"]))
 
 
-def on_result(conv: Record | None, res: Record, now_ms: int, rules: Rules) -> Decision:
+def on_result(conv: Conversation | None, res: StepResult, now_ms: int, rules: Rules
+              ) -> Decision:
     active = conv["active"] if conv else None
     if conv is None or active is None or not _is_pending(active, res):
-        req = active["request"] if active else res
-        return Decision(conv, [event("step_ignored", now_ms,
-                                     {**req, "request_id": res["request_id"]},
-                                     step_id=res["step_id"], worker=res["worker"],
+        subject: Subject = {"conversation_id": res["conversation_id"],
+                            "request_id": res["request_id"], "trace_id": res["trace_id"],
+                            "agent": active["request"]["agent"] if active else None}
+        return Decision(conv, [event("step_ignored", now_ms, subject, step_id=res["step_id"],
+                                     worker=res["worker"],
                                      detail={"reason": "not the pending step or attempt",
                                              "attempt": res["attempt"]})])
-    agent = rules.catalog.agent(active["request"]["agent"])
-    assert agent is not None  # checked when the request started
-    pending = active["pending"]
+    agent = _agent(rules, active)
+    pending = _pending(active)
     active["timeline"].append(_timeline_entry(pending, res, now_ms))
-    for k in ("prompt_tokens", "completion_tokens", "saved_tokens", "cost_usd",
-              "saved_cost_usd"):
-        active["usage"][k] += res["usage"][k]
-    active["cache"] = merge_records(active.get("cache", []), res.get("cache") or [])
-    outputs = [event("step_completed", now_ms, active["request"], step_id=res["step_id"],
-                     worker=res["worker"], agent_version=agent.version,
+    active["usage"] = usage_sum(active["usage"], res["usage"])
+    active["cache"] = merge_records(active.get("cache", []), res["cache"] or [])
+    outputs = [event("step_completed", now_ms, about(active["request"]),
+                     step_id=res["step_id"], worker=res["worker"],
+                     agent_version=agent.version,
                      detail={"status": res["status"], "attempt": res["attempt"]})]
     if res["status"] == "error":
-        return _step_failed(conv, agent, res["error"] or {}, now_ms, rules, outputs)
+        error = res["error"] or {"error_class": "Error", "message": "unknown error",
+                                 "retryable": False, "retry_after_ms": None}
+        return _step_failed(conv, active, agent, error, now_ms, rules, outputs)
     if active["failure"] is not None:
-        outputs.append(event("compensation_completed", now_ms, active["request"],
+        tool = pending["tool_call"]
+        assert tool is not None  # only compensations run while failing
+        outputs.append(event("compensation_completed", now_ms, about(active["request"]),
                              step_id=res["step_id"], agent_version=agent.version,
                              detail={"tool": step_name(pending), "for_step":
-                                     json.loads(pending["tool_call"]["arguments_json"])
-                                     ["step_id"]}))
-        return _compensate_next(conv, agent, now_ms, rules, outputs)
+                                     json.loads(tool["arguments_json"])["step_id"]}))
+        return _compensate_next(conv, active, agent, now_ms, rules, outputs)
     _record_output(active, pending, res["output"], rules)
     active["step_index"] += 1
     if active["step_index"] < len(agent.plan):
         cmd = _plan_command(conv, active, agent, now_ms, rules)
         return Decision(conv, outputs + _issue(active, cmd, agent, now_ms))
-    return _finish(conv, agent, "ok", active["last_output"], None, now_ms, rules, outputs)
+    return _finish(conv, active, agent, "ok", active["last_output"], None, now_ms, rules,
+                   outputs)
 
 
-def _record_output(active: Record, cmd: Record, output: str, rules: Rules) -> None:
-    if cmd["step_type"] == "model":
+def _record_output(active: ActiveRequest, cmd: StepCommand, output: str, rules: Rules
+                   ) -> None:
+    tool = cmd["tool_call"]
+    if tool is None:
         active["last_output"] = output.strip()
         return
     active["notes"] = _notes(output)
     active["last_output"] = output
-    spec = rules.catalog.tool_spec(step_name(cmd))
-    if cmd["tool_call"]["mutating"] and spec is not None and spec.compensation:
+    spec = rules.catalog.tool_spec(tool["name"])
+    if tool["mutating"] and spec is not None and spec.compensation:
         active["effects"].append({"step_id": cmd["step_id"], "compensation": spec.compensation,
-                                  "arguments_json": cmd["tool_call"]["arguments_json"],
+                                  "arguments_json": tool["arguments_json"],
                                   "output": output})
 
 
@@ -271,84 +309,84 @@ def _notes(tool_output: str) -> str:
 
 # ---------------------------------------------------------------------------- failures
 
-def _step_failed(conv: Record, agent: AgentSpec, error: Record, now_ms: int, rules: Rules,
-                 outputs: list[Output]) -> Decision:
+def _step_failed(conv: Conversation, active: ActiveRequest, agent: AgentSpec,
+                 error: StepError, now_ms: int, rules: Rules, outputs: list[Output]
+                 ) -> Decision:
     """Retry with backoff when the error allows it and attempts remain; else dead-letter the
     step and fail the request (compensating first), or go on compensating."""
-    active = conv["active"]
-    pending = active["pending"]
+    pending = _pending(active)
     req = active["request"]
-    message = f"{error.get('error_class', 'Error')}: {error.get('message', 'unknown error')}"
+    message = f"{error['error_class']}: {error['message']}"
     active["attempts"].append({"attempt": pending["attempt"], "at_ms": now_ms,
                                "error": message})
-    spec = rules.catalog.tool_spec(step_name(pending)) if pending["tool_call"] else None
-    if error.get("retryable") and pending["attempt"] < rules.policy.max_attempts(spec):
+    tool = pending["tool_call"]
+    spec = rules.catalog.tool_spec(tool["name"]) if tool else None
+    if error["retryable"] and pending["attempt"] < rules.policy.max_attempts(spec):
         delay, ceiling = retry_delay_ms(rules.policy, pending["step_id"], pending["attempt"],
-                                        error.get("retry_after_ms"))
+                                        error["retry_after_ms"])
         active["retry_at_ms"] = now_ms + delay
-        outputs.append(event("retry_scheduled", now_ms, req, step_id=pending["step_id"],
+        outputs.append(event("retry_scheduled", now_ms, about(req), step_id=pending["step_id"],
                              agent_version=agent.version,
                              detail={"failed_attempt": pending["attempt"], "delay_ms": delay,
                                      "ceiling_ms": ceiling,
-                                     "retry_after_ms": error.get("retry_after_ms") or 0,
+                                     "retry_after_ms": error["retry_after_ms"] or 0,
                                      "error": message}))
         return Decision(conv, outputs)
-    full_error = {"error_class": error.get("error_class", "Error"),
-                  "message": error.get("message", "unknown error")}
-    letter = dead_letter(active, pending, full_error, now_ms)
+    letter = dead_letter(req, active["attempts"], pending, error["error_class"],
+                         error["message"], now_ms)
+    dlq_id = letter.record["dlq_id"]  # type: ignore[typeddict-item]
     outputs.append(letter)
-    outputs.append(event("dead_lettered", now_ms, req, step_id=pending["step_id"],
+    outputs.append(event("dead_lettered", now_ms, about(req), step_id=pending["step_id"],
                          agent_version=agent.version,
-                         detail={"dlq_id": letter.record["dlq_id"], "error": message}))
+                         detail={"dlq_id": dlq_id, "error": message}))
     active["pending"] = None
     if active["failure"] is not None:  # a compensation gave up: go on with the others
-        return _compensate_next(conv, agent, now_ms, rules, outputs)
+        return _compensate_next(conv, active, agent, now_ms, rules, outputs)
     reason = (f"the {step_name(pending)} step failed after {pending['attempt']} attempt(s) "
-              f"({message}); dead letter {letter.record['dlq_id']}")
-    return _fail(conv, agent, reason, now_ms, rules, outputs)
+              f"({message}); dead letter {dlq_id}")
+    return _fail(conv, active, agent, reason, now_ms, rules, outputs)
 
 
-def _fail(conv: Record, agent: AgentSpec, reason: str, now_ms: int, rules: Rules,
-          outputs: list[Output]) -> Decision:
-    active = conv["active"]
+def _fail(conv: Conversation, active: ActiveRequest, agent: AgentSpec, reason: str,
+          now_ms: int, rules: Rules, outputs: list[Output]) -> Decision:
     active["pending"] = None
     active["retry_at_ms"] = None
     if not active["effects"]:
-        return _finish(conv, agent, "failed", "", reason, now_ms, rules, outputs)
+        return _finish(conv, active, agent, "failed", "", reason, now_ms, rules, outputs)
     active["failure"] = {"status": "failed", "reason": reason}
-    outputs.append(event("saga_compensating", now_ms, active["request"],
+    outputs.append(event("saga_compensating", now_ms, about(active["request"]),
                          agent_version=agent.version,
                          detail={"steps": len(active["effects"]), "reason": reason}))
-    return _compensate_next(conv, agent, now_ms, rules, outputs)
+    return _compensate_next(conv, active, agent, now_ms, rules, outputs)
 
 
-def _compensate_next(conv: Record, agent: AgentSpec, now_ms: int, rules: Rules,
-                     outputs: list[Output]) -> Decision:
+def _compensate_next(conv: Conversation, active: ActiveRequest, agent: AgentSpec,
+                     now_ms: int, rules: Rules, outputs: list[Output]) -> Decision:
     """Undo completed mutating steps, last first; then answer with the failure."""
-    active = conv["active"]
+    failure = active["failure"]
+    assert failure is not None
     if not active["effects"]:
-        failure = active["failure"]
-        return _finish(conv, agent, failure["status"], "", failure["reason"], now_ms, rules,
-                       outputs)
+        return _finish(conv, active, agent, failure["status"], "", failure["reason"], now_ms,
+                       rules, outputs)
     effect = active["effects"].pop()
     req = active["request"]
     spec = rules.catalog.tool_spec(effect["compensation"])
     arguments = {"step_id": effect["step_id"],
                  "arguments": json.loads(effect["arguments_json"]), "output": effect["output"]}
-    tool = {"name": effect["compensation"], "version": spec.version if spec else "?",
-            "arguments_json": canonical_json(arguments), "mutating": True}
+    tool: ToolCall = {"name": effect["compensation"], "version": spec.version if spec else "?",
+                      "arguments_json": canonical_json(arguments), "mutating": True}
     limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
     cmd = step_command(req, active["run"], active["step_index"], "tool", now_ms, limit, None,
                        tool, key_input={"compensate": effect["step_id"]})
     return Decision(conv, outputs + _issue(active, cmd, agent, now_ms))
 
 
-def _finish(conv: Record, agent: AgentSpec, status: str, text: str, reason: str | None,
-            now_ms: int, rules: Rules, outputs: list[Output]) -> Decision:
-    active = conv["active"]
+def _finish(conv: Conversation, active: ActiveRequest, agent: AgentSpec, status: AnswerStatus,
+            text: str, reason: str | None, now_ms: int, rules: Rules, outputs: list[Output]
+            ) -> Decision:
     req = active["request"]
-    outputs.append(answer(active, status, text, reason, now_ms, agent.version))
-    outputs.append(event("answer_emitted", now_ms, req, agent_version=agent.version,
+    outputs.append(answer(req, status, text, reason, now_ms, agent.version, active))
+    outputs.append(event("answer_emitted", now_ms, about(req), agent_version=agent.version,
                          detail={"status": status, "reason": reason or ""}))
     if status == "ok":
         conv["exchanges"].append({"request_id": req["request_id"], "user": req["text"],
@@ -363,7 +401,7 @@ def _finish(conv: Record, agent: AgentSpec, status: str, text: str, reason: str 
 
 # ---------------------------------------------------------------------------- time
 
-def next_due_ms(conv: Record | None, rules: Rules) -> int | None:
+def next_due_ms(conv: Conversation | None, rules: Rules) -> int | None:
     """When this conversation next needs a wake-up, or None if it is idle."""
     if conv is None:
         return None
@@ -380,7 +418,7 @@ def next_due_ms(conv: Record | None, rules: Rules) -> int | None:
     return min(due) if due else None
 
 
-def on_wakeup(conv: Record | None, now_ms: int, rules: Rules) -> Decision:
+def on_wakeup(conv: Conversation | None, now_ms: int, rules: Rules) -> Decision:
     """Expired waiting requests are answered; then the active request's deadline, due retry
     or outlived attempt is handled. A wake-up with nothing due changes nothing."""
     if conv is None:
@@ -388,34 +426,36 @@ def on_wakeup(conv: Record | None, now_ms: int, rules: Rules) -> Decision:
     outputs: list[Output] = []
     for req in [w for w in conv["waiting"] if now_ms >= w["deadline_ms"]]:
         conv["waiting"].remove(req)
-        holder = {"request": req, "usage": empty_usage(), "timeline": []}
-        outputs.append(answer(holder, "failed", "", "deadline passed while queued behind an "
+        outputs.append(answer(req, "failed", "", "deadline passed while queued behind an "
                               "earlier request of the conversation", now_ms, "none"))
     active = conv["active"]
     if active is None:
         return Decision(conv, outputs)
-    agent = rules.catalog.agent(active["request"]["agent"])
-    assert agent is not None
+    agent = _agent(rules, active)
     req, pending = active["request"], active["pending"]
     if active["failure"] is None and now_ms >= req["deadline_ms"]:
-        outputs.append(event("deadline_exceeded", now_ms, req, agent_version=agent.version,
+        outputs.append(event("deadline_exceeded", now_ms, about(req),
+                             agent_version=agent.version,
                              step_id=pending["step_id"] if pending else None))
-        return _fail(conv, agent, "deadline exceeded: the request was not answered in time",
-                     now_ms, rules, outputs)
+        return _fail(conv, active, agent,
+                     "deadline exceeded: the request was not answered in time", now_ms,
+                     rules, outputs)
     if pending is None:
         return Decision(conv, outputs)
     if active["retry_at_ms"] is not None:
         if now_ms < active["retry_at_ms"]:
             return Decision(conv, outputs)
-        retry = {**pending, "attempt": pending["attempt"] + 1, "issued_at_ms": now_ms}
+        retry: StepCommand = {**pending, "attempt": pending["attempt"] + 1,
+                              "issued_at_ms": now_ms}
         return Decision(conv, outputs + _issue(active, retry, agent, now_ms))
     budget = rules.policy.budget_ms(pending["timeout_ms"])
     if now_ms < pending["issued_at_ms"] + budget:
         return Decision(conv, outputs)
-    outputs.append(event("step_timed_out", now_ms, req, step_id=pending["step_id"],
+    outputs.append(event("step_timed_out", now_ms, about(req), step_id=pending["step_id"],
                          agent_version=agent.version,
                          detail={"attempt": pending["attempt"], "budget_ms": budget}))
-    error = {"error_class": "StepTimeout", "retryable": True,
-             "message": f"no result within {budget} ms ({rules.policy.budget_factor:g}x the "
-                        "step's run-time limit)"}
-    return _step_failed(conv, agent, error, now_ms, rules, outputs)
+    error: StepError = {
+        "error_class": "StepTimeout", "retryable": True, "retry_after_ms": None,
+        "message": f"no result within {budget} ms ({rules.policy.budget_factor:g}x the "
+                   "step's run-time limit)"}
+    return _step_failed(conv, active, agent, error, now_ms, rules, outputs)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 import redis.asyncio as aioredis
@@ -42,8 +42,10 @@ from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import dedup_key
 from clawstream.processors.records import Output
 from clawstream.processors.restart import restart_in_place
+from clawstream.processors.state import Conversation, DedupEntry
 from clawstream.schemas import DecodeError, decode
-from clawstream.schemas.names import AGENT_ANSWER, AGENT_REQUEST, STEP_RESULT, WAKEUP
+from clawstream.schemas.names import AGENT_REQUEST, STEP_RESULT, WAKEUP
+from clawstream.schemas.records import AgentAnswer, AgentRequest, StepResult, Wakeup, WireRecord
 from clawstream.streams.topics import RESULTS
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,9 @@ log = logging.getLogger(__name__)
 FULL_SCAN_EVERY = 20
 """Sweeps between two rebuilds of the index from the table (partitions move on rebalance)."""
 RESEND_AFTER_MS = 2000
+COORDINATED = frozenset({AGENT_REQUEST, STEP_RESULT, WAKEUP})
+"""What the coordinator's topics carry; anything else is dead-lettered."""
 """A wake-up that changed nothing (or got lost) is sent again after this long."""
-
-Record = dict[str, Any]
 
 
 class BatchSlots:
@@ -71,8 +73,8 @@ class BatchSlots:
         async with self._changed:
             await self._changed.wait_for(lambda: len(self.active) < self.limit)
 
-    async def track(self, conversation_id: str, conv: Record | None) -> None:
-        active = (conv or {}).get("active")
+    async def track(self, conversation_id: str, conv: Conversation | None) -> None:
+        active = conv["active"] if conv else None
         if active and active["request"]["lane"] == "batch":
             self.active.add(conversation_id)
         elif conversation_id in self.active:
@@ -124,12 +126,17 @@ class Coordinator:
             log.warning("dead-lettering undecodable message: %s", exc)
             await self.emitter.dead_letter(event, str(exc), "DecodeError")
             return
+        if name not in COORDINATED:
+            await self.emitter.dead_letter(event, f"unexpected {name} on {event.message.topic}",
+                                           "UnexpectedSchema", record)
+            return
+        conversation_id = cast(AgentRequest | StepResult | Wakeup, record)["conversation_id"]
         try:
-            lock = self._locks.get(record["conversation_id"])
+            lock = self._locks.get(conversation_id)
             if lock is None:
-                lock = self._locks[record["conversation_id"]] = asyncio.Lock()
+                lock = self._locks[conversation_id] = asyncio.Lock()
             async with lock:
-                await self._handle(event, name, record)
+                await self._handle(name, record)
         except PartitionsMismatch as exc:
             # The worker's topic metadata is at fault, not the message: a fresh process
             # reads it again (see streams.topics.changelog_topics for how it happened).
@@ -140,35 +147,43 @@ class Coordinator:
             await self.emitter.dead_letter(event, f"processing failed: {exc!r}",
                                            type(exc).__name__, record)
 
-    async def _handle(self, event: Any, name: str, record: Record) -> None:
-        conversation_id = record["conversation_id"]
-        conv = self.conversations.get(conversation_id)
+    async def _handle(self, name: str, record: WireRecord) -> None:
         if name == AGENT_REQUEST:
-            key = dedup_key(record["tenant_id"], conversation_id, record["idempotency_key"])
-            dedup = self.request_dedup.get(key)
-            if _retries_rejected(dedup, record):
-                dedup = None
-            if dedup is None:
-                rejection = await coordination.gate(record, conv, self.settings, self.flags(),
-                                                    self.redis)
-                if rejection is not None:
-                    self.request_dedup[key] = {"request_id": record["request_id"],
-                                               "redriven": [], "status": "answered",
-                                               "answer_status": "rejected"}
-                    for output in coordination.rejection_outputs(record, rejection, now_ms()):
-                        await self.emitter.send(output)
-                    return
-            decision = on_request(conv, dedup, record, now_ms(), self.rules)
-            self.request_dedup[key] = decision.dedup
-        elif name == STEP_RESULT:
-            coordination.count_result(conv, record)
-            decision = on_result(conv, record, now_ms(), self.rules)
-        elif name == WAKEUP:
-            decision = on_wakeup(conv, now_ms(), self.rules)
-        else:
-            await self.emitter.dead_letter(event, f"unexpected {name} on {event.message.topic}",
-                                           "UnexpectedSchema", record)
+            await self._on_request(cast(AgentRequest, record))
             return
+        if name == STEP_RESULT:
+            result = cast(StepResult, record)
+            conv = self.conversations.get(result["conversation_id"])
+            coordination.count_result(conv, result)
+            decision = on_result(conv, result, now_ms(), self.rules)
+            conversation_id = result["conversation_id"]
+        else:
+            conversation_id = cast(Wakeup, record)["conversation_id"]
+            decision = on_wakeup(self.conversations.get(conversation_id), now_ms(), self.rules)
+        await self._route_and_apply(conversation_id, decision)
+
+    async def _on_request(self, request: AgentRequest) -> None:
+        conversation_id = request["conversation_id"]
+        conv = self.conversations.get(conversation_id)
+        key = dedup_key(request["tenant_id"], conversation_id, request["idempotency_key"])
+        dedup = self.request_dedup.get(key)
+        if _retries_rejected(dedup, request):
+            dedup = None
+        if dedup is None:
+            rejection = await coordination.gate(request, conv, self.settings, self.flags(),
+                                                self.redis)
+            if rejection is not None:
+                self.request_dedup[key] = {"request_id": request["request_id"],
+                                           "redriven": [], "status": "answered",
+                                           "answer_status": "rejected"}
+                for output in coordination.rejection_outputs(request, rejection, now_ms()):
+                    await self.emitter.send(output)
+                return
+        decision = on_request(conv, dedup, request, now_ms(), self.rules)
+        self.request_dedup[key] = decision.dedup
+        await self._route_and_apply(conversation_id, decision)
+
+    async def _route_and_apply(self, conversation_id: str, decision: Decision) -> None:
         routed = coordination.route_and_cut(decision, self.rules, self.settings, self.flags(),
                                             now_ms())
         await coordination.archive(self.redis, routed.archive)
@@ -180,19 +195,19 @@ class Coordinator:
         self._track(conversation_id, decision.conversation)
         await self.batch_slots.track(conversation_id, decision.conversation)
         for output in decision.outputs:
-            if output.schema == AGENT_ANSWER:
-                self._mark_answered(output)
+            if output.answer is not None:
+                self._mark_answered(output.answer)
             await self.emitter.send(output)
 
-    def _mark_answered(self, output: Output) -> None:
+    def _mark_answered(self, a: AgentAnswer) -> None:
         """Whatever path answered a request (result, wake-up, rejection), its dedup entry
         says so and with which status: only a failed request may be redriven."""
-        a = output.record
         key = dedup_key(a["tenant_id"], a["conversation_id"], a["idempotency_key"])
-        entry = self.request_dedup.get(key) or {"request_id": a["request_id"], "redriven": []}
+        entry = cast(DedupEntry | None, self.request_dedup.get(key)) or DedupEntry(
+            request_id=a["request_id"], status="answered", redriven=[])
         self.request_dedup[key] = {**entry, "status": "answered", "answer_status": a["status"]}
 
-    def _track(self, conversation_id: str, conv: Record | None) -> None:
+    def _track(self, conversation_id: str, conv: Conversation | None) -> None:
         due = next_due_ms(conv, self.rules)
         if due is None:
             self._due.pop(conversation_id, None)
@@ -217,12 +232,12 @@ class Coordinator:
             if due > now or (woken and woken[0] == due and now - woken[1] < RESEND_AFTER_MS):
                 continue
             self._woken[conversation_id] = (due, now)
-            wakeup = {"conversation_id": conversation_id, "due_ms": due, "sent_at_ms": now,
-                      "worker": self.worker_name}
+            wakeup: Wakeup = {"conversation_id": conversation_id, "due_ms": due,
+                              "sent_at_ms": now, "worker": self.worker_name}
             await self.emitter.send(Output(RESULTS.name, conversation_id, WAKEUP, wakeup))
 
 
-def _retries_rejected(dedup: Record | None, request: Record) -> bool:
+def _retries_rejected(dedup: DedupEntry | None, request: AgentRequest) -> bool:
     """A rejected request may be sent again under the same idempotency key (the rejection
     said when): a new request id is the client's retry and is checked afresh; the same
     request id is a redelivery of the rejected one and stays a duplicate (one answer)."""

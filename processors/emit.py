@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -12,6 +13,7 @@ from clawstream.processors.keys import short_hash
 from clawstream.processors.records import Output
 from clawstream.schemas import encode
 from clawstream.schemas.names import DEAD_LETTER
+from clawstream.schemas.records import DeadLetter
 from clawstream.streams.topics import DLQ
 
 
@@ -37,12 +39,12 @@ class Emitter:
                              value=encode(output.schema, output.record))
 
     async def dead_letter(self, event: Any, reason: str, error_class: str,
-                          record: dict[str, Any] | None = None) -> None:
+                          record: Mapping[str, Any] | None = None) -> None:
         """An unprocessable message goes to the DLQ unchanged, with why; the worker
-        carries on."""
+        carries on. ``record`` is what could be decoded of it (for its ids)."""
         msg = event.message
         record = record or {}
-        dl = {
+        dl: DeadLetter = {
             # From where it was read: a redelivered poison message gets the same letter id.
             "dlq_id": short_hash([msg.topic, msg.partition, msg.offset]),
             "reason": reason,

@@ -36,6 +36,7 @@ from clawstream.processors.records import Output
 from clawstream.processors.tools.base import Tool, ToolContext, ToolError
 from clawstream.schemas import DecodeError, decode_as
 from clawstream.schemas.names import STEP_COMMAND, STEP_RESULT
+from clawstream.schemas.records import StepCommand, StepError, StepResult, Usage, empty_usage
 from clawstream.streams.topics import RESULTS
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class InFlight:
 
 
 def _error(exc: BaseException, retryable: bool, retry_after_s: float | None = None
-           ) -> dict[str, Any]:
+           ) -> StepError:
     return {"error_class": type(exc).__name__, "message": str(exc)[:500] or repr(exc),
             "retryable": retryable,
             "retry_after_ms": None if retry_after_s is None else int(retry_after_s * 1000)}
@@ -117,8 +118,11 @@ class StepExecutors:
         await asyncio.gather(self.model_dispatcher.run_forever(),
                              self.tool_dispatcher.run_forever())
 
-    def _result(self, cmd: dict[str, Any], started: int, **fields: Any) -> Output:
-        record = {
+    def _result(self, cmd: StepCommand, started: int, *, output: str = "",
+                error: StepError | None = None, model: str | None = None,
+                backend: str | None = None, usage: Usage | None = None,
+                cache_hit: bool = False) -> Output:
+        record: StepResult = {
             "step_id": cmd["step_id"],
             "step_index": cmd["step_index"],
             "step_type": cmd["step_type"],
@@ -126,26 +130,27 @@ class StepExecutors:
             "request_id": cmd["request_id"],
             "conversation_id": cmd["conversation_id"],
             "trace_id": cmd["trace_id"],
-            "status": "ok",
-            "output": "",
-            "error": None,
+            "status": "error" if error else "ok",
+            "output": output,
+            "error": error,
             "worker": self.worker_name,
             "issued_at_ms": cmd["issued_at_ms"],
             "started_at_ms": started,
             "finished_at_ms": now_ms(),
-            "cache_hit": False,
-            "model": None,
-            "backend": None,
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
-                      "saved_tokens": 0, "saved_cost_usd": 0.0},
+            "cache_hit": cache_hit,
+            "model": model,
+            "backend": backend,
+            "usage": usage or empty_usage(),
             "cache": cache_report().records(),
         }
-        record.update(fields)
         return Output(RESULTS.name, cmd["conversation_id"], STEP_RESULT, record)
 
-    async def run_model_step(self, cmd: dict[str, Any], pool: str | None = None) -> Output:
+    async def run_model_step(self, cmd: StepCommand, pool: str | None = None) -> Output:
         started = now_ms()
         call = cmd["model_call"]
+        if call is None:
+            return self._result(cmd, started, error=_error(
+                ValueError("a model step command without a model call"), False))
         spec = self.settings.pools.get(pool or call["model"])
         try:
             outcome = await self.caches.model_step(
@@ -157,23 +162,23 @@ class StepExecutors:
                     timeout=cmd["timeout_ms"] / 1000),
                 served_model=spec.backend_model if spec else None)
         except TimeoutError:
-            return self._result(cmd, started, status="error", error=_error(
+            return self._result(cmd, started, error=_error(
                 TimeoutError(f"model call exceeded its {cmd['timeout_ms']} ms limit"), True))
         except InferenceError as exc:
             retry_after = exc.retry_after if isinstance(exc, InferenceOverloaded) else None
             if isinstance(exc, InferenceOverloaded):  # backpressure: stop fetching meanwhile
                 self.model_dispatcher.hold(retry_after or self.settings.inference_retry_after_s)
-            return self._result(cmd, started, status="error",
+            return self._result(cmd, started,
                                 error=_error(exc, exc.retryable, retry_after))
         return self._result(cmd, started, output=outcome.output, model=outcome.model,
                             backend=outcome.backend, usage=outcome.usage,
                             cache_hit=outcome.cache_hit)
 
-    async def _call_tool(self, tool: Tool, cmd: dict[str, Any], ctx: ToolContext) -> str:
+    async def _call_tool(self, tool: Tool, ctx: ToolContext) -> str:
         """Mutating calls go through the ledger. The hard cut comes one limit after the
         coordinator's budget, so the coordinator gives the attempt up first and the cut only
         frees this worker's slot from a tool that ignores its limit."""
-        arguments = json.loads(cmd["tool_call"]["arguments_json"])
+        arguments = json.loads(ctx.arguments_json)
         hard_cut_s = ctx.timeout_s * (self.settings.step_budget_factor + 1)
         if not tool.spec.mutating:
             return await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
@@ -185,32 +190,36 @@ class StepExecutors:
         await self.ledger.record(ctx.step_id, output, self.worker_name, now_ms())
         return output
 
-    async def run_tool_step(self, cmd: dict[str, Any]) -> Output:
+    async def run_tool_step(self, cmd: StepCommand) -> Output:
         started = now_ms()
         call = cmd["tool_call"]
+        if call is None:
+            return self._result(cmd, started, error=_error(
+                ValueError("a tool step command without a tool call"), False))
         tool = self.tools.get(call["name"])
         if tool is None:
-            return self._result(cmd, started, status="error",
+            return self._result(cmd, started,
                                 error=_error(LookupError(f"unknown tool {call['name']!r}"),
                                              False))
         if self.flags().tool_killed(call["name"]):
-            return self._result(cmd, started, status="error", error=_error(
+            return self._result(cmd, started, error=_error(
                 RuntimeError(f"tool {call['name']} is switched off (kill switch)"), False))
         ctx = ToolContext(step_id=cmd["step_id"], attempt=cmd["attempt"],
-                          timeout_s=cmd["timeout_ms"] / 1000)
+                          timeout_s=cmd["timeout_ms"] / 1000,
+                          arguments_json=call["arguments_json"])
         try:
             outcome = await self.caches.tool_step(
                 tool.spec, json.loads(call["arguments_json"]),
                 CacheControl.from_record(cmd.get("cache")), cache_report(),
-                lambda: self._call_tool(tool, cmd, ctx))
+                lambda: self._call_tool(tool, ctx))
         except ToolError as exc:
-            return self._result(cmd, started, status="error",
+            return self._result(cmd, started,
                                 error=_error(exc, exc.retryable, exc.retry_after_s))
         except ValueError as exc:
-            return self._result(cmd, started, status="error", error=_error(exc, False))
+            return self._result(cmd, started, error=_error(exc, False))
         except (InferenceError, RedisError, TimeoutError) as exc:
             retryable = not isinstance(exc, InferenceError) or exc.retryable
-            return self._result(cmd, started, status="error", error=_error(exc, retryable))
+            return self._result(cmd, started, error=_error(exc, retryable))
         return self._result(cmd, started, output=outcome.output, usage=outcome.usage,
                             cache_hit=outcome.cache_hit)
 
@@ -223,14 +232,16 @@ class StepExecutors:
             await self.emitter.send(output)
         self.acks.done(item.event)
 
-    def _model_item(self, cmd: dict[str, Any], event: Any) -> Pending:
+    def _model_item(self, cmd: StepCommand, event: Any) -> Pending:
         call = cmd["model_call"]
+        if call is None:  # run_model_step answers it with a validation error
+            return Pending(cmd, event, pool=next(iter(self.settings.pools)))
         pool = call["model"] if call["model"] in self.settings.pools else (
             smallest_pool(self.settings, self.flags()) or next(iter(self.settings.pools)))
         return Pending(cmd, event, cost=estimate_tokens(call["messages"], call["max_tokens"]),
                        pool=pool)
 
-    async def _cached(self, cmd: dict[str, Any], step: Awaitable[Output]) -> Output:
+    async def _cached(self, cmd: StepCommand, step: Awaitable[Output]) -> Output:
         """Run one step under a fresh cache report (its result carries what the caches
         did); a cache outage is a miss for the step and an audit event for the operator."""
         with self.in_flight, collecting() as report:
@@ -246,7 +257,7 @@ class StepExecutors:
         return await self._cached(item.cmd, self.run_tool_step(item.cmd))
 
     async def _intake(self, stream: Any, dispatcher: Dispatcher,
-                      make: Callable[[dict[str, Any], Any], Pending]) -> None:
+                      make: Callable[[StepCommand, Any], Pending]) -> None:
         """Fetch only: decode and hand over; offsets are acked when the step's result is
         sent."""
         async for event in stream.noack().events():

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
@@ -26,7 +26,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from clawstream.config import get_settings
 from clawstream.schemas import encode
 from clawstream.schemas.names import AGENT_REQUEST
-from clawstream.streams.topics import request_topic
+from clawstream.schemas.records import AgentRequest
+from clawstream.streams.topics import parse_lane, request_topic
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Publisher:
         while not self._closed.is_set():
             self._producer.poll(_POLL_S)
 
-    def publish(self, topic: str, key: str, schema: str, record: dict[str, Any], *,
+    def publish(self, topic: str, key: str, schema: str, record: Mapping[str, Any], *,
                 on_delivery: OnDelivery | None = None) -> Delivery:
         """Encode (raises at once on a record that does not fit ``schema``) and queue;
         the returned future settles with the broker's ack."""
@@ -154,12 +155,11 @@ def new_request(*, agent: str, conversation_id: str, text: str,
                 idempotency_key: str | None = None, tenant_id: str = "default",
                 user_id: str = "anonymous", lane: str = "interactive",
                 deadline_s: float | None = None, options: dict[str, str] | None = None
-                ) -> dict[str, Any]:
+                ) -> AgentRequest:
     """A well-formed AgentRequest; the idempotency key defaults to a fresh request id and
     the deadline to the lane's default from settings."""
     if not text.strip():
         raise ValueError("request text is empty")
-    request_topic(lane)  # validates the lane
     request_id = str(uuid.uuid4())
     created = now_ms()
     return {
@@ -169,7 +169,7 @@ def new_request(*, agent: str, conversation_id: str, text: str,
         "tenant_id": tenant_id,
         "user_id": user_id,
         "agent": agent,
-        "lane": lane,
+        "lane": parse_lane(lane),
         "text": text,
         "created_at_ms": created,
         "deadline_ms": created + int(1000 * (deadline_s if deadline_s is not None
@@ -179,7 +179,7 @@ def new_request(*, agent: str, conversation_id: str, text: str,
     }
 
 
-def publish_request(publisher: Publisher, request: dict[str, Any]) -> Delivery:
+def publish_request(publisher: Publisher, request: AgentRequest) -> Delivery:
     """Queue ``request`` on its lane's topic; ``.result()`` on the answer waits for the ack."""
     return publisher.publish(request_topic(request["lane"]).name, request["conversation_id"],
                              AGENT_REQUEST, request)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from clawstream.schemas import DecodeError, decode
-
-Record = dict[str, Any]
+from clawstream.schemas import DecodeError, decode, decode_as
+from clawstream.schemas.names import AGENT_ANSWER
+from clawstream.schemas.records import AgentAnswer, WireRecord
 
 
 def _consumer(bootstrap: str, group: str | None = None) -> Consumer:
@@ -27,10 +26,10 @@ def read_topic(
     bootstrap: str,
     topic: str,
     *,
-    until: Callable[[str, Record], bool] | None = None,
+    until: Callable[[str, WireRecord], bool] | None = None,
     timeout_s: float = 10.0,
     from_beginning: bool = True,
-) -> Iterator[tuple[str, Record]]:
+) -> Iterator[tuple[str, WireRecord]]:
     """Yield (schema name, record) from ``topic`` until ``until`` says stop or nothing new
     arrives for ``timeout_s`` (the topic's end for an analyst's replay)."""
     consumer = _consumer(bootstrap)
@@ -56,7 +55,7 @@ def read_topic(
 
 
 def wait_for_answer(bootstrap: str, answers_topic: str, *, idempotency_key: str,
-                    conversation_id: str, timeout_s: float = 120.0) -> Record | None:
+                    conversation_id: str, timeout_s: float = 120.0) -> AgentAnswer | None:
     """The first answer for ``idempotency_key``: a repeat of a request gets no new answer
     event, so this reads the conversation's history from the beginning."""
     deadline = time.monotonic() + timeout_s
@@ -70,11 +69,11 @@ def wait_for_answer(bootstrap: str, answers_topic: str, *, idempotency_key: str,
             if msg is None or msg.error():
                 continue
             try:
-                _, record = decode(msg.value())
+                record = decode_as(AGENT_ANSWER, msg.value())
             except DecodeError:
                 continue
-            if (record.get("conversation_id") == conversation_id
-                    and record.get("idempotency_key") == idempotency_key):
+            if (record["conversation_id"] == conversation_id
+                    and record["idempotency_key"] == idempotency_key):
                 return record
         return None
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
@@ -15,6 +15,8 @@ from clawstream.cli.dlq import dlq_app
 from clawstream.cli.flags_cli import app as flags_app
 from clawstream.cli.render import print_answer
 from clawstream.config import Settings
+from clawstream.schemas.names import AGENT_ANSWER
+from clawstream.schemas.records import AgentAnswer
 
 app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
@@ -117,9 +119,10 @@ def tail(from_beginning: bool = False, idle: float = 3600.0) -> None:
     from clawstream.streams.subscriber import read_topic
     from clawstream.streams.topics import ANSWERS
 
-    for _, answer in read_topic(_settings().bootstrap_servers, ANSWERS.name,
-                                timeout_s=idle, from_beginning=from_beginning):
-        print_answer(console, answer)
+    for name, record in read_topic(_settings().bootstrap_servers, ANSWERS.name,
+                                   timeout_s=idle, from_beginning=from_beginning):
+        if name == AGENT_ANSWER:
+            print_answer(console, cast(AgentAnswer, record))
 
 
 @app.command()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
@@ -11,6 +11,8 @@ from rich.table import Table
 
 from clawstream.cli.cost import CostReport, hit_rate, parse_since, summarise
 from clawstream.config import Settings
+from clawstream.schemas.names import AGENT_ANSWER
+from clawstream.schemas.records import AgentAnswer, CacheUsage
 
 console = Console()
 
@@ -30,12 +32,12 @@ def cost(
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    answers = (record for _, record in read_topic(Settings().bootstrap_servers, ANSWERS.name,
-                                                  timeout_s=idle))
+    answers = (cast(AgentAnswer, record) for name, record in read_topic(
+        Settings().bootstrap_servers, ANSWERS.name, timeout_s=idle) if name == AGENT_ANSWER)
     print_report(summarise(answers, since_ms=since_ms, tenant=tenant), console)
 
 
-def layers_table(layers: list[dict[str, Any]], title: str) -> Table:
+def layers_table(layers: list[CacheUsage], title: str) -> Table:
     """Hits, misses, hit rate and savings per cache layer (also used by bench cache)."""
     table = Table("cache layer", "hits", "misses", "hit rate", "saved tokens", "saved USD",
                   title=title, title_justify="left")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
+from clawstream.schemas.records import AgentAnswer
 
-def timeline_table(answer: dict[str, Any]) -> Table:
+
+def timeline_table(answer: AgentAnswer) -> Table:
     table = Table(title=f"request {answer['request_id'][:8]} · {answer['status']}",
                   title_justify="left")
     for col in ("step", "name", "worker", "queue wait ms", "run ms", "result wait ms",
@@ -21,7 +21,7 @@ def timeline_table(answer: dict[str, Any]) -> Table:
     return table
 
 
-def print_answer(console: Console, answer: dict[str, Any]) -> None:
+def print_answer(console: Console, answer: AgentAnswer) -> None:
     total = answer["answered_at_ms"] - answer["created_at_ms"]
     usage = answer["usage"]
     console.print(f"[bold]{answer['agent']}[/] ({answer['status']}, {total} ms, "

@@ -34,6 +34,8 @@ class ToolContext:
     """The step's idempotency key: a mutating tool passes it on to the system it changes."""
     attempt: int
     timeout_s: float
+    arguments_json: str = "{}"
+    """The call's arguments as sent (the ledger and caches key on the parsed ones)."""
 
 
 class ToolError(Exception):

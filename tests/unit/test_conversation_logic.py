@@ -42,7 +42,7 @@ def _result(cmd: dict[str, Any], output: str, status: str = "ok", *, retryable: 
         "worker": "w", "issued_at_ms": cmd["issued_at_ms"], "started_at_ms": 10,
         "finished_at_ms": 20, "cache_hit": False, "model": "m", "backend": "b",
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "cost_usd": 0.0,
-                  "saved_tokens": 0, "saved_cost_usd": 0.0},
+                  "saved_tokens": 0, "saved_cost_usd": 0.0}, "cache": [],
     }
 
 

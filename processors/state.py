@@ -1,0 +1,99 @@
+"""The coordinator's state, as types: a conversation and a request's dedup entry.
+
+Stored as JSON in the worker's RocksDB tables (and their changelogs), so they are plain
+dicts; fields added after a release are ``NotRequired`` and read with a default, since a
+table written by the earlier release must still load.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+from clawstream.schemas.records import (
+    AgentRequest,
+    AnswerStatus,
+    CacheUsage,
+    StepCommand,
+    TimelineEntry,
+    Usage,
+)
+
+
+class Exchange(TypedDict):
+    """One answered turn, kept for the next prompts' context."""
+
+    request_id: str
+    user: str
+    assistant: str
+
+
+class Attempt(TypedDict):
+    attempt: int
+    at_ms: int
+    error: str
+
+
+class Effect(TypedDict):
+    """A completed mutating step, and how to undo it if the request fails later (saga)."""
+
+    step_id: str
+    compensation: str
+    arguments_json: str
+    output: str
+
+
+class Failure(TypedDict):
+    """Why the request is failing, while its compensations run."""
+
+    status: AnswerStatus
+    reason: str
+
+
+class ActiveRequest(TypedDict):
+    """The request a conversation is running, and where it stands."""
+
+    request: AgentRequest
+    run: int
+    """0, or the redrive number: a redrive runs the plan again under new step keys."""
+    step_index: int
+    pending: StepCommand | None
+    retry_at_ms: int | None
+    """Set while a failed attempt waits for its retry (the sweep re-issues it then)."""
+    attempts: list[Attempt]
+    notes: str | None
+    last_output: str
+    timeline: list[TimelineEntry]
+    usage: Usage
+    effects: list[Effect]
+    failure: Failure | None
+    cache: NotRequired[list[CacheUsage]]
+
+
+class Spent(TypedDict):
+    """A conversation's lifetime spend, checked against its budgets."""
+
+    steps: int
+    tokens: int
+
+
+class Conversation(TypedDict):
+    exchanges: list[Exchange]
+    active: ActiveRequest | None
+    waiting: list[AgentRequest]
+    """Requests queued behind the active one (their ``options["run"]`` says which run)."""
+    flow_spent: NotRequired[Spent]
+    flow_degraded: NotRequired[dict[str, list[str]]]
+    """Request id -> why flow control degraded its answer (cut steps, rerouted pools)."""
+
+
+class DedupEntry(TypedDict):
+    """The first request seen under a tenant's conversation and idempotency key."""
+
+    request_id: str
+    status: Literal["in_progress", "answered"]
+    redriven: list[str]
+    answer_status: NotRequired[AnswerStatus]
+
+
+def empty_conversation() -> Conversation:
+    return {"exchanges": [], "active": None, "waiting": []}

@@ -25,9 +25,10 @@ def relay(bootstrap: str, source: str, target: str, stop: threading.Event) -> No
                          "enable.idempotence": True, "partitioner": "murmur2_random"})
     consumer.subscribe([source])
     while not stop.is_set():
-        for msg in consumer.consume(500, 0.05):
-            if msg.error() is None:
-                producer.produce(target, key=msg.key(), value=msg.value())
+        # poll returns as soon as a record is there; consume(n, t) would wait out t.
+        msg = consumer.poll(0.05)
+        if msg is not None and msg.error() is None:
+            producer.produce(target, key=msg.key(), value=msg.value())
         producer.poll(0)
     producer.flush(5)
     consumer.close()

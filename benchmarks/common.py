@@ -156,3 +156,11 @@ def memory_by_label(pids: Mapping[int, str]) -> dict[str, tuple[float, float]]:
         old = out.get(label, (0.0, 0.0))
         out[label] = (old[0] + rss, old[1] + pss)
     return out
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat: what a
+    benchmark's own processes did not use of it is other people's load, reported with it."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / _CLK_TCK

@@ -26,6 +26,7 @@ for that agent, and saturation is the highest rate of answers seen.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -54,6 +55,7 @@ from benchmarks.common import (
     console,
     cpu_by_label,
     cpu_seconds,
+    machine_cpu_seconds,
     memory_by_label,
     pct,
     stack_processes,
@@ -78,6 +80,9 @@ class RateResult:
     hops: dict[str, float] = field(default_factory=dict)
     cpu_ms: dict[str, float] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
+    others_cpu_s: float = 0.0
+    """CPU seconds used on the machine during the window by processes that are neither
+    the stack nor this benchmark (other people's load: a noisy figure when it is high)."""
 
     @property
     def answers_per_s(self) -> float:
@@ -265,12 +270,14 @@ def run_rate(settings: Any, agent: str, rate: float, duration_s: float, cached: 
             publish_request(publisher, request)
 
         cpu_before = cpu_seconds(pids)
+        machine_before, own_before = machine_cpu_seconds(), _own_cpu()
         t0 = time.monotonic()
         with profiling(pids, profile_dir, duration_s, f"{agent}-{rate:g}"):
             n = open_loop(rate, duration_s, send)
         reader.wait_for(set(sent), time.monotonic() + GRACE_S)
         window = time.monotonic() - t0
         cpu_after = cpu_seconds(pids)
+        machine_after, own_after = machine_cpu_seconds(), _own_cpu()
     # Stragglers past the window still get an answer: wait for them (not counted) so the
     # next rate starts on an empty pipeline.
     reader.wait_for(set(sent), time.monotonic() + 60)
@@ -285,13 +292,20 @@ def run_rate(settings: Any, agent: str, rate: float, duration_s: float, cached: 
         latencies.append(at - sent[key]["created_at_ms"])
         hops.append(_hops(answer, at, delay_ms))
     spent = cpu_by_label(pids, cpu_before, cpu_after)
+    others = (machine_after - machine_before) - (own_after - own_before) - sum(spent.values())
     return RateResult(
         system=f"clawstream {agent}", rate=rate, sent=n,
         answered=min(len(in_window), n), window_s=window, latencies=latencies,
         hops={k: statistics.median([h[k] for h in hops if k in h])
               for k in (hops[0] if hops else {})},
         cpu_ms={label: 1000 * s / max(1, len(answered)) for label, s in spent.items()},
-        statuses=statuses)
+        statuses=statuses, others_cpu_s=max(0.0, others))
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process (the load generator and the answer reader)."""
+    times = os.times()
+    return times.user + times.system
 
 
 async def _direct_model_calls(serve_url: str, n: int) -> list[float]:
@@ -350,29 +364,34 @@ def run_floor_rate(bootstrap: str, topics: list[str], rate: float, duration_s: f
 
     pids = {relay_pid: "floor relay"} if relay_pid else {}
     before = cpu_seconds(pids)
+    machine_before, own_before = machine_cpu_seconds(), _own_cpu()
     t0 = time.monotonic()
     n = open_loop(rate, duration_s, send)
     producer.flush(10)
     reader.wait_for(set(created), time.monotonic() + GRACE_S)
     window = time.monotonic() - t0
     spent = cpu_by_label(pids, before, cpu_seconds(pids))
+    others = (machine_cpu_seconds() - machine_before) - (_own_cpu() - own_before) - sum(
+        spent.values())
     reader.close()
     latencies = [at - created[k] for k, (at, _) in reader.arrived.items() if k in created]
     return RateResult(system=f"kafka floor, {len(topics)} hops", rate=rate, sent=n,
                       answered=len(latencies), window_s=window, latencies=latencies,
-                      cpu_ms={k: 1000 * v / max(1, len(latencies)) for k, v in spent.items()})
+                      cpu_ms={k: 1000 * v / max(1, len(latencies)) for k, v in spent.items()},
+                      others_cpu_s=max(0.0, others))
 
 
 # ------------------------------------------------------------------------------ report
 
 def _results_table(results: list[RateResult], title: str) -> Table:
     table = Table("system", "rate/s", "answers/s", "sent", "answered", "p50 ms", "p95 ms",
-                  "p99 ms", "statuses", title=title)
+                  "p99 ms", "statuses", "others' CPU %", title=title)
     for r in results:
         table.add_row(r.system, f"{r.rate:g}", f"{r.answers_per_s:.1f}", str(r.sent),
                       str(r.answered), f"{r.p(0.5):.1f}", f"{r.p(0.95):.1f}",
                       f"{r.p(0.99):.1f}",
-                      " ".join(f"{k}:{v}" for k, v in sorted(r.statuses.items())))
+                      " ".join(f"{k}:{v}" for k, v in sorted(r.statuses.items())),
+                      f"{100 * r.others_cpu_s / max(r.window_s, 1e-9):.0f}")
     return table
 
 
@@ -414,7 +433,9 @@ def sweep(rates: list[float], one: Callable[[float], RateResult]) -> list[RateRe
         result = one(rate)
         out.append(result)
         console.print(f"  {result.system} at {rate:g}/s: {result.answers_per_s:.1f} answers/s, "
-                      f"p50 {result.p(0.5):.1f} ms, p99 {result.p(0.99):.1f} ms")
+                      f"p50 {result.p(0.5):.1f} ms, p99 {result.p(0.99):.1f} ms; others' CPU "
+                      f"{100 * result.others_cpu_s / max(result.window_s, 1e-9):.0f} % "
+                      "of one core")
         if not result.sustained:
             break
     return out

@@ -26,6 +26,7 @@ for that agent, and saturation is the highest rate of answers seen.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ from confluent_kafka import (
 from rich.table import Table
 
 from benchmarks.common import (
+    REPO_ROOT,
     UNLIMITED,
     bench_stack,
     console,
@@ -271,7 +273,7 @@ def run_rate(settings: Any, agent: str, rate: float, duration_s: float, cached: 
 
         cpu_before = cpu_seconds(pids)
         machine_before, own_before = machine_cpu_seconds(), _own_cpu()
-        t0 = time.monotonic()
+        t0, t0_ms = time.monotonic(), time.time() * 1000
         with profiling(pids, profile_dir, duration_s, f"{agent}-{rate:g}"):
             n = open_loop(rate, duration_s, send)
         reader.wait_for(set(sent), time.monotonic() + GRACE_S)
@@ -283,8 +285,7 @@ def run_rate(settings: Any, agent: str, rate: float, duration_s: float, cached: 
     reader.wait_for(set(sent), time.monotonic() + 60)
     reader.close()
     answered = {k: v for k, v in reader.arrived.items() if k in sent}
-    in_window = [k for k, (at, _) in answered.items()
-                 if at <= sent[k]["created_at_ms"] + window * 1000]
+    in_window = [k for k, (at, _) in answered.items() if at <= t0_ms + window * 1000]
     latencies, hops, statuses = [], [], {}
     for key, (at, raw) in answered.items():
         answer = decode(raw)[1]
@@ -381,6 +382,51 @@ def run_floor_rate(bootstrap: str, topics: list[str], rate: float, duration_s: f
                       others_cpu_s=max(0.0, others))
 
 
+# ---------------------------------------------------------------------------- calfkit
+
+CALFKIT_PYTHON = REPO_ROOT / ".calfkit-venv" / "bin" / "python"
+"""calfkit lives in its own virtual environment, never in the project's (see
+``benchmarks/calfkit_agent.py``); without it the comparison is skipped."""
+
+
+@contextmanager
+def calfkit_worker(bootstrap: str, delay_ms: float) -> Iterator[int]:
+    worker = subprocess.Popen([str(CALFKIT_PYTHON), "-W", "ignore", "-m",
+                               "benchmarks.calfkit_agent", "serve", bootstrap, str(delay_ms)],
+                              cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+    try:
+        yield worker.pid
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def run_calfkit_rate(bootstrap: str, rate: float, duration_s: float, worker_pid: int
+                     ) -> RateResult:
+    pids = {worker_pid: "calfkit worker"}
+    before = cpu_seconds(pids)
+    machine_before = machine_cpu_seconds()
+    load = subprocess.run([str(CALFKIT_PYTHON), "-W", "ignore", "-m", "benchmarks.calfkit_agent",
+                           "load", bootstrap, str(rate), str(duration_s)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=duration_s + 180)
+    spent = cpu_by_label(pids, before, cpu_seconds(pids))
+    lines = [line for line in load.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        console.print(f"[red]calfkit load failed[/]: {load.stderr[-2000:]}")
+        return RateResult("calfkit 0.13 agent", rate, 0, 0, duration_s, [])
+    out = json.loads(lines[-1])
+    window = duration_s + GRACE_S
+    latencies = [latency for _, latency in out["answers"]]
+    in_window = sum(1 for sent_at, latency in out["answers"]
+                    if sent_at + latency / 1000 <= window)
+    return RateResult(
+        system="calfkit 0.13 agent", rate=rate, sent=out["sent"], answered=in_window,
+        window_s=window, latencies=latencies,
+        cpu_ms={k: 1000 * v / max(1, len(latencies)) for k, v in spent.items()},
+        # the load generator is a child here: its CPU counts as "others"
+        others_cpu_s=max(0.0, machine_cpu_seconds() - machine_before - sum(spent.values())))
+
+
 # ------------------------------------------------------------------------------ report
 
 def _results_table(results: list[RateResult], title: str) -> Table:
@@ -443,13 +489,18 @@ def sweep(rates: list[float], one: Callable[[float], RateResult]) -> list[RateRe
 
 def bench_agent(settings: Any, agent: str, cache: str, rates: list[float], duration_s: float,
                 delay_ms: float, pids: dict[int, str], floor: bool,
-                profile: tuple[float, Path] | None = None) -> RateResult:
+                profile: tuple[float, Path] | None = None, calfkit: bool = True
+                ) -> RateResult:
     """The floor's sweep and the agent's on one stack; prints them, returns the best rate."""
     results: list[RateResult] = []
     if floor:
         with floor_pipeline(settings.bootstrap_servers, HOPS[agent]) as (topics, relay):
             results += sweep(rates, lambda r: run_floor_rate(
                 settings.bootstrap_servers, topics, r, duration_s, relay))
+    if calfkit and agent == "chat" and CALFKIT_PYTHON.exists():
+        with calfkit_worker(settings.bootstrap_servers, delay_ms) as pid:
+            results += sweep(rates, lambda r: run_calfkit_rate(
+                settings.bootstrap_servers, r, duration_s, pid))
     ours = sweep(rates, lambda r: run_rate(
         settings, agent, r, duration_s, cache == "on", delay_ms, pids,
         profile[1] / f"caches-{cache}" if profile and profile[0] == r else None))
@@ -472,7 +523,7 @@ def main(agents: str = "chat,researcher", caches: str = "off,on",
          rates: str = "10,25,50,100,150,200,300",
          researcher_rates: str = "5,10,25,50,100", duration_s: float = 8.0,
          delay_ms: float = 1.0, floor: bool = True, idle_s: float = 5.0,
-         model_calls: int = 200, profile_rate: float = 0.0,
+         model_calls: int = 200, profile_rate: float = 0.0, calfkit: bool = True,
          profile_dir: Path = Path(".clawstream-bench/profiles")) -> None:
     """Sweeps ``rates`` (``researcher_rates`` for researcher) per agent and cache setting;
     ``--profile-rate R`` samples the worker and Ray's processes with py-spy at rate R."""
@@ -496,7 +547,7 @@ def main(agents: str = "chat,researcher", caches: str = "off,on",
             for agent in [a.strip() for a in agents.split(",") if a.strip()]:
                 agent_rates = _rates(researcher_rates if agent == "researcher" else rates)
                 summary.append(bench_agent(settings, agent, cache, agent_rates, duration_s,
-                                           delay_ms, pids, floor, profile))
+                                           delay_ms, pids, floor, profile, calfkit))
     console.print(_results_table(summary, "saturation per agent and cache setting"))
 
 

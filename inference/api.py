@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
 from clawstream.inference.faults import FaultRule
 from clawstream.inference.protocol import (
+    EMBED_PATH,
     GENERATE_PATH,
     EmbeddingResult,
     EmbedRequest,
@@ -111,17 +112,34 @@ def create_model_api(generate: Generate, add_fault: AddFault | None = None,
     return api
 
 
+Embed = Callable[[EmbedRequest], Awaitable[EmbeddingResult]]
+
+
+def add_embed_route(api: FastAPI, embed: Embed, paths: tuple[str, ...] = ("/embed",)) -> None:
+    async def embed_route(body: EmbedRequest) -> EmbeddingResult:
+        return await embed(body)
+
+    for path in paths:
+        api.post(path, response_model=EmbeddingResult)(embed_route)
+
+
+def create_embedding_api(embed: Embed) -> FastAPI:
+    """POST /embed around one ``embed`` callable: the embedder replica's own HTTP surface,
+    which Serve mounts under ``/embedding``."""
+    api = FastAPI(title="clawstream embeddings", docs_url=None, redoc_url=None)
+    install_error_contract(api)
+    add_embed_route(api, embed)
+    return api
+
+
 def create_api(gateway: ModelGateway, add_fault: AddFault | None = None) -> FastAPI:
-    """The ingress's surface: /generate (also at :data:`GENERATE_PATH`, which Serve routes
-    to the generator directly, so the in-process app answers the client's path too), /embed,
-    /health; ``add_fault``: the test stack's fault plan as POST /faults, None in
-    production."""
+    """The ingress's surface: /generate, /embed, /health; ``add_fault``: the test stack's
+    fault plan as POST /faults, None in production. The models' own paths
+    (:data:`GENERATE_PATH`, :data:`EMBED_PATH`), which Serve routes to their replicas
+    directly, answer here too, so the in-process app serves a client unchanged."""
     api = create_model_api(gateway.generate, add_fault, paths=("/generate", GENERATE_PATH))
     api.title = "clawstream inference"
-
-    @api.post("/embed", response_model=EmbeddingResult)
-    async def embed(body: EmbedRequest) -> EmbeddingResult:
-        return await gateway.embed(body)
+    add_embed_route(api, gateway.embed, paths=("/embed", EMBED_PATH))
 
     @api.get("/health", response_model=HealthReport)
     async def health() -> HealthReport:

@@ -1,10 +1,10 @@
-"""The Ray Serve applications: the generator on its own route, and an HTTP ingress in
-front of the embedder (and of the generator again, for callers of the old paths).
+"""The Ray Serve applications: each model on its own route, and an HTTP ingress that
+answers health and the original paths (``/generate``, ``/embed``) in front of both.
 
-Why the generator is an application of its own: a model step is the hot path, and each
+Why each model is an application of its own: a model step is the hot path, and each
 Python process it crosses costs milliseconds of CPU on a small machine. Mounted under
-``/model``, a call goes HTTP → Serve's proxy → generator replica; through the ingress it
-was one replica more (proxy → ingress → generator). Serve's back-pressure stays Serve's:
+``/model`` (``/embedding``), a call goes HTTP → Serve's proxy → model replica; through
+the ingress it was one replica more (proxy → ingress → model). Serve's back-pressure stays Serve's:
 the proxy admits at most ``max_ongoing_requests`` per replica and queues at most
 ``max_queued_requests``, then answers 503 with Retry-After (``backpressure_config``).
 
@@ -28,13 +28,14 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import LoggingConfig
 
-from clawstream.inference.api import create_api, create_model_api
+from clawstream.inference.api import create_api, create_embedding_api, create_model_api
 from clawstream.inference.backends import make_backend
 from clawstream.inference.config import InferenceConfig
 from clawstream.inference.embeddings import Embedder
 from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
 from clawstream.inference.faults import FaultPlan, FaultRule
 from clawstream.inference.protocol import (
+    EMBEDDING_ROUTE_PREFIX,
     MODEL_ROUTE_PREFIX,
     ComponentHealth,
     EmbeddingResult,
@@ -46,7 +47,8 @@ from clawstream.inference.protocol import (
 
 APP_NAME = "clawstream-inference"
 GENERATOR_APP_NAME = "clawstream-generator"
-APP_NAMES = (GENERATOR_APP_NAME, APP_NAME)
+EMBEDDER_APP_NAME = "clawstream-embedder"
+APP_NAMES = (GENERATOR_APP_NAME, EMBEDDER_APP_NAME, APP_NAME)
 
 
 def _replica_id() -> str:
@@ -103,6 +105,7 @@ class GenerationDeployment:
 
 
 @serve.deployment(name="embedder")
+@serve.ingress()
 class EmbeddingDeployment:
     """MiniLM behind ``@serve.batch``. With ``embed_lazy`` the model (torch and
     sentence-transformers, about 1 GB resident) loads on the first call instead of at
@@ -124,6 +127,12 @@ class EmbeddingDeployment:
                 # In a thread: health checks keep answering during the seconds it takes.
                 self._embedder = await asyncio.to_thread(Embedder, self._threads)
         return self._embedder
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_embedding_api(self._embed_request)
+
+    async def _embed_request(self, request: EmbedRequest) -> EmbeddingResult:
+        return await self.embed(request.texts)
 
     async def ready(self) -> ComponentHealth:
         return ComponentHealth(model=Embedder.model_id, backend="sentence_transformers")
@@ -155,21 +164,28 @@ def _original_message(exc: Exception) -> str:
 class HandleGateway:
     """A :class:`clawstream.inference.api.ModelGateway` that calls the model deployments.
 
-    The generator lives in another application (:data:`GENERATOR_APP_NAME`); its handle is
-    taken on first use, once Serve has both applications."""
+    Each model is an application of its own (:data:`GENERATOR_APP_NAME`,
+    :data:`EMBEDDER_APP_NAME`); a handle is taken on first use, once Serve has them."""
 
-    def __init__(self, embedder: DeploymentHandle, config: InferenceConfig) -> None:
-        self._generator_handle: DeploymentHandle | None = None
-        self._embedder = embedder
+    def __init__(self, config: InferenceConfig) -> None:
+        self._handles: dict[str, DeploymentHandle] = {}
         self._config = config
         self._ready: HealthReport | None = None
 
+    def _handle(self, deployment: str, app_name: str) -> DeploymentHandle:
+        handle = self._handles.get(deployment)
+        if handle is None:
+            handle = self._handles[deployment] = serve.get_deployment_handle(
+                deployment, app_name=app_name)
+        return handle
+
     @property
     def _generator(self) -> DeploymentHandle:
-        if self._generator_handle is None:
-            self._generator_handle = serve.get_deployment_handle(
-                "generator", app_name=GENERATOR_APP_NAME)
-        return self._generator_handle
+        return self._handle("generator", GENERATOR_APP_NAME)
+
+    @property
+    def _embedder(self) -> DeploymentHandle:
+        return self._handle("embedder", EMBEDDER_APP_NAME)
 
     async def add_fault(self, rule: FaultRule) -> None:
         await self._call(self._generator.add_fault.remote(rule))
@@ -220,8 +236,8 @@ class HandleGateway:
 @serve.deployment(name="ingress")
 @serve.ingress()
 class InferenceIngress:
-    def __init__(self, embedder: DeploymentHandle, config: InferenceConfig) -> None:
-        self._gateway = HandleGateway(embedder, config)
+    def __init__(self, config: InferenceConfig) -> None:
+        self._gateway = HandleGateway(config)
         self._fault_injection = config.fault_injection
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -282,9 +298,10 @@ def build_apps(config: InferenceConfig) -> dict[str, Application]:
             logging_config=logging_config,
             ray_actor_options={"num_cpus": config.ingress_num_cpus},
         )
-        .bind(embedder, config)
+        .bind(config)
     )
-    return {GENERATOR_APP_NAME: generator, APP_NAME: ingress}
+    return {GENERATOR_APP_NAME: generator, EMBEDDER_APP_NAME: embedder, APP_NAME: ingress}
 
 
-ROUTE_PREFIXES = {GENERATOR_APP_NAME: MODEL_ROUTE_PREFIX, APP_NAME: "/"}
+ROUTE_PREFIXES = {GENERATOR_APP_NAME: MODEL_ROUTE_PREFIX,
+                  EMBEDDER_APP_NAME: EMBEDDING_ROUTE_PREFIX, APP_NAME: "/"}

@@ -17,6 +17,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from clawstream.inference.protocol import (
+    EMBED_PATH,
     GENERATE_PATH,
     ChatMessage,
     EmbeddingResult,
@@ -185,7 +186,7 @@ class InferenceClient:
     async def embed_result(self, texts: Sequence[str]) -> EmbeddingResult:
         """Like :meth:`embed`, with the model id (embedding cache keys include it)."""
         request = _validated(EmbedRequest, texts=list(texts))
-        data = await self._post("/embed", request.model_dump(mode="json"))
+        data = await self._post(EMBED_PATH, request.model_dump(mode="json"))
         return EmbeddingResult.model_validate(data)
 
     async def health(self) -> HealthReport:

@@ -26,6 +26,9 @@ to a generator replica (no ingress replica in between)."""
 GENERATE_PATH = f"{MODEL_ROUTE_PREFIX}/generate"
 """Where callers send generations; ``/generate`` on the app's root still answers, one hop
 longer (through the ingress replica)."""
+EMBEDDING_ROUTE_PREFIX = "/embedding"
+"""The embedding deployment's own route, for the same reason."""
+EMBED_PATH = f"{EMBEDDING_ROUTE_PREFIX}/embed"
 
 # MiniLM reads at most 256 word pieces; the character cap only bounds request size.
 EmbedText = Annotated[str, Field(max_length=MAX_EMBED_TEXT_CHARS)]

@@ -12,9 +12,9 @@ Ray binds its GCS and raylet on all interfaces and advertises the machine's addr
 127.0.0.1, even with ``--node-ip-address 127.0.0.1`` (it resolves loopback to the node IP on
 purpose, for multi-node clusters); drivers still connect with ``127.0.0.1:<ray_port>``.
 
-Ports: the GCS listens on ``ray_port`` (6390, not Ray's 6379, which is Redis's). The
-dashboard agent's fixed-by-default port (52365) is given a free port picked at start, so two
-stacks on one machine do not fight over it; the Ray Client server (10001) is not started.
+Ports: the GCS listens on ``ray_port`` (6390, not Ray's 6379, which is Redis's). Ray's
+fixed-by-default auxiliary ports (client server 10001, dashboard agent 52365) are given free
+ports picked at start, so two stacks on one machine do not fight over them.
 The temp dir is ``/tmp/clawstream-ray-<ray_port>``: per cluster (logs and sockets never mix
 with another cluster's ``/tmp/ray/session_latest``) and short (Unix socket paths must stay under 108
 bytes, which a deep state dir would break).
@@ -68,12 +68,13 @@ def _address_file(settings: Settings) -> Path:
     return temp_dir(settings) / "ray_current_cluster"
 
 
-def command(settings: Settings, ray: str, *, agent_port: int) -> list[str]:
+def command(settings: Settings, ray: str, *, client_port: int, agent_port: int) -> list[str]:
     """The ``ray start`` command line for the head node of this stack.
 
-    Only what a local Serve cluster uses runs: no Ray Client server (port 0: not started;
-    drivers connect to the GCS), no log monitor (no driver reads replica logs; they stay
-    in the session's log files), no autoscaler monitor (one fixed node), no dashboard UI.
+    Only what a local Serve cluster uses runs: no log monitor (no driver reads replica
+    logs; they stay in the session's log files), no autoscaler monitor (one fixed node),
+    no dashboard UI. The Ray Client server cannot be left out while its dependency (grpc)
+    is installed, which Serve needs: it gets a free port.
     """
     return [
         ray,
@@ -95,7 +96,7 @@ def command(settings: Settings, ray: str, *, agent_port: int) -> list[str]:
         "--temp-dir",
         str(temp_dir(settings)),
         "--ray-client-server-port",
-        "0",
+        str(client_port),
         "--dashboard-agent-listen-port",
         str(agent_port),
         "--log-style",
@@ -128,7 +129,7 @@ def start(
         )
         temp_dir(settings).mkdir(parents=True, exist_ok=True)
         _address_file(settings).unlink(missing_ok=True)
-        argv = command(settings, ray, agent_port=free_port())
+        argv = command(settings, ray, client_port=free_port(), agent_port=free_port())
         env = child_env(settings, RAY_ENV)
         info = procs.start(NAME, argv, env=env, cwd=Path.cwd())
 

@@ -10,13 +10,13 @@ from clawstream.deploy.local import ray_cluster
 
 def test_command(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, ray_port=36490, ray_num_cpus=2)
-    cmd = ray_cluster.command(settings, "ray", agent_port=40002)
+    cmd = ray_cluster.command(settings, "ray", client_port=40001, agent_port=40002)
     assert cmd[:4] == ["ray", "start", "--head", "--block"]  # --block: we own the processes
     assert cmd[cmd.index("--port") + 1] == "36490"
     assert cmd[cmd.index("--num-cpus") + 1] == "2"
     assert cmd[cmd.index("--include-dashboard") + 1] == "false"
     assert "--disable-usage-stats" in cmd
-    assert cmd[cmd.index("--ray-client-server-port") + 1] == "0"  # 0: not started
+    assert cmd[cmd.index("--ray-client-server-port") + 1] == "40001"
     assert cmd[cmd.index("--include-log-monitor") + 1] == "false"
     assert "--no-monitor" in cmd
     assert cmd[cmd.index("--dashboard-agent-listen-port") + 1] == "40002"

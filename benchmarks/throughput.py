@@ -25,7 +25,6 @@ for that agent, and saturation is the highest rate of answers seen.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics
@@ -50,6 +49,7 @@ from confluent_kafka import (
 )
 from rich.table import Table
 
+from benchmarks import model_path
 from benchmarks.common import (
     REPO_ROOT,
     UNLIMITED,
@@ -309,19 +309,6 @@ def _own_cpu() -> float:
     return times.user + times.system
 
 
-async def _direct_model_calls(serve_url: str, n: int) -> list[float]:
-    """The model path alone, from this process: /generate round trips, sequential."""
-    from clawstream.inference.client import InferenceClient
-
-    times = []
-    async with InferenceClient(serve_url) as client:
-        for i in range(n):
-            t = time.perf_counter()
-            await client.generate([{"role": "user", "content": f"question {i}"}], max_tokens=16)
-            times.append((time.perf_counter() - t) * 1000)
-    return times
-
-
 # ------------------------------------------------------------------------------ floor
 
 @contextmanager
@@ -463,6 +450,18 @@ def _cpu_table(results: list[RateResult], title: str) -> Table:
     return table
 
 
+def _model_path_table(options: dict[str, dict[str, Any]], delay_ms: float) -> Table:
+    table = Table("model path (sequential calls)", "p50 ms", "p99 ms", "note",
+                  title=f"the model path alone, {delay_ms:g} ms of model time per call")
+    for label, got in options.items():
+        times = got["times"]
+        note = (f"ray.init {got['init_s']:.1f} s, +{got['rss_added_mib']:.0f} MiB RSS"
+                if "init_s" in got else got.get("error", "")[:60])
+        table.add_row(label, f"{pct(times, 0.5):.2f}" if times else "-",
+                      f"{pct(times, 0.99):.2f}" if times else "-", note)
+    return table
+
+
 def _memory_table(memory: dict[str, tuple[float, float]]) -> Table:
     table = Table("process (idle)", "RSS MiB", "PSS MiB", title="idle memory of the stack")
     for label, (rss, pss) in sorted(memory.items(), key=lambda kv: -kv[1][1]):
@@ -540,10 +539,8 @@ def main(agents: str = "chat,researcher", caches: str = "off,on",
                           f"{delay_ms:g} ms, 1 worker, {duration_s:g} s per rate; up took "
                           f"{timings['up_s']:.1f} s, the worker {timings['workers_s']:.1f} s")
             console.print(_memory_table(memory_by_label(pids)))
-            direct = asyncio.run(_direct_model_calls(settings.serve_url, model_calls))
-            console.print(f"model path alone (this process → /generate, sequential, "
-                          f"{model_calls} calls): p50 {pct(direct, 0.5):.2f} ms, p99 "
-                          f"{pct(direct, 0.99):.2f} ms for {delay_ms:g} ms of model time")
+            console.print(_model_path_table(model_path.measure(settings, model_calls),
+                                            delay_ms))
             for agent in [a.strip() for a in agents.split(",") if a.strip()]:
                 agent_rates = _rates(researcher_rates if agent == "researcher" else rates)
                 summary.append(bench_agent(settings, agent, cache, agent_rates, duration_s,

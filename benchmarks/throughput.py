@@ -524,12 +524,15 @@ def main(agents: str = "chat,researcher", caches: str = "off,on",
          delay_ms: float = 1.0, floor: bool = True, idle_s: float = 5.0,
          model_calls: int = 200, profile_rate: float = 0.0, calfkit: bool = True,
          profile_dir: Path = Path(".clawstream-bench/profiles")) -> None:
-    """Sweeps ``rates`` (``researcher_rates`` for researcher) per agent and cache setting;
+    """Sweeps ``rates`` (``researcher_rates`` for researcher) per agent and cache setting
+    (``off``; ``on``: one repeated question, so the caches answer; ``on-fresh``: caches on,
+    every question new, so only the corpus vectors and nothing else can hit);
     ``--profile-rate R`` samples the worker and Ray's processes with py-spy at rate R."""
     profile = (profile_rate, profile_dir) if profile_rate else None
     summary: list[RateResult] = []
     for cache in [c.strip() for c in caches.split(",") if c.strip()]:
-        env = {**UNLIMITED, "CLAWSTREAM_CACHE_ENABLED": "true" if cache == "on" else "false",
+        env = {**UNLIMITED,
+               "CLAWSTREAM_CACHE_ENABLED": "true" if cache.startswith("on") else "false",
                "CLAWSTREAM_SIMULATED_DELAY_MS": str(delay_ms)}
         timings: dict[str, float] = {}
         with bench_stack(env=env, timings=timings) as settings:

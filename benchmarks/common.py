@@ -60,16 +60,17 @@ def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
     get_settings.cache_clear()
     settings = Settings()
     down(settings, purge=True)  # a fresh stack: no topics, tables or Redis keys of a last run
-    t = time.monotonic()
-    up(settings, with_workers=False, progress=RichProgress(console), redeploy=True)
-    up_s = time.monotonic() - t
-    ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id)
-    t = time.monotonic()
-    for index in range(workers):
-        worker_proc.start(settings, index)
-    if timings is not None:
-        timings.update(up_s=up_s, workers_s=time.monotonic() - t)
     try:
+        # Inside the try: what did come up of a stack that failed is stopped too.
+        t = time.monotonic()
+        up(settings, with_workers=False, progress=RichProgress(console), redeploy=True)
+        up_s = time.monotonic() - t
+        ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id)
+        t = time.monotonic()
+        for index in range(workers):
+            worker_proc.start(settings, index)
+        if timings is not None:
+            timings.update(up_s=up_s, workers_s=time.monotonic() - t)
         yield settings
     finally:
         if not keep:

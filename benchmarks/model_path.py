@@ -23,6 +23,10 @@ from typing import Any
 
 import httpx
 
+GENERATE_PATH = "/model/generate"
+"""clawstream.inference.protocol.GENERATE_PATH, spelled out so that this module also
+measures an older app (the benchmark's "before" run), which answers it with a 404."""
+
 
 async def http_calls(serve_url: str, path: str, n: int) -> list[float]:
     """One pooled keep-alive connection, as the dispatcher's client keeps."""
@@ -72,8 +76,6 @@ def handle_calls(ray_address: str, n: int) -> dict[str, Any]:
 
 def measure(settings: Any, n: int) -> dict[str, dict[str, Any]]:
     """Every option's call times (and the handle's driver costs)."""
-    from clawstream.inference.protocol import GENERATE_PATH
-
     out: dict[str, dict[str, Any]] = {}
     for label, path in (("http via ingress (/generate)", "/generate"),
                         (f"http direct ({GENERATE_PATH})", GENERATE_PATH)):

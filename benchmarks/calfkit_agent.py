@@ -1,7 +1,8 @@
 """calfkit's equivalent of ``chat`` for ``bench throughput``: NOT part of clawstream.
 
 Runs only under the separate virtual environment ``.calfkit-venv`` (``python -m venv
-.calfkit-venv && .calfkit-venv/bin/pip install calfkit==0.13.0``); calfkit is never a
+.calfkit-venv && .calfkit-venv/bin/pip install calfkit==0.13.0 faststream==0.7.5``:
+faststream 0.7.6 changed a private function that calfkit 0.13 calls); calfkit is never a
 dependency of the project. Two modes, both against the benchmark stack's broker:
 
 - ``serve BOOTSTRAP DELAY_MS``: a calfkit worker hosting one agent whose model is a local

@@ -110,8 +110,7 @@ class AnswerReader:
         self._ident = ident
         self._stop = threading.Event()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "enable.auto.commit": False,
-                                   "group.id": f"bench-throughput-{uuid.uuid4().hex[:8]}",
-                                   "fetch.wait.max.ms": 5})
+                                   "group.id": f"bench-throughput-{uuid.uuid4().hex[:8]}"})
         parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING if fresh
                                               else self._end(topic, p)) for p in parts])

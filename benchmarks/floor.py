@@ -4,9 +4,9 @@
 with the same key, one consumer and one producer per stage, in one process, the way a
 request crosses clawstream's topics with nothing done in between: no decoding, no state,
 no cache, no model. Producer settings match the publisher's (acks=all, idempotent,
-murmur2); consumers long-poll with the default fetch wait (the broker answers as soon as a record is
-there, so the wait costs no latency, and a short one costs the broker an empty fetch every
-few milliseconds per consumer).
+murmur2); consumers long-poll with the default fetch wait (the broker answers as soon as
+a record is there, so the wait costs no latency, and a short one costs the broker an empty
+fetch every few milliseconds per consumer).
 """
 
 from __future__ import annotations

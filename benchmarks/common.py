@@ -90,8 +90,10 @@ def _label(pid: int, component: str) -> str:
         return component
     first = argv[0].decode(errors="replace")
     if first.startswith("ray::"):
-        return "ray:" + first.removeprefix("ray::").replace("ServeReplica:clawstream-inference:",
-                                                             "replica:").split(".")[0]
+        name = first.removeprefix("ray::").split(".")[0]
+        if name.startswith("ServeReplica:"):  # ServeReplica:<app>:<deployment>
+            name = "replica:" + name.rsplit(":", 1)[-1]
+        return "ray:" + name
     if component != "ray":
         return component
     names = [Path(a.decode(errors="replace")).name for a in argv[:3]]

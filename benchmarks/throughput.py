@@ -527,11 +527,12 @@ def main(agents: str = "chat,researcher", caches: str = "off,on",
          researcher_rates: str = "5,10,25,50,100", duration_s: float = 8.0,
          delay_ms: float = 1.0, floor: bool = True, idle_s: float = 5.0,
          model_calls: int = 200, profile_rate: float = 0.0, calfkit: bool = True,
-         profile_dir: Path = Path(".clawstream-bench/profiles")) -> None:
+         profile_dir: Path = Path(".bench-profiles")) -> None:
     """Sweeps ``rates`` (``researcher_rates`` for researcher) per agent and cache setting
     (``off``; ``on``: one repeated question, so the caches answer; ``on-fresh``: caches on,
     every question new, so only the corpus vectors and nothing else can hit);
-    ``--profile-rate R`` samples the worker and Ray's processes with py-spy at rate R."""
+    ``--profile-rate R`` samples the worker and Ray's processes with py-spy at rate R (raw
+    stacks in ``profile_dir``, outside the stack's state dir, which the next run purges)."""
     profile = (profile_rate, profile_dir) if profile_rate else None
     summary: list[RateResult] = []
     for cache in [c.strip() for c in caches.split(",") if c.strip()]:

@@ -36,6 +36,7 @@ from clawstream.inference.errors import BackendFailure, InputRejected, NotReady,
 from clawstream.inference.faults import FaultPlan, FaultRule
 from clawstream.inference.protocol import (
     EMBEDDING_ROUTE_PREFIX,
+    GENERATOR_APP_NAME,
     MODEL_ROUTE_PREFIX,
     ComponentHealth,
     EmbeddingResult,
@@ -46,7 +47,6 @@ from clawstream.inference.protocol import (
 )
 
 APP_NAME = "clawstream-inference"
-GENERATOR_APP_NAME = "clawstream-generator"
 EMBEDDER_APP_NAME = "clawstream-embedder"
 APP_NAMES = (GENERATOR_APP_NAME, EMBEDDER_APP_NAME, APP_NAME)
 

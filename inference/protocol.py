@@ -20,6 +20,8 @@ MAX_TEMPERATURE = 2.0
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_TEXT_CHARS = 8_192
 
+GENERATOR_APP_NAME = "clawstream-generator"
+"""The Serve application (and, in it, the deployment ``generator``) that generates."""
 MODEL_ROUTE_PREFIX = "/model"
 """The generation deployment's own HTTP route: Serve's proxy hands a call under it straight
 to a generator replica (no ingress replica in between)."""

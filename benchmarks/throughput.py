@@ -527,6 +527,7 @@ def main(agents: str = "chat,researcher", caches: str = "off,on",
          researcher_rates: str = "5,10,25,50,100", duration_s: float = 8.0,
          delay_ms: float = 1.0, floor: bool = True, idle_s: float = 5.0,
          model_calls: int = 200, profile_rate: float = 0.0, calfkit: bool = True,
+         transport: str = "",
          profile_dir: Path = Path(".bench-profiles")) -> None:
     """Sweeps ``rates`` (``researcher_rates`` for researcher) per agent and cache setting
     (``off``; ``on``: one repeated question, so the caches answer; ``on-fresh``: caches on,
@@ -539,11 +540,14 @@ def main(agents: str = "chat,researcher", caches: str = "off,on",
         env = {**UNLIMITED,
                "CLAWSTREAM_CACHE_ENABLED": "true" if cache.startswith("on") else "false",
                "CLAWSTREAM_SIMULATED_DELAY_MS": str(delay_ms)}
+        if transport:  # the workers' way to the generator: http or handle
+            env["CLAWSTREAM_INFERENCE_TRANSPORT"] = transport
         timings: dict[str, float] = {}
         with bench_stack(env=env, timings=timings) as settings:
             pids = stack_processes(settings)
             time.sleep(idle_s)  # let start-up work settle before reading idle memory
-            console.print(f"[bold]bench throughput[/], caches {cache}: simulated model "
+            console.print(f"[bold]bench throughput[/], caches {cache}, transport "
+                          f"{settings.inference_transport}: simulated model "
                           f"{delay_ms:g} ms, 1 worker, {duration_s:g} s per rate; up took "
                           f"{timings['up_s']:.1f} s, the worker {timings['workers_s']:.1f} s")
             console.print(_memory_table(memory_by_label(pids)))

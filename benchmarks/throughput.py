@@ -547,7 +547,7 @@ def main(agents: str = "chat,researcher", caches: str = "off,on",
             pids = stack_processes(settings)
             time.sleep(idle_s)  # let start-up work settle before reading idle memory
             console.print(f"[bold]bench throughput[/], caches {cache}, transport "
-                          f"{settings.inference_transport}: simulated model "
+                          f"{getattr(settings, 'inference_transport', 'http')}: simulated model "
                           f"{delay_ms:g} ms, 1 worker, {duration_s:g} s per rate; up took "
                           f"{timings['up_s']:.1f} s, the worker {timings['workers_s']:.1f} s")
             console.print(_memory_table(memory_by_label(pids)))

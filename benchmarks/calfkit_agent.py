@@ -54,9 +54,19 @@ async def serve(bootstrap: str, delay_ms: float) -> None:
 
 
 async def load(bootstrap: str, rate: float, duration_s: float) -> None:
+    from calfkit import ClientTimeoutError
+
     client = _client(bootstrap)
     gateway = client.agent(topic=f"{AGENT}.requests")
-    await gateway.execute("warm up", timeout=60)
+    # Until the worker has joined its group: a request published before that is not seen
+    # (its subscriber starts at the end of the topic).
+    for attempt in range(12):
+        try:
+            await gateway.execute("warm up", timeout=10)
+            break
+        except ClientTimeoutError:
+            if attempt == 11:
+                raise
     answers: list[tuple[float, float]] = []  # (sent at, s after the start; latency, ms)
 
     async def one() -> None:

@@ -377,6 +377,18 @@ CALFKIT_PYTHON = REPO_ROOT / ".calfkit-venv" / "bin" / "python"
 
 @contextmanager
 def calfkit_worker(bootstrap: str, delay_ms: float) -> Iterator[int]:
+    """calfkit's worker process; its request topic is created here first (the broker does
+    not create topics on use, and calfkit's own provisioning comes after its first
+    publish)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from clawstream.config import get_settings
+
+    topic = "bench-chat.requests"  # benchmarks/calfkit_agent.py: f"{AGENT}.requests"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if topic not in admin.list_topics(timeout=10).topics:
+        admin.create_topics([NewTopic(topic, num_partitions=get_settings().partitions,
+                                      replication_factor=1)])[topic].result()
     worker = subprocess.Popen([str(CALFKIT_PYTHON), "-W", "ignore", "-m",
                                "benchmarks.calfkit_agent", "serve", bootstrap, str(delay_ms)],
                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL)

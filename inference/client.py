@@ -177,6 +177,10 @@ class InferenceClient:
             temperature=temperature,
             model=model,
         )
+        return await self._generate(request)
+
+    async def _generate(self, request: GenerateRequest) -> GenerationResult:
+        """The call itself, for a validated request (a subclass may go another way)."""
         data = await self._post(GENERATE_PATH, request.model_dump(mode="json"))
         return GenerationResult.model_validate(data)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from clawstream.inference.client import (
@@ -35,8 +34,6 @@ from clawstream.inference.client import (
     InferenceError,
     InferenceOverloaded,
     InferenceValidationError,
-    MessageLike,
-    _validated,
 )
 from clawstream.inference.errors import BackendFailure, InputRejected, Overloaded
 from clawstream.inference.protocol import GENERATOR_APP_NAME, GenerateRequest
@@ -98,16 +95,7 @@ class HandleInferenceClient(InferenceClient):
                         f"{type(exc).__name__}: {exc}") from exc
         return self._handle
 
-    async def generate(
-        self,
-        messages: Sequence[MessageLike],
-        *,
-        max_tokens: int | None = None,
-        temperature: float = 0.0,
-        model: str | None = None,
-    ) -> GenerationResult:
-        request = _validated(GenerateRequest, messages=list(messages), max_tokens=max_tokens,
-                             temperature=temperature, model=model)
+    async def _generate(self, request: GenerateRequest) -> GenerationResult:
         handle = await self._generator()
         try:
             result: GenerationResult = await handle.generate.remote(request, time.time())

@@ -145,8 +145,8 @@ class EmbeddingDeployment:
     async def _encode_batch(self, requests: list[list[str]]) -> list[list[list[float]]]:
         """One forward pass for several requests' texts: per-call overhead dominates MiniLM.
 
-        A text that several requests of the batch carry (the retrieval tool sends its
-        whole corpus with every query when caches are off) is encoded once."""
+        A text that several requests of the batch carry (one question asked in several
+        conversations at once, a corpus indexed by two workers) is encoded once."""
         unique = list(dict.fromkeys(text for texts in requests for text in texts))
         # A thread keeps the replica's event loop (health checks, batch assembly) responsive.
         embedder = await self._loaded()
@@ -215,9 +215,9 @@ class HandleGateway:
         return result
 
     async def health(self) -> HealthReport:
-        # Once both models have answered, they stay loaded for the replica's lifetime (Serve
-        # restarts a dead replica, which reloads before taking traffic), so later probes
-        # need not queue behind long generations.
+        # Once both deployments have answered, they stay up for the replica's lifetime
+        # (Serve restarts a dead replica before it takes traffic; a lazy embedder loads its
+        # model on its first call), so later probes need not queue behind generations.
         if self._ready is not None:
             return self._ready
         try:

@@ -186,3 +186,29 @@ async def test_client_validates_before_sending(
     with pytest.raises(InferenceValidationError):
         await client.embed([])
     assert gateway.seen == []
+
+
+async def test_the_models_own_routes_keep_the_contract(gateway: FakeGateway) -> None:
+    """The surfaces Serve mounts on the model replicas themselves (``/model``,
+    ``/embedding``): the same statuses, bodies and Retry-After as the ingress."""
+    from clawstream.inference.api import create_embedding_api, create_model_api
+
+    model_api = create_model_api(gateway.generate)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=model_api),
+                                 base_url="http://generator") as http:
+        ok = await http.post("/generate", json={"messages": [{"role": "user", "content": "x"}]})
+        assert ok.status_code == 200 and ok.json()["backend"] == "simulated"
+        bad = await http.post("/generate", json={"messages": []})
+        assert bad.status_code == 400 and bad.json()["error"] == "validation"
+        gateway.fail_with = Overloaded("queue full", retry_after_s=2.5)
+        shed = await http.post("/generate",
+                               json={"messages": [{"role": "user", "content": "x"}]})
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "3"
+        assert (await http.post("/faults", json={"match": "x"})).status_code == 404
+    gateway.fail_with = None
+    embed_api = create_embedding_api(gateway.embed)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=embed_api),
+                                 base_url="http://embedder") as http:
+        vectors = await http.post("/embed", json={"texts": ["a", "b"]})
+        assert vectors.status_code == 200 and len(vectors.json()["vectors"]) == 2
+        assert (await http.post("/embed", json={"texts": []})).status_code == 400

@@ -413,8 +413,11 @@ def run_calfkit_rate(bootstrap: str, rate: float, duration_s: float, worker_pid:
         console.print(f"[red]calfkit load failed[/]: {load.stderr[-2000:]}")
         return RateResult("calfkit 0.13 agent", rate, 0, 0, duration_s, [])
     out = json.loads(lines[-1])
-    window = duration_s + GRACE_S
     latencies = [latency for _, latency in out["answers"]]
+    # As for clawstream: until everything is answered, at most the schedule plus the grace.
+    window = min(duration_s + GRACE_S, max((sent_at + latency / 1000
+                                            for sent_at, latency in out["answers"]),
+                                           default=duration_s))
     in_window = sum(1 for sent_at, latency in out["answers"]
                     if sent_at + latency / 1000 <= window)
     return RateResult(

@@ -187,6 +187,10 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         default=15.0, description="SIGTERM: how long a worker waits for in-flight steps."
     )
+    ledger_lease_s: float = Field(
+        default=5.0, gt=0,
+        description="A mutating step's claim in the side-effect ledger lasts this long and "
+        "is renewed while the step runs: a crashed execution's claim frees within it.")
     fault_injection: bool = Field(
         default=False,
         description="The inference app's /faults endpoint (injected model failures). Test, "
@@ -265,6 +269,24 @@ class Settings(BaseSettings):
         default=6, ge=1, description="Exchanges kept in the prompt (4-8 is sensible); older "
         "ones are found by the recall tool.")
     flag_poll_s: float = Field(default=0.2, description="How often flag readers poll.")
+
+    # Sizes (issue 11): every record stays well under Kafka's message limit, so a large
+    # request is refused at the entrance instead of breaking a state write later.
+    max_request_chars: int = Field(
+        default=100_000, ge=1,
+        description="A request's text longer than this is rejected at the entrance (~25k "
+        "tokens: more than a context window of the local models).")
+    context_exchange_chars: int = Field(
+        default=8_000, ge=100,
+        description="Each side of an exchange is kept in the conversation's state (for the "
+        "next prompts) up to this many characters; the recall archive keeps it whole.")
+    kafka_max_message_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        description="Largest record our topics, the broker and our producers accept.")
+    max_state_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        description="A conversation state larger than this (as stored) is not written: its "
+        "request is answered failed, with the reason.")
 
     @property
     def bootstrap_servers(self) -> str:

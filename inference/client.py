@@ -79,6 +79,11 @@ class InferenceBackendError(InferenceError):
     """5xx other than 503, an unexpected status, or the app unreachable."""
 
 
+class InferenceUnreachable(InferenceBackendError):
+    """No connection to the app at all (refused, reset, DNS): our infrastructure is away,
+    not the model failing."""
+
+
 class InferenceTimeout(InferenceError):
     """No answer in time (client timeout, or the server's own 408/504)."""
 
@@ -204,6 +209,10 @@ class InferenceClient:
             response = await self._http.request(method, path, json=payload, timeout=self._timeout)
         except httpx.TimeoutException as exc:
             raise InferenceTimeout(f"inference {method} {path}: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise InferenceUnreachable(
+                f"inference {method} {path}: {type(exc).__name__}: {exc}"
+            ) from exc
         except httpx.HTTPError as exc:
             raise InferenceBackendError(
                 f"inference {method} {path}: {type(exc).__name__}: {exc}"

@@ -41,6 +41,7 @@ def create_app(settings: Settings, worker_name: str) -> faust.App:
         web_bind="127.0.0.1",
         web_port=settings.worker_web_port,
         producer_acks=-1,
+        producer_max_request_size=settings.kafka_max_message_bytes,
         stream_buffer_maxsize=settings.worker_stream_buffer,
         broker_max_poll_records=settings.worker_max_poll_records,
         broker_session_timeout=settings.worker_session_timeout_s,

@@ -31,10 +31,17 @@ from clawstream.processors.app import WorkerTables, WorkerTopics
 from clawstream.processors.conversation import (
     Decision,
     Rules,
+    abort,
+    fresh_dedup,
+    hard_abort,
+    keep_within,
+    needs_gate,
     next_due_ms,
     on_request,
     on_result,
     on_wakeup,
+    refuse_unprocessable,
+    reject,
 )
 from clawstream.processors.emit import Emitter, now_ms
 from clawstream.processors.flow import coordination
@@ -43,18 +50,21 @@ from clawstream.processors.keys import dedup_key
 from clawstream.processors.records import Output
 from clawstream.processors.restart import restart_in_place
 from clawstream.processors.state import Conversation, DedupEntry
+from clawstream.processors.validation import Rejection
 from clawstream.schemas import DecodeError, decode
 from clawstream.schemas.names import AGENT_REQUEST, STEP_RESULT, WAKEUP
 from clawstream.schemas.records import AgentAnswer, AgentRequest, StepResult, Wakeup, WireRecord
-from clawstream.streams.topics import RESULTS
+from clawstream.streams.topics import REQUESTS_BATCH, REQUESTS_INTERACTIVE, RESULTS, request_topic
 
 log = logging.getLogger(__name__)
 
 FULL_SCAN_EVERY = 20
 """Sweeps between two rebuilds of the index from the table (partitions move on rebalance)."""
 RESEND_AFTER_MS = 2000
-COORDINATED = frozenset({AGENT_REQUEST, STEP_RESULT, WAKEUP})
-"""What the coordinator's topics carry; anything else is dead-lettered."""
+ACCEPTED = {REQUESTS_INTERACTIVE.name: (AGENT_REQUEST,), REQUESTS_BATCH.name: (AGENT_REQUEST,),
+            RESULTS.name: (STEP_RESULT, WAKEUP)}
+"""What each of the coordinator's topics carries; anything else is refused or
+dead-lettered."""
 """A wake-up that changed nothing (or got lost) is sent again after this long."""
 
 
@@ -126,30 +136,72 @@ class Coordinator:
             log.warning("dead-lettering undecodable message: %s", exc)
             await self.emitter.dead_letter(event, str(exc), "DecodeError")
             return
-        if name not in COORDINATED:
-            await self.emitter.dead_letter(event, f"unexpected {name} on {event.message.topic}",
-                                           "UnexpectedSchema", record)
+        topic = event.message.topic
+        if name not in ACCEPTED.get(topic, ()):
+            await self._misplaced(event, topic, name, record)
             return
         conversation_id = cast(AgentRequest | StepResult | Wakeup, record)["conversation_id"]
-        try:
-            lock = self._locks.get(conversation_id)
-            if lock is None:
-                lock = self._locks[conversation_id] = asyncio.Lock()
-            async with lock:
-                await self._handle(name, record)
-        except PartitionsMismatch as exc:
-            # The worker's topic metadata is at fault, not the message: a fresh process
-            # reads it again (see streams.topics.changelog_topics for how it happened).
-            restart_in_place(f"a table write failed: {exc}")
-        except Exception as exc:
-            # A poison message must not stop every other conversation on this worker.
-            log.exception("dead-lettering %s that could not be processed", name)
-            await self.emitter.dead_letter(event, f"processing failed: {exc!r}",
-                                           type(exc).__name__, record)
+        source = f"{topic}/{event.message.partition}/{event.message.offset}"
+        lock = self._locks.get(conversation_id)
+        if lock is None:
+            lock = self._locks[conversation_id] = asyncio.Lock()
+        async with lock:
+            try:
+                await self._handle(name, record, source)
+            except PartitionsMismatch as exc:
+                # The worker's topic metadata is at fault, not the message: a fresh process
+                # reads it again (see streams.topics.changelog_topics for how it happened).
+                restart_in_place(f"a table write failed: {exc}")
+            except Exception as exc:
+                # A poison message must not stop every other conversation on this worker,
+                # nor leave its request without an answer.
+                log.exception("dead-lettering %s that could not be processed", name)
+                dlq_id = await self.emitter.dead_letter(event, f"processing failed: {exc!r}",
+                                                        type(exc).__name__, record)
+                await self._answer_unprocessable(name, record, exc, dlq_id)
 
-    async def _handle(self, name: str, record: WireRecord) -> None:
+    async def _misplaced(self, event: Any, topic: str, name: str, record: WireRecord) -> None:
+        """A record on a topic that does not carry its kind: a request sent to the results
+        topic is refused (answered), anything else dead-lettered."""
         if name == AGENT_REQUEST:
-            await self._on_request(cast(AgentRequest, record))
+            request = cast(AgentRequest, record)
+            where = request_topic(request["lane"]).name
+            refusal = Rejection("invalid_request", f"invalid request: requests go to {where}, "
+                                f"this one came on {topic}", 0.0)
+            await self._apply(request["conversation_id"],
+                              reject(None, request, refusal, now_ms()))
+            return
+        await self.emitter.dead_letter(event, f"unexpected {name} on {topic}",
+                                       "UnexpectedSchema", record)
+
+    async def _answer_unprocessable(self, name: str, record: WireRecord, exc: Exception,
+                                    dlq_id: str) -> None:
+        """After a failure of our own code: the request it concerns still gets its answer."""
+        reason = (f"the coordinator could not process this request's {name.split('.')[-1]} "
+                  f"({type(exc).__name__}: {exc}); dead letter {dlq_id}")
+        if name == AGENT_REQUEST:
+            request = cast(AgentRequest, record)
+            key = dedup_key(request["tenant_id"], request["conversation_id"],
+                            request["idempotency_key"])
+            if self.request_dedup.get(key) is None:
+                decision = refuse_unprocessable(request, reason, now_ms())
+                self.request_dedup[key] = decision.dedup
+                await self._apply(request["conversation_id"], decision)
+            return
+        conversation_id = cast(StepResult | Wakeup, record)["conversation_id"]
+        conv = self.conversations.get(conversation_id)
+        if conv is None or conv["active"] is None:
+            return
+        try:
+            decision = abort(conv, reason, now_ms(), self.rules)
+        except Exception:
+            log.exception("aborting %s failed; answering its requests failed", conversation_id)
+            decision = hard_abort(conv, reason, now_ms())
+        await self._apply(conversation_id, decision)
+
+    async def _handle(self, name: str, record: WireRecord, source: str) -> None:
+        if name == AGENT_REQUEST:
+            await self._on_request(cast(AgentRequest, record), source)
             return
         if name == STEP_RESULT:
             result = cast(StepResult, record)
@@ -162,24 +214,16 @@ class Coordinator:
             decision = on_wakeup(self.conversations.get(conversation_id), now_ms(), self.rules)
         await self._route_and_apply(conversation_id, decision)
 
-    async def _on_request(self, request: AgentRequest) -> None:
+    async def _on_request(self, request: AgentRequest, source: str) -> None:
         conversation_id = request["conversation_id"]
         conv = self.conversations.get(conversation_id)
         key = dedup_key(request["tenant_id"], conversation_id, request["idempotency_key"])
-        dedup = self.request_dedup.get(key)
-        if _retries_rejected(dedup, request):
-            dedup = None
-        if dedup is None:
+        dedup = fresh_dedup(self.request_dedup.get(key), request)
+        rejection = None
+        if needs_gate(dedup, request, self.rules):
             rejection = await coordination.gate(request, conv, self.settings, self.flags(),
                                                 self.redis)
-            if rejection is not None:
-                self.request_dedup[key] = {"request_id": request["request_id"],
-                                           "redriven": [], "status": "answered",
-                                           "answer_status": "rejected"}
-                for output in coordination.rejection_outputs(request, rejection, now_ms()):
-                    await self.emitter.send(output)
-                return
-        decision = on_request(conv, dedup, request, now_ms(), self.rules)
+        decision = on_request(conv, dedup, request, now_ms(), self.rules, source, rejection)
         self.request_dedup[key] = decision.dedup
         await self._route_and_apply(conversation_id, decision)
 
@@ -187,7 +231,8 @@ class Coordinator:
         routed = coordination.route_and_cut(decision, self.rules, self.settings, self.flags(),
                                             now_ms())
         await coordination.archive(self.redis, routed.archive)
-        await self._apply(conversation_id, routed.decision)
+        await self._apply(conversation_id, keep_within(
+            routed.decision, self.settings.max_state_bytes, now_ms(), self.rules))
 
     async def _apply(self, conversation_id: str, decision: Decision) -> None:
         if decision.conversation is not None:  # a stray wake-up creates no conversation
@@ -201,10 +246,13 @@ class Coordinator:
 
     def _mark_answered(self, a: AgentAnswer) -> None:
         """Whatever path answered a request (result, wake-up, rejection), its dedup entry
-        says so and with which status: only a failed request may be redriven."""
+        says so and with which status: only a failed request may be redriven. Another
+        request under the same key (a refused conflict) leaves the entry alone."""
         key = dedup_key(a["tenant_id"], a["conversation_id"], a["idempotency_key"])
         entry = cast(DedupEntry | None, self.request_dedup.get(key)) or DedupEntry(
             request_id=a["request_id"], status="answered", redriven=[])
+        if entry["request_id"] != a["request_id"]:
+            return
         self.request_dedup[key] = {**entry, "status": "answered", "answer_status": a["status"]}
 
     def _track(self, conversation_id: str, conv: Conversation | None) -> None:
@@ -235,11 +283,3 @@ class Coordinator:
             wakeup: Wakeup = {"conversation_id": conversation_id, "due_ms": due,
                               "sent_at_ms": now, "worker": self.worker_name}
             await self.emitter.send(Output(RESULTS.name, conversation_id, WAKEUP, wakeup))
-
-
-def _retries_rejected(dedup: DedupEntry | None, request: AgentRequest) -> bool:
-    """A rejected request may be sent again under the same idempotency key (the rejection
-    said when): a new request id is the client's retry and is checked afresh; the same
-    request id is a redelivery of the rejected one and stays a duplicate (one answer)."""
-    return bool(dedup and dedup.get("answer_status") == "rejected"
-                and dedup["request_id"] != request["request_id"])

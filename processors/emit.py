@@ -39,9 +39,10 @@ class Emitter:
                              value=encode(output.schema, output.record))
 
     async def dead_letter(self, event: Any, reason: str, error_class: str,
-                          record: Mapping[str, Any] | None = None) -> None:
+                          record: Mapping[str, Any] | None = None) -> str:
         """An unprocessable message goes to the DLQ unchanged, with why; the worker
-        carries on. ``record`` is what could be decoded of it (for its ids)."""
+        carries on. ``record`` is what could be decoded of it (for its ids). Returns the
+        letter's id."""
         msg = event.message
         record = record or {}
         dl: DeadLetter = {
@@ -64,3 +65,4 @@ class Emitter:
             "attempts": [],
         }
         await self.send(Output(DLQ.name, dl["conversation_id"] or "dlq", DEAD_LETTER, dl))
+        return dl["dlq_id"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +21,12 @@ import faust
 from redis.exceptions import RedisError
 
 from clawstream.config import Settings
-from clawstream.inference.client import InferenceClient, InferenceError, InferenceOverloaded
+from clawstream.inference.client import (
+    InferenceClient,
+    InferenceError,
+    InferenceOverloaded,
+    InferenceUnreachable,
+)
 from clawstream.processors.app import WorkerTopics
 from clawstream.processors.caching import CacheControl, Caches, collecting
 from clawstream.processors.caching.report import current as cache_report
@@ -60,10 +66,25 @@ class InFlight:
             self.idle.set()
 
 
+class StepBusy(Exception):
+    """Another execution of this mutating step holds its ledger claim right now."""
+
+    def __init__(self, step_id: str, retry_after_s: float) -> None:
+        super().__init__(f"step {step_id} is being applied by another execution")
+        self.retry_after_s = retry_after_s
+
+
+INFRASTRUCTURE = (InferenceOverloaded, InferenceUnreachable, RedisError, ConnectionError,
+                  StepBusy)
+"""Failures of our own parts, not of the tool or model: retried until the deadline, without
+using the step's attempts (see ``conversation._step_failed``)."""
+
+
 def _error(exc: BaseException, retryable: bool, retry_after_s: float | None = None
            ) -> StepError:
+    infrastructure = isinstance(exc, INFRASTRUCTURE)
     return {"error_class": type(exc).__name__, "message": str(exc)[:500] or repr(exc),
-            "retryable": retryable,
+            "retryable": retryable or infrastructure, "infrastructure": infrastructure,
             "retry_after_ms": None if retry_after_s is None else int(retry_after_s * 1000)}
 
 
@@ -182,12 +203,21 @@ class StepExecutors:
         hard_cut_s = ctx.timeout_s * (self.settings.step_budget_factor + 1)
         if not tool.spec.mutating:
             return await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
-        recorded = await self.ledger.recorded(ctx.step_id)
-        if recorded is not None:
+        token = f"{self.worker_name}:{ctx.attempt}:{uuid.uuid4().hex}"
+        lease_s = self.settings.ledger_lease_s
+        claim = await self.ledger.claim(ctx.step_id, token, lease_s)
+        if claim.state == "done":
             log.info("step %s already applied: returning the ledger's result", ctx.step_id)
-            return recorded
-        output = await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
-        await self.ledger.record(ctx.step_id, output, self.worker_name, now_ms())
+            return claim.output or ""
+        if claim.state == "busy":
+            raise StepBusy(ctx.step_id, claim.retry_after_s)
+        try:
+            async with self.ledger.holding(ctx.step_id, token, lease_s):
+                output = await asyncio.wait_for(tool.run(arguments, ctx), hard_cut_s)
+        except BaseException:
+            await self.ledger.release(ctx.step_id, token)
+            raise
+        await self.ledger.record(ctx.step_id, token, output, self.worker_name, now_ms())
         return output
 
     async def run_tool_step(self, cmd: StepCommand) -> Output:
@@ -215,9 +245,11 @@ class StepExecutors:
         except ToolError as exc:
             return self._result(cmd, started,
                                 error=_error(exc, exc.retryable, exc.retry_after_s))
+        except StepBusy as exc:
+            return self._result(cmd, started, error=_error(exc, True, exc.retry_after_s))
         except ValueError as exc:
             return self._result(cmd, started, error=_error(exc, False))
-        except (InferenceError, RedisError, TimeoutError) as exc:
+        except (InferenceError, RedisError, ConnectionError, TimeoutError) as exc:
             retryable = not isinstance(exc, InferenceError) or exc.retryable
             return self._result(cmd, started, error=_error(exc, retryable))
         return self._result(cmd, started, output=outcome.output, usage=outcome.usage,

@@ -63,6 +63,10 @@ class Output:
         return cast(StepResult, self.record) if self.schema == STEP_RESULT else None
 
     @property
+    def letter(self) -> DeadLetter | None:
+        return cast(DeadLetter, self.record) if self.schema == DEAD_LETTER else None
+
+    @property
     def answer(self) -> AgentAnswer | None:
         return cast(AgentAnswer, self.record) if self.schema == AGENT_ANSWER else None
 
@@ -185,16 +189,30 @@ def prompt_signature(cmd: StepCommand) -> str:
 
 def dead_letter(req: AgentRequest, attempts: list[Attempt], cmd: StepCommand,
                 error_class: str, message: str, now_ms: int) -> Output:
-    """The step's dead letter. Its payload is the request, marked as a redrive of this
-    letter, so ``clawstream dlq redrive`` sends it back unchanged and a second redrive of
-    the same letter is recognised as a duplicate."""
-    dlq_id = short_hash({"step_id": cmd["step_id"], "request_id": req["request_id"]})
-    redrive: AgentRequest = {**req, "options": {**req["options"], "redrive_of": dlq_id}}
+    """The dead letter of a step that used its last attempt."""
     call = cmd["model_call"] if cmd["model_call"] else cmd["tool_call"]
+    return _letter(req, attempts, cmd["step_id"], step_name(cmd), cmd["attempt"],
+                   canonical_json(call), prompt_signature(cmd), error_class, message, now_ms)
+
+
+def plan_letter(req: AgentRequest, step_id: str, step: str, error_class: str, message: str,
+                now_ms: int) -> Output:
+    """The dead letter of a step whose command could not even be built (the agent's plan
+    raised on this request): no attempt ran."""
+    return _letter(req, [], step_id, step, 0, None, None, error_class, message, now_ms)
+
+
+def _letter(req: AgentRequest, attempts: list[Attempt], step_id: str, step: str,
+            attempt: int, parameters_json: str | None, signature: str | None,
+            error_class: str, message: str, now_ms: int) -> Output:
+    """Its payload is the request, marked as a redrive of this letter, so ``clawstream dlq
+    redrive`` sends it back unchanged and a second redrive of the same letter is
+    recognised as a duplicate."""
+    dlq_id = short_hash({"step_id": step_id, "request_id": req["request_id"]})
+    redrive: AgentRequest = {**req, "options": {**req["options"], "redrive_of": dlq_id}}
     record: DeadLetter = {
         "dlq_id": dlq_id,
-        "reason": f"step {step_name(cmd)} failed after {cmd['attempt']} attempt(s): "
-                  f"{message}",
+        "reason": f"step {step} failed after {attempt} attempt(s): {message}",
         "error_class": error_class,
         "at_ms": now_ms,
         "source_topic": request_topic(req["lane"]).name,
@@ -205,9 +223,9 @@ def dead_letter(req: AgentRequest, attempts: list[Attempt], cmd: StepCommand,
         "request_id": req["request_id"],
         "conversation_id": req["conversation_id"],
         "tenant_id": req["tenant_id"],
-        "step_id": cmd["step_id"],
-        "parameters_json": canonical_json(call),
-        "prompt_signature": prompt_signature(cmd),
+        "step_id": step_id,
+        "parameters_json": parameters_json,
+        "prompt_signature": signature,
         "attempts": [{"attempt": a["attempt"], "at_ms": a["at_ms"], "error": a["error"]}
                      for a in attempts],
     }

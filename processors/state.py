@@ -31,6 +31,8 @@ class Attempt(TypedDict):
     attempt: int
     at_ms: int
     error: str
+    infrastructure: NotRequired[bool]
+    """Our infrastructure failed, not the step: does not use one of its attempts."""
 
 
 class Effect(TypedDict):
@@ -93,6 +95,14 @@ class DedupEntry(TypedDict):
     status: Literal["in_progress", "answered"]
     redriven: list[str]
     answer_status: NotRequired[AnswerStatus]
+    content: NotRequired[str]
+    """Hash of what the request asks (agent, text, lane, options): the same key with other
+    content is refused, as payment APIs do."""
+    source: NotRequired[str]
+    """Where the request was read (topic/partition/offset): the same record read again is
+    a redelivery, another record with the same key a duplicate."""
+    conflicts: NotRequired[list[str]]
+    """Request ids refused for reusing the key with other content (answered once each)."""
 
 
 def empty_conversation() -> Conversation:

@@ -63,6 +63,7 @@ class StepError(TypedDict):
     message: str
     retryable: bool
     retry_after_ms: int | None
+    infrastructure: bool
 
 
 class TimelineEntry(TypedDict):

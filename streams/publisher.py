@@ -60,6 +60,7 @@ def producer_config(bootstrap: str, linger_ms: int = 2) -> dict[str, Any]:
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": linger_ms,
+        "message.max.bytes": get_settings().kafka_max_message_bytes,
         "partitioner": "murmur2_random",
     }
 

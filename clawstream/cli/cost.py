@@ -1,8 +1,10 @@
 """Spend and savings from the answer events: what ``clawstream cost`` reports.
 
 Every answer carries its request's totals (tokens and USD billed, tokens and USD saved)
-and, per cache layer, hits, misses and savings, so the report needs only the answer topic
-and is exact for any time range or tenant, replayed from Kafka.
+and, per cache layer, hits, misses and savings, so the report is exact for any time range
+or tenant, replayed from Kafka. The one spend no answer can carry, a step execution whose
+result came back after its request was answered (a repeat after a crash, an attempt that
+outlived its budget), is on its ``step_ignored`` event and reported apart.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from clawstream.processors.caching.report import LAYERS, merge_records
-from clawstream.schemas.records import AgentAnswer, CacheUsage, Usage
+from clawstream.schemas.records import AgentAnswer, AgentEvent, CacheUsage, Usage
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -63,6 +65,8 @@ class Totals:
 @dataclass
 class CostReport:
     total: Totals = field(default_factory=Totals)
+    late: Totals = field(default_factory=Totals)
+    """Steps whose results came back after their request's answer (no tenant known)."""
     by_tenant: dict[str, Totals] = field(default_factory=dict)
     statuses: Counter[str] = field(default_factory=Counter)
     layers: list[CacheUsage] = field(default_factory=list)
@@ -79,10 +83,20 @@ def hit_rate(layer: CacheUsage) -> float | None:
 
 
 def summarise(answers: Iterable[AgentAnswer], *, since_ms: int | None = None,
-              tenant: str | None = None) -> CostReport:
+              tenant: str | None = None, events: Iterable[AgentEvent] = ()) -> CostReport:
     """Totals over the answers answered at or after ``since_ms`` for ``tenant`` (all if
-    None); rejected requests count as interactions (they cost nothing)."""
+    None); rejected requests count as interactions (they cost nothing). ``events``: the
+    audit log, for the late spend (left out when a tenant is asked for)."""
     report = CostReport()
+    for ev in events:
+        detail = ev["detail"]
+        if (ev["event_type"] == "step_ignored" and detail.get("counted_in_answer") == "false"
+                and tenant is None and (since_ms is None or ev["at_ms"] >= since_ms)):
+            report.late.add({"prompt_tokens": int(detail.get("prompt_tokens", 0)),
+                             "completion_tokens": int(detail.get("completion_tokens", 0)),
+                             "cost_usd": float(detail.get("cost_usd", 0.0)),
+                             "saved_tokens": int(detail.get("saved_tokens", 0)),
+                             "saved_cost_usd": float(detail.get("saved_cost_usd", 0.0))})
     for answer in answers:
         if since_ms is not None and answer["answered_at_ms"] < since_ms:
             continue

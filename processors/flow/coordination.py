@@ -37,7 +37,7 @@ from clawstream.processors.flow import budgets, limits, recall
 from clawstream.processors.flow.buckets import TokenBuckets
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.flow.pools import NoPoolAvailable, route
-from clawstream.processors.records import Output, about, answer, event
+from clawstream.processors.records import Output
 from clawstream.processors.state import ActiveRequest, Conversation, Exchange
 from clawstream.schemas.records import (
     AgentAnswer,
@@ -49,15 +49,6 @@ from clawstream.schemas.records import (
 from clawstream.streams.topics import INFERENCE_REQUESTS, inference_topic
 
 FLOW_WORKER = "flow-control"
-
-
-def rejection_outputs(req: AgentRequest, rejection: limits.Rejection, now: int
-                      ) -> list[Output]:
-    """A ``rejected`` answer with the reason and retry hint, and its audit event."""
-    return [answer(req, "rejected", "", rejection.reason, now, "none"),
-            event("request_rejected", now, about(req),
-                  detail={"reason": rejection.reason, "kind": rejection.kind,
-                          "retry_after_s": f"{rejection.retry_after_s:.3f}"})]
 
 
 async def gate(req: AgentRequest, conv: Conversation | None, settings: Settings,
@@ -112,11 +103,12 @@ def _skipped_result(cmd: StepCommand, reason: str, now: int) -> StepResult:
 
 
 def count_result(conv: Conversation | None, res: StepResult) -> None:
-    """Add a worker's step result to the conversation's lifetime spend (budgets)."""
+    """Add a worker's step result to the conversation's lifetime spend (budgets): every
+    result of the running request, also a late or repeated attempt's, since its work was
+    done."""
     active = conv["active"] if conv else None
-    pending = active["pending"] if active else None
-    if conv is None or pending is None or res["worker"] == FLOW_WORKER or (
-            pending["step_id"], pending["attempt"]) != (res["step_id"], res["attempt"]):
+    if (conv is None or active is None or res["worker"] == FLOW_WORKER
+            or active["request"]["request_id"] != res["request_id"]):
         return
     spent = conv.setdefault("flow_spent", {"steps": 0, "tokens": 0})
     spent["steps"] += 1
@@ -172,7 +164,7 @@ def route_and_cut(decision: Decision, rules: Rules, settings: Settings, flags: F
         return Routed(decision)
     queue = list(decision.outputs)
     final: list[Output] = []
-    archive: list[tuple[str, Exchange]] = []
+    archive = list(decision.archive)
     pools: dict[str, str] = {}
     while queue:
         out = queue.pop(0)
@@ -190,6 +182,7 @@ def route_and_cut(decision: Decision, rules: Rules, settings: Settings, flags: F
                 cut = on_result(conv, _skipped_result(cmd, reason, now), now, rules)
                 conv = cut.conversation if cut.conversation is not None else conv
                 queue = cut.outputs + queue
+                archive += cut.archive
                 continue
             assert routed is not None and not isinstance(routed, str)
             if cmd["model_call"]:
@@ -197,21 +190,17 @@ def route_and_cut(decision: Decision, rules: Rules, settings: Settings, flags: F
             final.append(routed)
             continue
         if out.answer is not None:
-            archive += _finish_answer(conv, out.answer)
+            _mark_degraded(conv, out.answer)
         final.append(_fix_event(out, pools))
     return Routed(Decision(conv, final, decision.dedup), archive)
 
 
-def _finish_answer(conv: Conversation, answer: AgentAnswer) -> list[tuple[str, Exchange]]:
+def _mark_degraded(conv: Conversation, answer: AgentAnswer) -> None:
+    """An answer of a request that flow control cut or rerouted says so, and why."""
     notes = conv.get("flow_degraded", {}).pop(answer["request_id"], None)
     if notes and answer["status"] in ("ok", "failed"):
         answer["status"] = "degraded"
         answer["reason"] = "; ".join(notes)
-    if answer["status"] in ("ok", "degraded") and answer["text"]:
-        return [(answer["conversation_id"], {"request_id": answer["request_id"],
-                                             "user": _question(conv, answer),
-                                             "assistant": answer["text"]})]
-    return []
 
 
 async def archive(redis: aioredis.Redis, exchanges: Iterable[tuple[str, Exchange]]) -> None:
@@ -219,10 +208,3 @@ async def archive(redis: aioredis.Redis, exchanges: Iterable[tuple[str, Exchange
     for conversation_id, exchange in exchanges:
         await fail_open("recall_archive",
                         recall.archive_exchange(redis, conversation_id, exchange), None)
-
-
-def _question(conv: Conversation, answer: AgentAnswer) -> str:
-    for ex in reversed(conv["exchanges"]):
-        if ex["request_id"] == answer["request_id"]:
-            return ex["user"]
-    return ""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -19,16 +18,7 @@ from clawstream.config import Settings
 from clawstream.processors.flow.buckets import TokenBuckets
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import bucket_key, tenant_budget_key
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why a request may not start now, and after how long it may (None: not in this window
-    of anything the client controls)."""
-
-    kind: str
-    reason: str
-    retry_after_s: float
+from clawstream.processors.validation import Rejection
 
 
 async def check_entrance(buckets: TokenBuckets, settings: Settings, flags: FlagView,

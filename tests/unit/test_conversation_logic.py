@@ -95,12 +95,22 @@ def test_a_redelivered_result_is_ignored_not_answered_twice() -> None:
     assert _events(again) == ["step_ignored"]
 
 
-def test_a_redelivered_request_reissues_its_pending_step_only() -> None:
+def test_a_redelivered_request_reissues_its_pending_step_a_duplicate_does_not() -> None:
     req = new_request(agent="chat", conversation_id="c", text="hi")
-    first = on_request(None, None, req, 0, RULES)
-    again = on_request(first.conversation, first.dedup, req, 1, RULES)
+    first = on_request(None, None, req, 0, RULES, source="agent.requests.interactive/0/7")
+    again = on_request(first.conversation, first.dedup, req, 1, RULES,
+                       source="agent.requests.interactive/0/7")
     assert _events(again) == ["request_duplicate"]
     assert [c["step_id"] for c in _commands(again)] == [_commands(first)[0]["step_id"]]
+    # the same request published again (another record): no second run of the step
+    for n in range(50):
+        dup = on_request(again.conversation, again.dedup, req, 2 + n, RULES,
+                         source=f"agent.requests.interactive/0/{8 + n}")
+        assert _events(dup) == ["request_duplicate"] and not _commands(dup)
+        retry = {**req, "request_id": f"retry-{n}"}  # a client retry: same key and content
+        dup = on_request(again.conversation, again.dedup, retry, 2 + n, RULES,
+                         source=f"agent.requests.interactive/1/{n}")
+        assert _events(dup) == ["request_duplicate"] and not _commands(dup)
 
 
 def test_unknown_agent_is_rejected() -> None:

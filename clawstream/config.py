@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -25,12 +25,51 @@ def default_state_dir() -> Path:
     return Path(base) / "clawstream"
 
 
+class UpstreamSpec(BaseModel):
+    """An OpenAI-compatible server a pool's model calls: vLLM, llama.cpp's server, a hosted
+    provider. The Serve app calls ``POST {base_url}/v1/chat/completions`` with ``model``.
+
+    The API key is never part of the settings: ``api_key_env`` names the environment variable
+    that holds it, read by the Serve replica (so it is set where Ray runs, e.g. a Kubernetes
+    secret, and never lands in a settings dump, an event or a log).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = Field(
+        pattern=r"^https?://", description="Scheme, host, port, and any path prefix before "
+        "/v1 (e.g. http://127.0.0.1:8080 or https://api.example.com)."
+    )
+    model: str = Field(min_length=1, description="The upstream's own name for the model.")
+    api_key_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable with the API key (None: no Authorization header).",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="One upstream call, end to end.")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(
+        default=32, ge=1, description="Keep-alive connections per replica to this upstream."
+    )
+
+
 class PoolSpec(BaseModel):
-    """A logical model pool: what it can take, and which backend model serves it."""
+    """A logical model pool: what it can take, and which backend model serves it.
+
+    With ``upstream`` the pool's model is served by that OpenAI-compatible server, under the
+    id ``backend_model`` (defaulting to ``upstream.model``); without it, by the Serve app's
+    local generator.
+    """
 
     capacity_tokens_per_s: float = Field(gt=0)
     rank: int = Field(default=0, description="Size order: degrade routes to the lowest rank.")
     backend_model: str | None = None
+    upstream: UpstreamSpec | None = None
+
+    @model_validator(mode="after")
+    def _upstream_model_id(self) -> PoolSpec:
+        if self.upstream is not None and self.backend_model is None:
+            self.backend_model = self.upstream.model
+        return self
 
 
 class Settings(BaseSettings):
@@ -94,6 +133,19 @@ class Settings(BaseSettings):
         default=True,
         description="Load the embedding model on its first call instead of at deploy: "
         "about 1 GB less while nothing embeds; the first call waits seconds for it.",
+    )
+    inference_repeat_penalty: float = Field(
+        default=1.1, ge=1.0,
+        description="llama.cpp repeat penalty: above 1 it stops SmolLM2 looping on a phrase.",
+    )
+    inference_local_max_tool_calls: int = Field(
+        default=1, ge=1,
+        description="Tool calls one turn of the local model may make (SmolLM2 allowed more "
+        "mostly adds a spurious second call).",
+    )
+    inference_upstream_max_ongoing_requests: int = Field(
+        default=64, ge=1,
+        description="Concurrent calls per upstream-model replica (they only wait on sockets).",
     )
     inference_llama_threads: int = Field(
         default=2,
@@ -203,6 +255,11 @@ class Settings(BaseSettings):
         "comma-separated (CLAWSTREAM_AGENT_MODULES=myco.agents,myco.tools) or a JSON list.",
     )
 
+    @model_validator(mode="after")
+    def _one_upstream_per_model(self) -> Settings:
+        upstream_models(self.pools)  # raises on a model id served two different ways
+        return self
+
     @field_validator("agent_modules", mode="before")
     @classmethod
     def _module_list(cls, value: object) -> object:
@@ -311,6 +368,23 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+
+def upstream_models(pools: dict[str, PoolSpec]) -> dict[str, UpstreamSpec]:
+    """Served model id -> the upstream serving it, over all pools. Two pools may share a
+    model id only when they name the same upstream for it: the Serve app routes a request by
+    model id alone."""
+    found: dict[str, UpstreamSpec] = {}
+    for name, pool in pools.items():
+        if pool.upstream is None or pool.backend_model is None:
+            continue
+        other = found.setdefault(pool.backend_model, pool.upstream)
+        if other != pool.upstream:
+            raise ValueError(
+                f"pool {name}: model {pool.backend_model!r} is already served by another "
+                "upstream; give one of them a different backend_model"
+            )
+    return found
 
 
 @lru_cache(maxsize=1)

@@ -16,11 +16,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from clawstream.inference.errors import (
+    BackendFailure,
+    GenerationTimeout,
+    InputRejected,
+    NotReady,
+    Overloaded,
+)
 from clawstream.inference.faults import FaultRule
 from clawstream.inference.protocol import (
     EMBED_PATH,
     GENERATE_PATH,
+    UPSTREAM_GENERATE_PATH,
     EmbeddingResult,
     EmbedRequest,
     ErrorBody,
@@ -28,6 +35,7 @@ from clawstream.inference.protocol import (
     GenerationResult,
     HealthReport,
 )
+from clawstream.inference.scripted import Script
 
 
 class ModelGateway(Protocol):
@@ -48,7 +56,7 @@ def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) 
 
 def install_error_contract(api: FastAPI) -> None:
     """The status code and JSON body of every failure kind, on any of the app's HTTP
-    surfaces (the ingress and the generator's own route answer alike)."""
+    surfaces (the ingress and the models' own routes answer alike)."""
 
     @api.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -75,6 +83,10 @@ def install_error_contract(api: FastAPI) -> None:
     async def _backend(_: Request, exc: BackendFailure) -> JSONResponse:
         return _error(500, ErrorBody(error="backend", detail=str(exc)))
 
+    @api.exception_handler(GenerationTimeout)
+    async def _timeout(_: Request, exc: GenerationTimeout) -> JSONResponse:
+        return _error(504, ErrorBody(error="timeout", detail=str(exc)))
+
     @api.exception_handler(NotReady)
     async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
         return _error(503, ErrorBody(error="not_ready", detail=str(exc)))
@@ -87,12 +99,14 @@ def install_error_contract(api: FastAPI) -> None:
 
 Generate = Callable[[GenerateRequest, float], Awaitable[GenerationResult]]
 AddFault = Callable[[FaultRule], Awaitable[None]]
+AddScript = Callable[[Script], Awaitable[None]]
 
 
-def create_model_api(generate: Generate, add_fault: AddFault | None = None,
-                     paths: tuple[str, ...] = ("/generate",)) -> FastAPI:
-    """POST /generate (and /faults on a test stack) around one ``generate`` callable: the
-    generator replica's own HTTP surface, which Serve mounts under ``/model``."""
+def create_model_api(generate: Generate, paths: tuple[str, ...] = ("/generate",)) -> FastAPI:
+    """POST /generate around one ``generate`` callable: a generation replica's own HTTP
+    surface, which Serve mounts under ``/model`` (the local model) or ``/upstream`` (the
+    pools' upstream models). Test fixtures are registered through the ingress, which hands
+    them to every generation deployment."""
     api = FastAPI(title="clawstream generation", docs_url=None, redoc_url=None)
     install_error_contract(api)
 
@@ -101,14 +115,6 @@ def create_model_api(generate: Generate, add_fault: AddFault | None = None,
 
     for path in paths:
         api.post(path, response_model=GenerationResult)(generate_route)
-
-    if add_fault is not None:
-        on_fault = add_fault
-
-        @api.post("/faults", status_code=204)
-        async def add_fault_route(rule: FaultRule) -> None:
-            await on_fault(rule)
-
     return api
 
 
@@ -132,17 +138,34 @@ def create_embedding_api(embed: Embed) -> FastAPI:
     return api
 
 
-def create_api(gateway: ModelGateway, add_fault: AddFault | None = None) -> FastAPI:
-    """The ingress's surface: /generate, /embed, /health; ``add_fault``: the test stack's
-    fault plan as POST /faults, None in production. The models' own paths
-    (:data:`GENERATE_PATH`, :data:`EMBED_PATH`), which Serve routes to their replicas
-    directly, answer here too, so the in-process app serves a client unchanged."""
-    api = create_model_api(gateway.generate, add_fault, paths=("/generate", GENERATE_PATH))
+def create_api(gateway: ModelGateway, add_fault: AddFault | None = None,
+               add_script: AddScript | None = None) -> FastAPI:
+    """The ingress's surface: /generate (routed by model), /embed, /health; on a test stack
+    ``add_fault`` (POST /faults) and ``add_script`` (the scripted fixture, POST /script),
+    None in production. The models' own paths (:data:`GENERATE_PATH`,
+    :data:`UPSTREAM_GENERATE_PATH`, :data:`EMBED_PATH`), which Serve routes to their
+    replicas directly, answer here too, so the in-process app serves a client unchanged."""
+    api = create_model_api(gateway.generate,
+                           paths=("/generate", GENERATE_PATH, UPSTREAM_GENERATE_PATH))
     api.title = "clawstream inference"
     add_embed_route(api, gateway.embed, paths=("/embed", EMBED_PATH))
 
     @api.get("/health", response_model=HealthReport)
     async def health() -> HealthReport:
         return await gateway.health()
+
+    if add_fault is not None:
+        on_fault = add_fault
+
+        @api.post("/faults", status_code=204)
+        async def register_fault(rule: FaultRule) -> None:
+            await on_fault(rule)
+
+    if add_script is not None:
+        on_script = add_script
+
+        @api.post("/script", status_code=204)
+        async def register_script(script: Script) -> None:
+            await on_script(script)
 
     return api

@@ -1,17 +1,29 @@
 """The Ray Serve applications: each model on its own route, and an HTTP ingress that
-answers health and the original paths (``/generate``, ``/embed``) in front of both.
+answers health, the test fixtures and the original paths (``/generate``, ``/embed``) in
+front of them.
 
 Why each model is an application of its own: a model step is the hot path, and each
 Python process it crosses costs milliseconds of CPU on a small machine. Mounted under
-``/model`` (``/embedding``), a call goes HTTP → Serve's proxy → model replica; through
-the ingress it was one replica more (proxy → ingress → model). Serve's back-pressure stays Serve's:
-the proxy admits at most ``max_ongoing_requests`` per replica and queues at most
+``/model`` (the local generator), ``/upstream`` (the pools' OpenAI-compatible upstream
+models, when a pool names one) and ``/embedding``, a call goes HTTP → Serve's proxy →
+model replica; through the ingress it is one replica more (proxy → ingress → model).
+Clients pick the route by the request's model (:func:`protocol.generate_path`), by the
+same rule the ingress routes ``/generate`` with (:func:`protocol.serves_upstream`), so
+both roads reach the same deployment. Serve's back-pressure stays Serve's: the proxy
+admits at most ``max_ongoing_requests`` per replica and queues at most
 ``max_queued_requests``, then answers 503 with Retry-After (``backpressure_config``).
 
 Why generation and embeddings stay apart: llama.cpp runs one request at a time, MiniLM is
-micro-batched; they have different concurrency and are scaled separately. The ingress
-validates before anything queues, so a bad request costs no model time, and it turns
-Serve's back-pressure on its handles into the same JSON error contract.
+micro-batched; upstream calls only wait on sockets. They have different concurrency and
+are scaled separately. Every surface validates before anything queues, so a bad request
+costs no model time, and the ingress turns Serve's back-pressure on its handles into the
+same JSON error contract.
+
+Test fixtures (fault injection, the scripted model) live in each generation deployment,
+so both roads to a model see them; the ingress's ``POST /faults`` and ``POST /script``
+hand a rule or a script to every generation deployment (test stacks run one replica of
+each). Both match on the prompt, so a rule or script only fires where its conversation's
+requests go.
 """
 
 from __future__ import annotations
@@ -29,15 +41,25 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import LoggingConfig
 
 from clawstream.inference.api import create_api, create_embedding_api, create_model_api
-from clawstream.inference.backends import make_backend
+from clawstream.inference.backends import make_backends
 from clawstream.inference.config import InferenceConfig
 from clawstream.inference.embeddings import Embedder
-from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from clawstream.inference.errors import (
+    BackendFailure,
+    GenerationTimeout,
+    InputRejected,
+    NotReady,
+    Overloaded,
+)
 from clawstream.inference.faults import FaultPlan, FaultRule
 from clawstream.inference.protocol import (
     EMBEDDING_ROUTE_PREFIX,
     GENERATOR_APP_NAME,
+    GENERATOR_DEPLOYMENT,
     MODEL_ROUTE_PREFIX,
+    UPSTREAM_APP_NAME,
+    UPSTREAM_DEPLOYMENT,
+    UPSTREAM_ROUTE_PREFIX,
     ComponentHealth,
     EmbeddingResult,
     EmbedRequest,
@@ -45,10 +67,19 @@ from clawstream.inference.protocol import (
     GenerationResult,
     HealthReport,
 )
+from clawstream.inference.routing import LOCAL, UPSTREAM, BackendRouter, deployment_for
+from clawstream.inference.scripted import Script, ScriptedFixtureBackend
 
 APP_NAME = "clawstream-inference"
 EMBEDDER_APP_NAME = "clawstream-embedder"
-APP_NAMES = (GENERATOR_APP_NAME, EMBEDDER_APP_NAME, APP_NAME)
+ALL_APP_NAMES = (GENERATOR_APP_NAME, UPSTREAM_APP_NAME, EMBEDDER_APP_NAME, APP_NAME)
+"""Every application this module may deploy (the upstream one only when a pool names an
+upstream); a redeploy removes those it no longer builds."""
+ROUTE_PREFIXES = {GENERATOR_APP_NAME: MODEL_ROUTE_PREFIX, UPSTREAM_APP_NAME: UPSTREAM_ROUTE_PREFIX,
+                  EMBEDDER_APP_NAME: EMBEDDING_ROUTE_PREFIX, APP_NAME: "/"}
+GENERATION_DEPLOYMENTS = {LOCAL: (GENERATOR_DEPLOYMENT, GENERATOR_APP_NAME),
+                          UPSTREAM: (UPSTREAM_DEPLOYMENT, UPSTREAM_APP_NAME)}
+"""(deployment, application) of each kind of generation deployment."""
 
 
 def _replica_id() -> str:
@@ -56,21 +87,35 @@ def _replica_id() -> str:
     return f"{context.deployment}#{context.replica_id.unique_id}"
 
 
-@serve.deployment(name="generator")
+@serve.deployment(name=GENERATOR_DEPLOYMENT)
 @serve.ingress()
 class GenerationDeployment:
-    def __init__(self, config: InferenceConfig) -> None:
-        self._backend = make_backend(config)
+    """The generation backends of one kind: the local model (``routing.LOCAL``), or the
+    pools' OpenAI-compatible upstreams (``routing.UPSTREAM``, a deployment of its own
+    because it only waits on sockets: many calls in flight, no CPU)."""
+
+    def __init__(self, config: InferenceConfig, kind: str = LOCAL) -> None:
+        scripted = ScriptedFixtureBackend() if config.fault_injection else None
+        self._router = BackendRouter(make_backends(config, kind), scripted)
         self._default_max_tokens = config.max_new_tokens
-        # Test stacks only; here rather than in the ingress so that both routes to the
-        # model (its own and the ingress's) see the injected failures.
+        # Test stacks only; here rather than in the ingress so that both roads to the
+        # model (its own route and the ingress's) see the injected failures.
         self._faults = FaultPlan() if config.fault_injection else None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_model_api(self.generate, self.add_fault if self._faults else None)
+        return create_model_api(self.generate)
 
     async def ready(self) -> ComponentHealth:
-        return ComponentHealth(model=self._backend.model_id, backend=self._backend.name)
+        backend = self._router.default
+        return ComponentHealth(model=backend.model_id, backend=backend.name)
+
+    async def served(self) -> list[ComponentHealth]:
+        return self._router.served()
+
+    async def add_script(self, script: Script) -> None:
+        if self._router.scripted is None:
+            raise InputRejected("the scripted fixture is off on this stack")
+        self._router.scripted.add(script)
 
     async def add_fault(self, rule: FaultRule) -> None:
         if self._faults is None:
@@ -81,15 +126,12 @@ class GenerationDeployment:
         started = time.time()
         if self._faults is not None:
             self._faults.check(request)
-        backend = self._backend
-        if request.model is not None and request.model != backend.model_id:
-            raise InputRejected(
-                f"model {request.model!r} is not served here; this deployment serves "
-                f"{backend.model_id!r} (send null to use it)"
-            )
+        backend = self._router.pick(request)
         max_tokens = request.max_tokens or self._default_max_tokens
         clock = time.perf_counter()
-        generation = await backend.generate(request.messages, max_tokens, request.temperature)
+        generation = await backend.generate(
+            request.messages, max_tokens, request.temperature, request.tools, request.tool_choice
+        )
         run_ms = (time.perf_counter() - clock) * 1000.0
         return GenerationResult(
             text=generation.text,
@@ -98,6 +140,7 @@ class GenerationDeployment:
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
             finish_reason=generation.finish_reason,
+            tool_calls=list(generation.tool_calls),
             replica=_replica_id(),
             queue_ms=max(0.0, (started - received_at) * 1000.0),
             run_ms=run_ms,
@@ -164,8 +207,9 @@ def _original_message(exc: Exception) -> str:
 class HandleGateway:
     """A :class:`clawstream.inference.api.ModelGateway` that calls the model deployments.
 
-    Each model is an application of its own (:data:`GENERATOR_APP_NAME`,
-    :data:`EMBEDDER_APP_NAME`); a handle is taken on first use, once Serve has them."""
+    Each model is an application of its own (:data:`GENERATION_DEPLOYMENTS`,
+    :data:`EMBEDDER_APP_NAME`); a handle is taken on first use, once Serve has them. The
+    upstream deployment exists only when ``config.upstreams`` names a model."""
 
     def __init__(self, config: InferenceConfig) -> None:
         self._handles: dict[str, DeploymentHandle] = {}
@@ -179,16 +223,12 @@ class HandleGateway:
                 deployment, app_name=app_name)
         return handle
 
-    @property
-    def _generator(self) -> DeploymentHandle:
-        return self._handle("generator", GENERATOR_APP_NAME)
+    def _generation(self, kind: str) -> DeploymentHandle:
+        return self._handle(*GENERATION_DEPLOYMENTS[kind])
 
     @property
     def _embedder(self) -> DeploymentHandle:
         return self._handle("embedder", EMBEDDER_APP_NAME)
-
-    async def add_fault(self, rule: FaultRule) -> None:
-        await self._call(self._generator.add_fault.remote(rule))
 
     async def _call(self, response: Any) -> Any:
         try:
@@ -197,6 +237,14 @@ class HandleGateway:
             raise InputRejected(_original_message(exc)) from None
         except BackendFailure as exc:
             raise BackendFailure(_original_message(exc)) from None
+        except GenerationTimeout as exc:
+            raise GenerationTimeout(_original_message(exc)) from None
+        except Overloaded as exc:
+            # A backend's own overload (an upstream's 429/503, a scripted one), with its
+            # Retry-After; Ray's wrapper keeps the original as ``cause``.
+            original = getattr(exc, "cause", None) or exc
+            retry_after = getattr(original, "retry_after_s", None)
+            raise Overloaded(_original_message(exc), retry_after) from None
         except BackPressureError as exc:
             raise Overloaded(exc.message, self._config.retry_after_s) from exc
         except DeploymentUnavailableError as exc:
@@ -204,11 +252,27 @@ class HandleGateway:
         except Exception as exc:
             raise BackendFailure(f"{type(exc).__name__}: {exc}") from exc
 
+    def _generation_handles(self) -> list[DeploymentHandle]:
+        kinds = [LOCAL] + ([UPSTREAM] if self._config.upstreams else [])
+        return [self._generation(kind) for kind in kinds]
+
     async def generate(self, request: GenerateRequest, received_at: float) -> GenerationResult:
-        result: GenerationResult = await self._call(
-            self._generator.generate.remote(request, received_at)
-        )
+        handle = self._generation(deployment_for(request.model, self._config.upstreams.keys()))
+        result: GenerationResult = await self._call(handle.generate.remote(request, received_at))
         return result
+
+    async def add_fault(self, rule: FaultRule) -> None:
+        """Every generation deployment gets the rule (see the module's docstring)."""
+        await asyncio.gather(
+            *(self._call(h.add_fault.remote(rule)) for h in self._generation_handles())
+        )
+
+    async def add_script(self, script: Script) -> None:
+        """Every generation deployment gets the script: a marker answers whatever the
+        request's model, on whichever road the request took."""
+        await asyncio.gather(
+            *(self._call(h.add_script.remote(script)) for h in self._generation_handles())
+        )
 
     async def embed(self, request: EmbedRequest) -> EmbeddingResult:
         result: EmbeddingResult = await self._call(self._embedder.embed.remote(request.texts))
@@ -221,15 +285,22 @@ class HandleGateway:
         if self._ready is not None:
             return self._ready
         try:
-            generation, embedding = await asyncio.wait_for(
-                asyncio.gather(self._generator.ready.remote(), self._embedder.ready.remote()),
+            generation, embedding, *served = await asyncio.wait_for(
+                asyncio.gather(
+                    self._generation(LOCAL).ready.remote(),
+                    self._embedder.ready.remote(),
+                    *(h.served.remote() for h in self._generation_handles()),
+                ),
                 timeout=self._config.health_probe_timeout_s,
             )
         except TimeoutError as exc:
             raise NotReady("model deployments did not answer the readiness probe yet") from exc
         except Exception as exc:
             raise NotReady(f"readiness probe failed: {type(exc).__name__}: {exc}") from exc
-        self._ready = HealthReport(status="ok", generation=generation, embedding=embedding)
+        models = [component for group in served for component in group]
+        self._ready = HealthReport(
+            status="ok", generation=generation, embedding=embedding, models=models
+        )
         return self._ready
 
 
@@ -238,11 +309,13 @@ class HandleGateway:
 class InferenceIngress:
     def __init__(self, config: InferenceConfig) -> None:
         self._gateway = HandleGateway(config)
-        self._fault_injection = config.fault_injection
+        self._fixtures = config.fault_injection
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self._gateway,
-                          self._gateway.add_fault if self._fault_injection else None)
+        gateway = self._gateway
+        if not self._fixtures:
+            return create_api(gateway)
+        return create_api(gateway, gateway.add_fault, gateway.add_script)
 
 
 def _deployment(decorated: object) -> Deployment:
@@ -273,8 +346,22 @@ def build_apps(config: InferenceConfig) -> dict[str, Application]:
             logging_config=logging_config,
             ray_actor_options={"num_cpus": config.generate_num_cpus},
         )
-        .bind(config)
+        .bind(config, LOCAL)
     )
+    upstream = None
+    if config.upstreams:
+        upstream = (
+            _deployment(GenerationDeployment)
+            .options(
+                name=GENERATION_DEPLOYMENTS[UPSTREAM][0],
+                max_ongoing_requests=config.upstream_max_ongoing_requests,
+                max_queued_requests=config.max_queued_requests * 4,
+                backpressure_config=backpressure,
+                logging_config=logging_config,
+                ray_actor_options={"num_cpus": config.upstream_num_cpus},
+            )
+            .bind(config, UPSTREAM)
+        )
     embedder = (
         _deployment(EmbeddingDeployment)
         .options(
@@ -300,8 +387,7 @@ def build_apps(config: InferenceConfig) -> dict[str, Application]:
         )
         .bind(config)
     )
-    return {GENERATOR_APP_NAME: generator, EMBEDDER_APP_NAME: embedder, APP_NAME: ingress}
-
-
-ROUTE_PREFIXES = {GENERATOR_APP_NAME: MODEL_ROUTE_PREFIX,
-                  EMBEDDER_APP_NAME: EMBEDDING_ROUTE_PREFIX, APP_NAME: "/"}
+    apps = {GENERATOR_APP_NAME: generator, EMBEDDER_APP_NAME: embedder, APP_NAME: ingress}
+    if upstream is not None:
+        apps[UPSTREAM_APP_NAME] = upstream
+    return apps

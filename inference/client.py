@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -18,13 +18,16 @@ from pydantic import BaseModel, ValidationError
 
 from clawstream.inference.protocol import (
     EMBED_PATH,
-    GENERATE_PATH,
     ChatMessage,
     EmbeddingResult,
     EmbedRequest,
     GenerateRequest,
     GenerationResult,
     HealthReport,
+    ToolCall,
+    ToolChoice,
+    ToolFunction,
+    generate_path,
 )
 
 __all__ = [
@@ -38,6 +41,8 @@ __all__ = [
     "InferenceOverloaded",
     "InferenceTimeout",
     "InferenceValidationError",
+    "ToolCall",
+    "ToolFunction",
 ]
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -89,6 +94,7 @@ class InferenceTimeout(InferenceError):
 
 
 MessageLike = ChatMessage | Mapping[str, object]
+ToolLike = ToolFunction | Mapping[str, object]
 _Request = TypeVar("_Request", bound=BaseModel)
 
 
@@ -138,6 +144,12 @@ class InferenceClient:
 
     ``timeout`` bounds a whole call. Pass ``http`` to share a pool (or a test transport);
     a client passed in is not closed by :meth:`aclose`.
+
+    ``upstream_models``: the model ids the pools' OpenAI-compatible upstreams serve
+    (:func:`clawstream.config.upstream_models` of the settings' pools). Knowing them, the
+    client sends each generation straight to its model's route (``/model/generate`` or
+    ``/upstream/generate``, no ingress hop); without them (None) a request naming a model
+    goes through the ingress, which routes it (:func:`protocol.generate_path`).
     """
 
     def __init__(
@@ -146,10 +158,12 @@ class InferenceClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         http: httpx.AsyncClient | None = None,
+        upstream_models: Collection[str] | None = None,
     ) -> None:
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self._timeout = timeout
+        self.upstream_models = None if upstream_models is None else frozenset(upstream_models)
 
     async def __aenter__(self) -> InferenceClient:
         return self
@@ -173,20 +187,26 @@ class InferenceClient:
         max_tokens: int | None = None,
         temperature: float = 0.0,
         model: str | None = None,
+        tools: Sequence[ToolLike] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> GenerationResult:
-        """Raises InferenceValidationError locally, before any I/O, for a malformed request."""
+        """Raises InferenceValidationError locally, before any I/O, for a malformed request.
+        The answer is text and/or ``tool_calls`` (``finish_reason`` "tool_calls")."""
         request = _validated(
             GenerateRequest,
             messages=list(messages),
             max_tokens=max_tokens,
             temperature=temperature,
             model=model,
+            tools=list(tools),
+            tool_choice=tool_choice,
         )
         return await self._generate(request)
 
     async def _generate(self, request: GenerateRequest) -> GenerationResult:
         """The call itself, for a validated request (a subclass may go another way)."""
-        data = await self._post(GENERATE_PATH, request.model_dump(mode="json"))
+        path = generate_path(request.model, self.upstream_models)
+        data = await self._post(path, request.model_dump(mode="json"))
         return GenerationResult.model_validate(data)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:

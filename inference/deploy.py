@@ -53,7 +53,7 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
     from ray import serve
     from ray.serve.schema import LoggingConfig
 
-    from clawstream.inference.app import ROUTE_PREFIXES, build_apps
+    from clawstream.inference.app import ALL_APP_NAMES, ROUTE_PREFIXES, build_apps
 
     config = InferenceConfig.from_settings(settings)
     deadline = time.monotonic() + timeout_s
@@ -70,13 +70,19 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
                     # The proxy and the controller: no access log line per request.
                     logging_config=LoggingConfig(enable_access_log=False,
                                                  log_level="WARNING"))
+        apps = build_apps(config)
         serve.run_many(
             [serve.RunTarget(target=app, name=name, route_prefix=ROUTE_PREFIXES[name])
-             for name, app in build_apps(config).items()],
+             for name, app in apps.items()],
             wait_for_ingress_deployment_creation=False,
             wait_for_applications_running=False,
         )
-        _wait_healthy(settings.serve_url, deadline, timeout_s)
+        # An app an earlier deploy had and this one does not (the upstream app, once no
+        # pool names an upstream) would keep its route and replicas: remove it.
+        for name in set(ALL_APP_NAMES) - set(apps):
+            if name in serve.status().applications:
+                serve.delete(name)
+        _wait_healthy(settings.serve_url, tuple(apps), deadline, timeout_s)
     finally:
         ray.shutdown()
 
@@ -94,7 +100,7 @@ def _require_cluster(address: str) -> None:
         ) from exc
 
 
-def _serve_verdict() -> str:
+def _serve_verdict(app_names: tuple[str, ...]) -> str:
     """Serve's view of the apps: "RUNNING" when all run, else the first that does not:
     "DEPLOYING", "DEPLOY_FAILED: why", …
 
@@ -104,15 +110,13 @@ def _serve_verdict() -> str:
     """
     from ray import serve
 
-    from clawstream.inference.app import APP_NAMES
-
     try:
         applications = serve.status().applications
     except Exception as exc:
         # Right after a redeploy the controller can briefly fail to describe the old
         # version; that is "no verdict yet", not a failure.
         return f"UNKNOWN ({type(exc).__name__})"
-    for name in APP_NAMES:
+    for name in app_names:
         app_status = applications.get(name)
         if app_status is None:
             return f"NOT_FOUND ({name})"
@@ -124,10 +128,8 @@ def _serve_verdict() -> str:
     return "RUNNING"
 
 
-def _app_status_line() -> str:
+def _app_status_line(app_names: tuple[str, ...]) -> str:
     from ray import serve
-
-    from clawstream.inference.app import APP_NAMES
 
     try:
         status = serve.status()
@@ -135,7 +137,7 @@ def _app_status_line() -> str:
         return f"serve.status() failed: {exc!r}"
     proxies = ", ".join(str(getattr(p, "value", p)) for p in status.proxies.values())
     parts = [f"proxies [{proxies or 'none'}]"]
-    for app_name in APP_NAMES:
+    for app_name in app_names:
         app_status = status.applications.get(app_name)
         if app_status is None:
             parts.append(f"app {app_name} not known to Serve")
@@ -147,15 +149,16 @@ def _app_status_line() -> str:
     return "; ".join(parts)
 
 
-def _wait_healthy(base_url: str, deadline: float, timeout_s: float) -> None:
+def _wait_healthy(base_url: str, app_names: tuple[str, ...], deadline: float,
+                  timeout_s: float) -> None:
     last = "no answer yet"
     with httpx.Client(base_url=base_url, timeout=5.0) as http:
         while True:
-            verdict = _serve_verdict()
+            verdict = _serve_verdict(app_names)
             if verdict.startswith("DEPLOY_FAILED"):
                 raise InferenceDeployError(
                     f"Serve could not deploy the inference app: {verdict}; "
-                    f"{_app_status_line()[-_MAX_DETAIL_CHARS:]}"
+                    f"{_app_status_line(app_names)[-_MAX_DETAIL_CHARS:]}"
                 )
             if verdict == "RUNNING":
                 try:
@@ -168,7 +171,8 @@ def _wait_healthy(base_url: str, deadline: float, timeout_s: float) -> None:
             if time.monotonic() >= deadline:
                 raise InferenceDeployError(
                     f"inference app not healthy at {base_url}/health after {timeout_s:.0f} s; "
-                    f"last /health answer: {last}; Serve says: {_app_status_line()} (a Serve "
-                    "already running in this cluster keeps the HTTP port it was started with)"
+                    f"last /health answer: {last}; Serve says: {_app_status_line(app_names)} "
+                    "(a Serve already running in this cluster keeps the HTTP port it was "
+                    "started with)"
                 )
             time.sleep(_POLL_INTERVAL_S)

@@ -1,8 +1,11 @@
-"""Agent definitions: the plan of steps an agent runs per request, and under which version.
+"""Agent declarations, as the coordinator reads them: what an agent may do per request.
 
-A plan is declared, not coded in the coordinator, so that the coordinator can reason about
-it (which steps mutate, which are expensive, how long each may take) and every agent gets
-retries, budgets, ledger and compensation for free.
+An agent either lets the model decide (``plan`` None: each model step sees the agent's
+tools and answers with text or tool calls, which run as steps, until a final answer or a
+limit) or follows a fixed plan of tool and model steps. Either way it is declared, not
+coded in the coordinator, so the coordinator can reason about it (which steps mutate,
+which are expensive, how long each may take) and every agent gets retries, budgets,
+ledger and compensation for free. Teams write agents with :mod:`clawstream.processors.api`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,17 @@ class AgentSpec:
     name: str
     version: str
     system_prompt: str
-    plan: tuple[Step, ...]
+    plan: tuple[Step, ...] | None = None
+    """A fixed plan; None: the model decides, with :attr:`tools`."""
+    tools: tuple[str, ...] = ()
+    """The tools the model may call (by name)."""
+    max_steps: int | None = None
+    """Steps (model and tool) one request may take; None: the conversation's budget only."""
+    token_budget: int | None = None
+    """Tokens one request may spend; None: the conversation's budget only."""
+    passthrough: bool = False
+    """One model call over the client's own chat and tools, its answer returned as it is
+    (tool calls included, not run): a governed model call for OpenAI clients."""
     max_tokens: int = 64
     temperature: float = 0.0
     prompt_version: str = "p1"

@@ -49,7 +49,7 @@ from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import dedup_key
 from clawstream.processors.records import Output
 from clawstream.processors.restart import restart_in_place
-from clawstream.processors.state import Conversation, DedupEntry
+from clawstream.processors.state import Conversation, DedupEntry, upgrade
 from clawstream.processors.validation import Rejection
 from clawstream.schemas import DecodeError, decode
 from clawstream.schemas.names import AGENT_REQUEST, STEP_RESULT, WAKEUP
@@ -189,7 +189,7 @@ class Coordinator:
                 await self._apply(request["conversation_id"], decision)
             return
         conversation_id = cast(StepResult | Wakeup, record)["conversation_id"]
-        conv = self.conversations.get(conversation_id)
+        conv = self._state(conversation_id)
         if conv is None or conv["active"] is None:
             return
         try:
@@ -205,18 +205,18 @@ class Coordinator:
             return
         if name == STEP_RESULT:
             result = cast(StepResult, record)
-            conv = self.conversations.get(result["conversation_id"])
+            conv = self._state(result["conversation_id"])
             coordination.count_result(conv, result)
             decision = on_result(conv, result, now_ms(), self.rules)
             conversation_id = result["conversation_id"]
         else:
             conversation_id = cast(Wakeup, record)["conversation_id"]
-            decision = on_wakeup(self.conversations.get(conversation_id), now_ms(), self.rules)
+            decision = on_wakeup(self._state(conversation_id), now_ms(), self.rules)
         await self._route_and_apply(conversation_id, decision)
 
     async def _on_request(self, request: AgentRequest, source: str) -> None:
         conversation_id = request["conversation_id"]
-        conv = self.conversations.get(conversation_id)
+        conv = self._state(conversation_id)
         key = dedup_key(request["tenant_id"], conversation_id, request["idempotency_key"])
         dedup = fresh_dedup(self.request_dedup.get(key), request)
         rejection = None
@@ -255,6 +255,10 @@ class Coordinator:
             return
         self.request_dedup[key] = {**entry, "status": "answered", "answer_status": a["status"]}
 
+    def _state(self, conversation_id: str) -> Conversation | None:
+        conv = cast(Conversation | None, self.conversations.get(conversation_id))
+        return upgrade(conv) if conv is not None else None
+
     def _track(self, conversation_id: str, conv: Conversation | None) -> None:
         due = next_due_ms(conv, self.rules)
         if due is None:
@@ -268,7 +272,8 @@ class Coordinator:
         if self._sweeps % FULL_SCAN_EVERY == 1:
             self._due.clear()
             stale = set(self.batch_slots.active)
-            for conversation_id, conv in self.conversations.items():
+            for conversation_id, stored in self.conversations.items():
+                conv = upgrade(stored)
                 self._track(conversation_id, conv)
                 await self.batch_slots.track(conversation_id, conv)
                 stale.discard(conversation_id)

@@ -27,6 +27,7 @@ from clawstream.inference.client import (
     InferenceOverloaded,
     InferenceUnreachable,
 )
+from clawstream.inference.protocol import ToolChoice
 from clawstream.processors.app import WorkerTopics
 from clawstream.processors.caching import CacheControl, Caches, collecting
 from clawstream.processors.caching.report import current as cache_report
@@ -42,7 +43,15 @@ from clawstream.processors.records import Output
 from clawstream.processors.tools.base import Tool, ToolContext, ToolError
 from clawstream.schemas import DecodeError, decode_as
 from clawstream.schemas.names import STEP_COMMAND, STEP_RESULT
-from clawstream.schemas.records import StepCommand, StepError, StepResult, Usage, empty_usage
+from clawstream.schemas.records import (
+    FunctionCall,
+    ModelCall,
+    StepCommand,
+    StepError,
+    StepResult,
+    Usage,
+    empty_usage,
+)
 from clawstream.streams.topics import RESULTS
 
 log = logging.getLogger(__name__)
@@ -64,6 +73,28 @@ class InFlight:
         self.count -= 1
         if self.count == 0:
             self.idle.set()
+
+
+def chat_messages(call: ModelCall) -> list[dict[str, object]]:
+    """The step's messages as the inference API takes them (OpenAI's shape)."""
+    return [{"role": m["role"], "content": m["content"],
+             "tool_calls": [{"id": c["id"], "name": c["name"], "arguments": c["arguments_json"]}
+                            for c in m["tool_calls"]] or None,
+             "tool_call_id": m["tool_call_id"], "name": m["name"]}
+            for m in call["messages"]]
+
+
+def tool_functions(call: ModelCall) -> list[dict[str, object]]:
+    return [{"name": t["name"], "description": t["description"],
+             "parameters": json.loads(t["parameters_json"] or "{}")} for t in call["tools"]]
+
+
+def tool_choice(call: ModelCall) -> ToolChoice:
+    if call["tool_choice"] == "none":
+        return "none"
+    if call["tool_choice"] == "required":
+        return "required"
+    return "auto"
 
 
 class StepBusy(Exception):
@@ -142,7 +173,8 @@ class StepExecutors:
     def _result(self, cmd: StepCommand, started: int, *, output: str = "",
                 error: StepError | None = None, model: str | None = None,
                 backend: str | None = None, usage: Usage | None = None,
-                cache_hit: bool = False) -> Output:
+                cache_hit: bool = False, tool_calls: list[FunctionCall] | None = None,
+                finish_reason: str | None = None) -> Output:
         record: StepResult = {
             "step_id": cmd["step_id"],
             "step_index": cmd["step_index"],
@@ -163,6 +195,8 @@ class StepExecutors:
             "backend": backend,
             "usage": usage or empty_usage(),
             "cache": cache_report().records(),
+            "tool_calls": tool_calls or [],
+            "finish_reason": finish_reason,
         }
         return Output(RESULTS.name, cmd["conversation_id"], STEP_RESULT, record)
 
@@ -177,9 +211,11 @@ class StepExecutors:
             outcome = await self.caches.model_step(
                 call, CacheControl.from_record(cmd.get("cache")), cache_report(),
                 lambda: asyncio.wait_for(
-                    self.inference.generate(call["messages"], max_tokens=call["max_tokens"],
+                    self.inference.generate(chat_messages(call), max_tokens=call["max_tokens"],
                                             temperature=call["temperature"],
-                                            model=spec.backend_model if spec else None),
+                                            model=spec.backend_model if spec else None,
+                                            tools=tool_functions(call),
+                                            tool_choice=tool_choice(call)),
                     timeout=cmd["timeout_ms"] / 1000),
                 served_model=spec.backend_model if spec else None)
         except TimeoutError:
@@ -193,7 +229,8 @@ class StepExecutors:
                                 error=_error(exc, exc.retryable, retry_after))
         return self._result(cmd, started, output=outcome.output, model=outcome.model,
                             backend=outcome.backend, usage=outcome.usage,
-                            cache_hit=outcome.cache_hit)
+                            cache_hit=outcome.cache_hit, tool_calls=outcome.tool_calls,
+                            finish_reason=outcome.finish_reason)
 
     async def _call_tool(self, tool: Tool, ctx: ToolContext) -> str:
         """Mutating calls go through the ledger. The hard cut comes one limit after the

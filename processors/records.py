@@ -25,6 +25,7 @@ from clawstream.schemas.records import (
     AnswerStatus,
     CacheControl,
     DeadLetter,
+    FunctionCall,
     ModelCall,
     StepCommand,
     StepResult,
@@ -151,7 +152,8 @@ def step_name(cmd: StepCommand) -> str:
 
 
 def answer(req: AgentRequest, status: AnswerStatus, text: str, reason: str | None,
-           now_ms: int, agent_version: str, active: ActiveRequest | None = None) -> Output:
+           now_ms: int, agent_version: str, active: ActiveRequest | None = None,
+           tool_calls: list[FunctionCall] | None = None) -> Output:
     """The request's one answer; ``active`` carries what its run spent and did (none for a
     request answered before it ran)."""
     record: AgentAnswer = {
@@ -170,6 +172,8 @@ def answer(req: AgentRequest, status: AnswerStatus, text: str, reason: str | Non
         "usage": active["usage"] if active else empty_usage(),
         "timeline": active["timeline"] if active else [],
         "cache": active.get("cache", []) if active else [],
+        "tool_calls": tool_calls or [],
+        "finish_reason": "tool_calls" if tool_calls else None,
     }
     return Output(ANSWERS.name, req["conversation_id"], AGENT_ANSWER, record)
 

@@ -7,12 +7,14 @@ table written by the earlier release must still load.
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from clawstream.schemas.records import (
     AgentRequest,
     AnswerStatus,
     CacheUsage,
+    FunctionCall,
+    Message,
     StepCommand,
     TimelineEntry,
     Usage,
@@ -51,6 +53,19 @@ class Failure(TypedDict):
     reason: str
 
 
+class StepRun(TypedDict):
+    """One step of the request's current turn: its latest attempt, and where it stands."""
+
+    cmd: StepCommand
+    retry_at_ms: int | None
+    """Set while a failed attempt waits for its retry (the sweep re-issues it then)."""
+    attempts: list[Attempt]
+    output: str | None
+    """Its result once done (a tool's output, a model's text); None while it runs."""
+    tool_calls: list[FunctionCall]
+    """A model step's decision: the tools it calls (empty: its text is the answer)."""
+
+
 class ActiveRequest(TypedDict):
     """The request a conversation is running, and where it stands."""
 
@@ -58,10 +73,13 @@ class ActiveRequest(TypedDict):
     run: int
     """0, or the redrive number: a redrive runs the plan again under new step keys."""
     step_index: int
-    pending: StepCommand | None
-    retry_at_ms: int | None
-    """Set while a failed attempt waits for its retry (the sweep re-issues it then)."""
-    attempts: list[Attempt]
+    """A plan's next step; for a deciding agent, the steps issued so far (step keys)."""
+    steps: list[StepRun]
+    """The current turn: one plan step, one model step, or the tool calls it decided."""
+    transcript: list[Message]
+    """A deciding agent's chat: system, context, question, its calls and their results."""
+    taken: int
+    """Steps this request has issued (``max_steps``)."""
     notes: str | None
     last_output: str
     timeline: list[TimelineEntry]
@@ -107,3 +125,22 @@ class DedupEntry(TypedDict):
 
 def empty_conversation() -> Conversation:
     return {"exchanges": [], "active": None, "waiting": []}
+
+
+def upgrade(conv: Conversation) -> Conversation:
+    """A state written by the release before (one ``pending`` step per request) in this
+    release's shape, so requests in flight across an upgrade go on."""
+    active = conv["active"]
+    if active is None or "steps" in active:
+        return conv
+    old = cast(dict[str, Any], active)
+    pending = old.pop("pending", None)
+    runs: list[StepRun] = [] if pending is None else [
+        {"cmd": pending, "retry_at_ms": old.pop("retry_at_ms", None),
+         "attempts": old.pop("attempts", []), "output": None, "tool_calls": []}]
+    old.pop("retry_at_ms", None)
+    old.pop("attempts", None)
+    active["steps"] = runs
+    active["transcript"] = []
+    active["taken"] = active["step_index"] + 1
+    return conv

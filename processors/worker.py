@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import faust
 import redis.asyncio as aioredis
 
-from clawstream.config import Settings
+from clawstream.config import Settings, upstream_models
 from clawstream.inference.client import InferenceClient
 from clawstream.processors import faust_fence
 from clawstream.processors.app import add_pages, create_app, create_tables, create_topics
@@ -42,15 +42,19 @@ class Worker:
 
 
 def inference_client(settings: Settings) -> InferenceClient:
-    """The worker's model client: HTTP by default; the generator's DeploymentHandle with
-    ``inference_transport=handle`` (imported only then: Ray stays out of an HTTP worker)."""
+    """The worker's model client: HTTP by default; the generation deployments' handles with
+    ``inference_transport=handle`` (imported only then: Ray stays out of an HTTP worker).
+    It knows the pools' upstream models, so each call takes its model's direct route."""
+    upstreams = upstream_models(settings.pools).keys()
     if settings.inference_transport == "handle":
         from clawstream.inference.handle_client import HandleInferenceClient
 
         return HandleInferenceClient(settings.serve_url, ray_address=settings.ray_address,
                                      retry_after_s=settings.inference_retry_after_s,
-                                     timeout=settings.batch_step_timeout_s)
-    return InferenceClient(settings.serve_url, timeout=settings.batch_step_timeout_s)
+                                     timeout=settings.batch_step_timeout_s,
+                                     upstream_models=upstreams)
+    return InferenceClient(settings.serve_url, timeout=settings.batch_step_timeout_s,
+                           upstream_models=upstreams)
 
 
 def build_worker(settings: Settings, name: str, registry: Registry | None = None) -> Worker:

@@ -38,9 +38,24 @@ class CacheControl(TypedDict):
     ttl_s: float | None
 
 
+class FunctionCall(TypedDict):
+    id: str
+    name: str
+    arguments_json: str
+
+
+class FunctionSpec(TypedDict):
+    name: str
+    description: str
+    parameters_json: str
+
+
 class Message(TypedDict):
     role: str
     content: str
+    tool_calls: list[FunctionCall]
+    tool_call_id: str | None
+    name: str | None
 
 
 class ModelCall(TypedDict):
@@ -49,6 +64,8 @@ class ModelCall(TypedDict):
     messages: list[Message]
     max_tokens: int
     temperature: float
+    tools: list[FunctionSpec]
+    tool_choice: str | None
 
 
 class ToolCall(TypedDict):
@@ -56,6 +73,7 @@ class ToolCall(TypedDict):
     version: str
     arguments_json: str
     mutating: bool
+    call_id: str | None
 
 
 class StepError(TypedDict):
@@ -93,6 +111,10 @@ class AgentRequest(TypedDict):
     deadline_ms: int
     trace_id: str
     options: dict[str, str]
+    messages: list[Message]
+    tools: list[FunctionSpec]
+    parent_request_id: str | None
+    parent_step_id: str | None
 
 
 class StepCommand(TypedDict):
@@ -133,6 +155,8 @@ class StepResult(TypedDict):
     backend: str | None
     usage: Usage
     cache: list[CacheUsage]
+    tool_calls: list[FunctionCall]
+    finish_reason: str | None
 
 
 class AgentEvent(TypedDict):
@@ -165,6 +189,8 @@ class AgentAnswer(TypedDict):
     usage: Usage
     timeline: list[TimelineEntry]
     cache: list[CacheUsage]
+    tool_calls: list[FunctionCall]
+    finish_reason: str | None
 
 
 class AttemptRecord(TypedDict):
@@ -215,6 +241,8 @@ RECORD_TYPES: dict[str, type] = {
     "clawstream.CacheUsage": CacheUsage,
     "clawstream.CacheControl": CacheControl,
     "clawstream.Message": Message,
+    "clawstream.FunctionCall": FunctionCall,
+    "clawstream.FunctionSpec": FunctionSpec,
     "clawstream.ModelCall": ModelCall,
     "clawstream.ToolCall": ToolCall,
     "clawstream.StepError": StepError,
@@ -230,6 +258,12 @@ RECORD_TYPES: dict[str, type] = {
     "clawstream.Wakeup": Wakeup,
 }
 """Every named record schema and its type (the test walks the schemas through this)."""
+
+
+def message(role: str, content: str, *, tool_calls: list[FunctionCall] | None = None,
+            tool_call_id: str | None = None, name: str | None = None) -> Message:
+    return {"role": role, "content": content, "tool_calls": tool_calls or [],
+            "tool_call_id": tool_call_id, "name": name}
 
 
 def empty_usage() -> Usage:

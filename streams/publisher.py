@@ -177,6 +177,10 @@ def new_request(*, agent: str, conversation_id: str, text: str,
                                              else _default_deadline_s(lane))),
         "trace_id": uuid.uuid4().hex,
         "options": options or {},
+        "messages": [],
+        "tools": [],
+        "parent_request_id": None,
+        "parent_step_id": None,
     }
 
 

@@ -8,9 +8,10 @@ off (the benchmark's baseline run).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clawstream.config import Settings
@@ -27,7 +28,7 @@ from clawstream.processors.caching.results import (
 from clawstream.processors.caching.store import CacheStore
 from clawstream.processors.pricing import cost_usd
 from clawstream.processors.records import Output, Subject, event
-from clawstream.schemas.records import ModelCall, StepCommand, Usage
+from clawstream.schemas.records import FunctionCall, ModelCall, StepCommand, Usage
 
 
 @dataclass
@@ -39,6 +40,8 @@ class StepOutcome:
     usage: Usage
     model: str | None = None
     backend: str | None = None
+    tool_calls: list[FunctionCall] = field(default_factory=list)
+    finish_reason: str | None = None
 
 
 def usage_record(report: CacheReport, prompt_tokens: int = 0, completion_tokens: int = 0,
@@ -78,19 +81,23 @@ class Caches:
             hit = await self.prompt.lookup(self.prompt.key(call, model_id), control)
             if hit is not None:
                 return StepOutcome(hit.output, True, usage_record(report), hit.model,
-                                   hit.backend)
+                                   hit.backend, json.loads(hit.tool_calls_json),
+                                   "tool_calls" if hit.tool_calls_json != "[]" else "stop")
         gen = await generate()
+        calls: list[FunctionCall] = [{"id": c.id, "name": c.name, "arguments_json": c.arguments}
+                                     for c in gen.tool_calls]
         self.models.note("generation", gen.model)
         cost = cost_usd(self.settings.prices, gen.model, gen.prompt_tokens,
                         gen.completion_tokens)
         if use_cache:
             entry = CachedResult(gen.text, self.prompt.now_ms(), gen.prompt_tokens,
-                                 gen.completion_tokens, cost, gen.model, gen.backend)
+                                 gen.completion_tokens, cost, gen.model, gen.backend,
+                                 json.dumps(calls))
             await self.prompt.save(self.prompt.key(call, gen.model), entry,
                                    self.prompt.ttl(control))
         return StepOutcome(gen.text, False, usage_record(report, gen.prompt_tokens,
                                                          gen.completion_tokens, cost),
-                           gen.model, gen.backend)
+                           gen.model, gen.backend, calls, gen.finish_reason)
 
     async def tool_step(self, tool: CacheableTool, arguments: Mapping[str, Any],
                         control: CacheControl, report: CacheReport,

@@ -29,6 +29,8 @@ class CachedResult:
     cost_usd: float = 0.0
     model: str | None = None
     backend: str | None = None
+    tool_calls_json: str = "[]"
+    """A model's calls of tools, when that was its answer."""
 
     @property
     def tokens(self) -> int:
@@ -86,7 +88,8 @@ class PromptCache(ResultCache):
 
     def key(self, call: ModelCall, model_id: str) -> str:
         params = {"pool": call["model"], "max_tokens": call["max_tokens"],
-                  "temperature": float(call["temperature"])}
+                  "temperature": float(call["temperature"]), "tools": call["tools"],
+                  "tool_choice": call["tool_choice"]}
         messages = [{"role": m["role"], "content": m["content"]} for m in call["messages"]]
         return prompt_cache_key(call["prompt_version"], model_id, params, messages)
 

@@ -88,8 +88,9 @@ def _cut_reason(conv: Conversation, active: ActiveRequest, cmd: StepCommand,
 def _expensive(active: ActiveRequest, cmd: StepCommand, rules: Rules) -> bool:
     """The agent's plan marks the step expensive."""
     agent = rules.catalog.agent(active["request"]["agent"])
+    plan = agent.plan if agent else None
     index = cmd["step_index"]
-    return bool(agent and index < len(agent.plan) and agent.plan[index].expensive)
+    return bool(plan and index < len(plan) and plan[index].expensive)
 
 
 def _skipped_result(cmd: StepCommand, reason: str, now: int) -> StepResult:
@@ -99,7 +100,7 @@ def _skipped_result(cmd: StepCommand, reason: str, now: int) -> StepResult:
             "trace_id": cmd["trace_id"], "status": "ok", "output": "", "error": None,
             "worker": FLOW_WORKER, "issued_at_ms": cmd["issued_at_ms"], "started_at_ms": now,
             "finished_at_ms": now, "cache_hit": False, "model": None, "backend": None,
-            "usage": empty_usage(), "cache": []}
+            "usage": empty_usage(), "cache": [], "tool_calls": [], "finish_reason": None}
 
 
 def count_result(conv: Conversation | None, res: StepResult) -> None:

@@ -68,7 +68,16 @@ class Recall:
     still in the prompt, left out of the search; default settings.context_exchanges)."""
 
     # Reads an archive that grows every turn: a cached answer would miss the latest exchange.
-    spec = ToolSpec(name="recall", version="1", cache_ttl_s=0)
+    spec = ToolSpec(
+        name="recall", version="1", cache_ttl_s=0,
+        description="Find earlier exchanges of this conversation that fell out of the "
+                    "context, by words they share with a query.",
+        parameters_json=json.dumps({
+            "type": "object", "required": ["conversation_id", "query"],
+            "properties": {"conversation_id": {"type": "string"},
+                           "query": {"type": "string"},
+                           "k": {"type": "integer", "minimum": 1, "default": 2}}},
+            sort_keys=True))
 
     def __init__(self, redis: aioredis.Redis, kept_default: int) -> None:
         self._redis = redis

@@ -64,7 +64,7 @@ def test_a_tool_failing_always_is_dead_lettered_and_answered(worker: Settings) -
                    tenant_id="tenant-dlq", options=_args(args0=args))
     answer = answer_to(worker, request)
     assert answer["status"] == "failed"
-    assert "fault.flaky step failed after 2 attempt(s)" in answer["reason"]
+    assert "fault_flaky step failed after 2 attempt(s)" in answer["reason"]
     [letter] = select(read_letters(worker.bootstrap_servers),
                       {"conversation_id": conversation})
     assert letter["dlq_id"] in answer["reason"]

@@ -36,7 +36,7 @@ def _result(cmd: dict[str, Any], output: str, hit: bool, cache: list[dict[str, A
         "finished_at_ms": 20, "cache_hit": hit, "model": "m", "backend": "b",
         "usage": {"prompt_tokens": 0 if hit else 30, "completion_tokens": 0 if hit else 10,
                   "cost_usd": cost, "saved_tokens": 40 if hit else 0, "saved_cost_usd": saved},
-        "cache": cache,
+        "cache": cache, "tool_calls": [], "finish_reason": None,
     }
 
 

@@ -36,7 +36,7 @@ def test_two_workers_in_one_process(tmp_path: Path) -> None:
     assert {"clawstream.coordinate", "clawstream.admit_batch", "clawstream.execute_tools",
             "clawstream.dispatch_inference"} <= set(one.app.agents)
     assert "fault-saga" in one.registry.agent_names
-    assert {"retrieve", "recall", "fault.effect"} <= set(one.executors.tools)
+    assert {"retrieve", "recall", "fault_effect"} <= set(one.executors.tools)
     assert not (tmp_path / "faust").exists()  # nothing on disk until the worker runs
 
 

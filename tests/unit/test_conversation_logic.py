@@ -43,6 +43,7 @@ def _result(cmd: dict[str, Any], output: str, status: str = "ok", *, retryable: 
         "finished_at_ms": 20, "cache_hit": False, "model": "m", "backend": "b",
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "cost_usd": 0.0,
                   "saved_tokens": 0, "saved_cost_usd": 0.0}, "cache": [],
+        "tool_calls": [], "finish_reason": None,
     }
 
 
@@ -224,7 +225,7 @@ def test_a_failed_saga_compensates_completed_steps_last_first() -> None:
     while not any(o.topic == ANSWERS.name for o in decision.outputs):
         [comp] = _commands(decision)
         arguments = json.loads(comp["tool_call"]["arguments_json"])
-        assert comp["tool_call"]["name"] == "fault.undo" and comp["tool_call"]["mutating"]
+        assert comp["tool_call"]["name"] == "fault_undo" and comp["tool_call"]["mutating"]
         undone.append(arguments["arguments"]["label"])
         decision = on_result(decision.conversation, _result(comp, "undone"), 3, RULES)
     assert undone == ["step1", "step0"]

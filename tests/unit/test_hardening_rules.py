@@ -62,7 +62,8 @@ def _result(cmd: dict[str, Any], output: str = "ok", *, error: dict[str, Any] | 
         "started_at_ms": 10, "finished_at_ms": 20, "cache_hit": False, "model": "m",
         "backend": "b", "usage": {"prompt_tokens": tokens, "completion_tokens": 2,
                                   "cost_usd": 0.001, "saved_tokens": 0,
-                                  "saved_cost_usd": 0.0}, "cache": []}
+                                  "saved_cost_usd": 0.0}, "cache": [],
+        "tool_calls": [], "finish_reason": None}
 
 
 def _error(cls: str, *, infrastructure: bool = False, retryable: bool = True) -> dict[str, Any]:
@@ -157,7 +158,7 @@ def test_infrastructure_failures_retry_until_the_deadline_without_using_attempts
                       options={"args0": json.dumps({"counter": "c"})})
     decision = on_request(None, None, req, req["created_at_ms"], RULES, SOURCE)
     now = req["created_at_ms"]
-    for _ in range(8):  # fault.effect has 3 attempts: far more infrastructure failures pass
+    for _ in range(8):  # fault_effect has 3 attempts: far more infrastructure failures pass
         [cmd] = _commands(decision)
         now += 10
         decision = on_result(decision.conversation,
@@ -167,7 +168,7 @@ def test_infrastructure_failures_retry_until_the_deadline_without_using_attempts
         [scheduled] = _events(decision)[-1:]
         assert scheduled["detail"]["infrastructure"] == "true"
         assert decision.conversation and decision.conversation["active"]
-        now = decision.conversation["active"]["retry_at_ms"] or now
+        now = decision.conversation["active"]["steps"][0]["retry_at_ms"] or now
         decision = on_wakeup(decision.conversation, now, RULES)
     [cmd] = _commands(decision)
     assert cmd["attempt"] == 9
@@ -175,7 +176,7 @@ def test_infrastructure_failures_retry_until_the_deadline_without_using_attempts
         decision = on_result(decision.conversation, _result(cmd, error=_error("ToolError")),
                              now, RULES)
         assert decision.conversation and decision.conversation["active"]
-        now = decision.conversation["active"]["retry_at_ms"] or now
+        now = decision.conversation["active"]["steps"][0]["retry_at_ms"] or now
         decision = on_wakeup(decision.conversation, now, RULES)
         [cmd] = _commands(decision)
     done = on_result(decision.conversation, _result(cmd, error=_error("ToolError")), now, RULES)
@@ -222,7 +223,7 @@ def test_abort_compensates_and_answers_and_hard_abort_answers_everyone() -> None
     assert decision.conversation is not None
     aborted = abort(decision.conversation, "broken", 2, RULES)
     [undo] = _commands(aborted)
-    assert undo["tool_call"]["name"] == "fault.undo"
+    assert undo["tool_call"]["name"] == "fault_undo"
     assert aborted.conversation and aborted.conversation["active"]
     assert aborted.conversation["active"]["request"]["text"] == ""
     finished = on_result(aborted.conversation, _result(undo, "undone"), 3, RULES)

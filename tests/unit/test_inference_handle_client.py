@@ -11,9 +11,15 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from clawstream.inference.client import (
     InferenceBackendError,
     InferenceOverloaded,
+    InferenceTimeout,
     InferenceValidationError,
 )
-from clawstream.inference.errors import BackendFailure, InputRejected, Overloaded
+from clawstream.inference.errors import (
+    BackendFailure,
+    GenerationTimeout,
+    InputRejected,
+    Overloaded,
+)
 from clawstream.inference.handle_client import classify
 
 
@@ -48,3 +54,9 @@ def test_overload_is_retryable_with_its_retry_after(exc: BaseException, expected
 def test_anything_else_is_a_retryable_backend_error(exc: BaseException) -> None:
     error = classify(exc, 1.0)
     assert isinstance(error, InferenceBackendError) and error.retryable
+
+
+def test_an_upstreams_timeout_is_a_retryable_timeout_naming_its_deployment() -> None:
+    error = classify(_remote(GenerationTimeout("upstream silent for 60 s")), 1.0, "upstream")
+    assert isinstance(error, InferenceTimeout) and error.retryable and error.status == 504
+    assert str(error).startswith("upstream: ") and "silent" in str(error)

@@ -49,7 +49,8 @@ def test_routing_cuts_the_expensive_step_under_degrade_and_answers_degraded() ->
               "started_at_ms": 6, "finished_at_ms": 7, "cache_hit": False, "model": "m",
               "backend": "b", "usage": {"prompt_tokens": 1, "completion_tokens": 1,
                                         "cost_usd": 0.0, "saved_tokens": 0,
-                                        "saved_cost_usd": 0.0}, "cache": []}
+                                        "saved_cost_usd": 0.0}, "cache": [],
+              "tool_calls": [], "finish_reason": None}
     done = on_result(routed.decision.conversation, result, 8, RULES)
     finished = route_and_cut(done, RULES, SETTINGS, FlagView({"degrade": "on"}), 8)
     [answer] = [o.record for o in finished.decision.outputs if o.topic == ANSWERS.name]

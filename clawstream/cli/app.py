@@ -96,8 +96,8 @@ def ask(
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    publisher = Publisher(settings.bootstrap_servers)
-    publish_request(publisher, request)
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result(timeout)  # acked before we wait
     answer = wait_for_answer(settings.bootstrap_servers, ANSWERS.name,
                              idempotency_key=request["idempotency_key"],
                              conversation_id=request["conversation_id"], timeout_s=timeout)

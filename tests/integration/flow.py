@@ -22,7 +22,8 @@ Record = dict[str, Any]
 
 def send(settings: Settings, **fields: Any) -> Record:
     request = new_request(**fields)
-    publish_request(Publisher(settings.bootstrap_servers), request)
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result()
     return request
 
 

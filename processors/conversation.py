@@ -126,14 +126,14 @@ def _start(conv: Record, req: Record, run: int, now_ms: int, policy: Policy) -> 
     conv["active"] = active
     if now_ms >= req["deadline_ms"]:
         return _finish(conv, agent, "failed", "", "deadline passed before the request started",
-                       now_ms, policy, []).outputs
+                       now_ms, policy, [], reason_kind="deadline").outputs
     return _issue(active, _plan_command(conv, active, agent, now_ms, policy), agent, now_ms)
 
 
 def _reject_unknown_agent(req: Record, now_ms: int) -> list[Output]:
     reason = f"unknown agent {req['agent']!r}"
     holder = {"request": req, "usage": empty_usage(), "timeline": []}
-    return [answer(holder, "rejected", "", reason, now_ms, "none"),
+    return [answer(holder, "rejected", "", reason, now_ms, "none", reason_kind="unknown_agent"),
             event("request_rejected", now_ms, req, detail={"reason": reason})]
 
 
@@ -298,13 +298,14 @@ def _step_failed(conv: Record, agent: AgentSpec, error: Record, now_ms: int, pol
 
 
 def _fail(conv: Record, agent: AgentSpec, reason: str, now_ms: int, policy: Policy,
-          outputs: list[Output]) -> Decision:
+          outputs: list[Output], reason_kind: str | None = None) -> Decision:
     active = conv["active"]
     active["pending"] = None
     active["retry_at_ms"] = None
     if not active["effects"]:
-        return _finish(conv, agent, "failed", "", reason, now_ms, policy, outputs)
-    active["failure"] = {"status": "failed", "reason": reason}
+        return _finish(conv, agent, "failed", "", reason, now_ms, policy, outputs,
+                       reason_kind=reason_kind)
+    active["failure"] = {"status": "failed", "reason": reason, "reason_kind": reason_kind}
     outputs.append(event("saga_compensating", now_ms, active["request"],
                          agent_version=agent.version,
                          detail={"steps": len(active["effects"]), "reason": reason}))
@@ -318,7 +319,7 @@ def _compensate_next(conv: Record, agent: AgentSpec, now_ms: int, policy: Policy
     if not active["effects"]:
         failure = active["failure"]
         return _finish(conv, agent, failure["status"], "", failure["reason"], now_ms, policy,
-                       outputs)
+                       outputs, reason_kind=failure.get("reason_kind"))
     effect = active["effects"].pop()
     req = active["request"]
     spec = get_tool_spec(effect["compensation"])
@@ -333,10 +334,12 @@ def _compensate_next(conv: Record, agent: AgentSpec, now_ms: int, policy: Policy
 
 
 def _finish(conv: Record, agent: AgentSpec, status: str, text: str, reason: str | None,
-            now_ms: int, policy: Policy, outputs: list[Output]) -> Decision:
+            now_ms: int, policy: Policy, outputs: list[Output],
+            reason_kind: str | None = None) -> Decision:
     active = conv["active"]
     req = active["request"]
-    outputs.append(answer(active, status, text, reason, now_ms, agent.version))
+    outputs.append(answer(active, status, text, reason, now_ms, agent.version,
+                          reason_kind=reason_kind))
     outputs.append(event("answer_emitted", now_ms, req, agent_version=agent.version,
                          detail={"status": status, "reason": reason or ""}))
     if status == "ok":
@@ -379,7 +382,8 @@ def on_wakeup(conv: Record | None, now_ms: int, policy: Policy) -> Decision:
         conv["waiting"].remove(req)
         holder = {"request": req, "usage": empty_usage(), "timeline": []}
         outputs.append(answer(holder, "failed", "", "deadline passed while queued behind an "
-                              "earlier request of the conversation", now_ms, "none"))
+                              "earlier request of the conversation", now_ms, "none",
+                              reason_kind="deadline"))
     active = conv["active"]
     if active is None:
         return Decision(conv, outputs)
@@ -390,7 +394,7 @@ def on_wakeup(conv: Record | None, now_ms: int, policy: Policy) -> Decision:
         outputs.append(event("deadline_exceeded", now_ms, req, agent_version=agent.version,
                              step_id=pending["step_id"] if pending else None))
         return _fail(conv, agent, "deadline exceeded: the request was not answered in time",
-                     now_ms, policy, outputs)
+                     now_ms, policy, outputs, reason_kind="deadline")
     if pending is None:
         return Decision(conv, outputs)
     if active["retry_at_ms"] is not None:

@@ -97,7 +97,11 @@ def step_name(cmd: Record) -> str:
 
 
 def answer(active: Record, status: str, text: str, reason: str | None, now_ms: int,
-           agent_version: str) -> Output:
+           agent_version: str, *, reason_kind: str | None = None,
+           retry_after_s: float | None = None) -> Output:
+    """The request's one answer. ``reason_kind`` and ``retry_after_s`` are the reason for
+    machines: the gateway turns a rate-limit rejection into 429 + Retry-After and a
+    deadline into 504 without parsing the text."""
     req = active["request"]
     record = {
         "request_id": req["request_id"],
@@ -110,10 +114,12 @@ def answer(active: Record, status: str, text: str, reason: str | None, now_ms: i
         "status": status,
         "text": text,
         "reason": reason,
+        "reason_kind": reason_kind,
+        "retry_after_s": retry_after_s,
         "created_at_ms": req["created_at_ms"],
         "answered_at_ms": now_ms,
-        "usage": active["usage"],
-        "timeline": active["timeline"],
+        "usage": active.get("usage") or empty_usage(),
+        "timeline": active.get("timeline", []),
         "cache": active.get("cache", []),
     }
     return Output(ANSWERS.name, req["conversation_id"], AGENT_ANSWER, record)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 import uuid
 from typing import Any
@@ -22,19 +24,28 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class PublisherBusy(PublishError):
+    """The producer's local queue is full: the broker is not keeping up (back off)."""
+
+
+def producer_config(bootstrap: str, linger_ms: int = 2) -> dict[str, Any]:
+    """The one producer configuration: acks from every replica, idempotent, and Java's
+    (and aiokafka's) partitioner: requests must land on the same partition as the results
+    Faust produces for that conversation, or co-partitioning breaks."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": linger_ms,
+        "partitioner": "murmur2_random",
+    }
+
+
 class Publisher:
     """A thin, typed producer; one per process is enough."""
 
     def __init__(self, bootstrap: str) -> None:
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap,
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 2,
-            # Java's (and aiokafka's) partitioner: requests must land on the same partition
-            # as the results Faust produces for that conversation, or co-partitioning breaks.
-            "partitioner": "murmur2_random",
-        })
+        self._producer = Producer(producer_config(bootstrap))
 
     def publish(self, topic: str, key: str, schema: str, record: dict[str, Any],
                 timeout_s: float = 30.0) -> None:
@@ -61,6 +72,54 @@ class Publisher:
 
     def close(self) -> None:
         self._producer.flush(30.0)
+
+
+class AsyncPublisher:
+    """The producer for servers: ``publish`` awaits the broker's ack without blocking the
+    event loop (a background thread serves the delivery reports), so one process keeps
+    many requests in flight. A full local queue raises :class:`PublisherBusy` at once."""
+
+    def __init__(self, bootstrap: str, linger_ms: int = 1,
+                 delivery_timeout_ms: int = 10_000) -> None:
+        self._producer = Producer({**producer_config(bootstrap, linger_ms),
+                                   "message.timeout.ms": delivery_timeout_ms})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="clawstream-producer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    async def publish(self, topic: str, key: str, schema: str, record: dict[str, Any]) -> None:
+        """Encode (raises on a record that does not fit the schema), send, await the ack."""
+        value = encode(schema, record)
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[None] = loop.create_future()
+
+        def settle(err: KafkaError | None) -> None:
+            if acked.done():
+                return
+            if err is None:
+                acked.set_result(None)
+            else:
+                acked.set_exception(PublishError(str(err)))
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            loop.call_soon_threadsafe(settle, err)
+
+        try:
+            self._producer.produce(topic, key=key.encode(), value=value,
+                                   on_delivery=on_delivery)
+        except BufferError as exc:
+            raise PublisherBusy("the producer's queue is full") from exc
+        await acked
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)
+        self._stop.set()
+        self._thread.join(timeout_s)
 
 
 def _default_deadline_s(lane: str) -> float:

@@ -2,25 +2,94 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from clawstream.schemas import DecodeError, decode
 
 Record = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
-def _consumer(bootstrap: str, group: str | None = None) -> Consumer:
+def consumer(bootstrap: str, group: str | None = None, **overrides: Any) -> Consumer:
+    """A consumer; without ``group`` a throw-away group id that is never committed (readers
+    that assign partitions themselves)."""
     return Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": group or f"clawstream-reader-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": group is not None,
         "auto.offset.reset": "earliest",
+        **overrides,
     })
+
+
+_consumer = consumer
+
+
+class TopicTail:
+    """Every partition of ``topics`` from the end they had at :meth:`start`, read in a
+    background thread: a server's view of what happens from now on. No group: every
+    replica of a server sees every record (each holds its own waiters), and nothing is
+    ever read again from the beginning.
+
+    ``on_message(topic, key, value)`` runs in the reader thread; it should filter cheaply
+    (by key) and hand the little it keeps to its own event loop."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str],
+                 on_message: Callable[[str, bytes | None, bytes | None], None]) -> None:
+        self._consumer = consumer(bootstrap, **{"fetch.wait.max.ms": 100,
+                                                "enable.partition.eof": False})
+        self._topics = tuple(topics)
+        self._on_message = on_message
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clawstream-tail", daemon=True)
+        self.error: str | None = None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Pin every partition at its current end (explicit offsets, so a record produced
+        after ``start`` returns is always seen), then start reading."""
+        assignment = []
+        for topic in self._topics:
+            metadata = self._consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+            if metadata.error is not None:
+                raise KafkaException(metadata.error)
+            for partition in metadata.partitions:
+                tp = TopicPartition(topic, partition)
+                _low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s)
+                assignment.append(TopicPartition(topic, partition, high))
+        self._consumer.assign(assignment)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.error is None
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for msg in self._consumer.consume(500, 0.1):
+                    if msg.error():
+                        continue
+                    try:
+                        self._on_message(msg.topic(), msg.key(), msg.value())
+                    except Exception:  # one bad record must not stop the tail
+                        log.exception("tail handler failed on %s", msg.topic())
+        except Exception as exc:
+            self.error = repr(exc)
+            log.exception("topic tail stopped")
+        finally:
+            self._consumer.close()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
 
 
 def read_topic(

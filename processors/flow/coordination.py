@@ -31,7 +31,7 @@ from clawstream.processors.flow.buckets import TokenBuckets
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.flow.pools import NoPoolAvailable, route
 from clawstream.processors.policy import Policy
-from clawstream.processors.records import Output, event
+from clawstream.processors.records import Output, answer, event
 from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT, STEP_COMMAND
 from clawstream.streams.topics import INFERENCE_REQUESTS, inference_topic
 
@@ -46,17 +46,8 @@ def _event(kind: str, req: Record, detail: dict[str, str]) -> Output:
 def rejection_outputs(req: Record, rejection: limits.Rejection) -> list[Output]:
     """A ``rejected`` answer with the reason and retry hint, and its audit event."""
     now = int(time.time() * 1000)
-    answer = {
-        "request_id": req["request_id"], "idempotency_key": req["idempotency_key"],
-        "conversation_id": req["conversation_id"], "tenant_id": req["tenant_id"],
-        "trace_id": req["trace_id"], "agent": req["agent"], "agent_version": "none",
-        "status": "rejected", "text": "", "reason": rejection.reason,
-        "created_at_ms": req["created_at_ms"], "answered_at_ms": now,
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
-                  "saved_tokens": 0, "saved_cost_usd": 0.0},
-        "timeline": [],
-    }
-    return [Output("agent.answers", req["conversation_id"], AGENT_ANSWER, answer),
+    return [answer({"request": req}, "rejected", "", rejection.reason, now, "none",
+                   reason_kind=rejection.kind, retry_after_s=rejection.retry_after_s),
             _event("request_rejected", req, {"reason": rejection.reason, "kind": rejection.kind,
                                              "retry_after_s": f"{rejection.retry_after_s:.3f}"})]
 

@@ -1,0 +1,107 @@
+"""The answer index: who in this process waits for which request, fed from the topics.
+
+A :class:`~clawstream.streams.subscriber.TopicTail` reads every partition of
+``agent.answers`` and ``agent.events`` from the end it had at start-up (no group: each
+gateway process sees everything and holds its own waiters). The reader thread drops
+records of conversations nobody here waits on before decoding them (by Kafka key), and
+hands the rest to the event loop, where each :class:`Watch` gets its request's events and
+answer in order. Token deltas of a model step (a deltas topic, later) slot in the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from clawstream.schemas import DecodeError, decode
+from clawstream.schemas.names import AGENT_ANSWER
+from clawstream.streams.subscriber import TopicTail
+from clawstream.streams.topics import ANSWERS, EVENTS
+
+Record = dict[str, Any]
+
+
+class Watch:
+    """One waiter: the request's timeline events and its answer, as they arrive."""
+
+    def __init__(self, request_id: str, key: bytes) -> None:
+        self.request_id = request_id
+        self.key = key
+        self.ids = {request_id}
+        self.queue: asyncio.Queue[tuple[str, Record]] = asyncio.Queue()
+
+    def push(self, name: str, record: Record) -> None:
+        self.queue.put_nowait((name, record))
+
+
+class AnswerIndex:
+    def __init__(self, bootstrap: str) -> None:
+        self._watches: dict[str, set[Watch]] = {}
+        self._keys: dict[bytes, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tail = TopicTail(bootstrap, (ANSWERS.name, EVENTS.name), self._on_message)
+
+    async def start(self) -> None:
+        """Pin the topics' ends, then serve: a request published after this returns has its
+        answer seen."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._tail.start)
+
+    def stop(self) -> None:
+        self._tail.stop()
+
+    @property
+    def alive(self) -> bool:
+        return self._tail.alive
+
+    @property
+    def waiting(self) -> int:
+        """Waiters in this process (the gateway's own in-flight measure)."""
+        return sum(len(w) for w in self._watches.values())
+
+    def watch(self, request_id: str, conversation_id: str) -> Watch:
+        watch = Watch(request_id, conversation_id.encode())
+        self._watches.setdefault(request_id, set()).add(watch)
+        self._keys[watch.key] = self._keys.get(watch.key, 0) + 1
+        return watch
+
+    def follow(self, watch: Watch, request_id: str) -> None:
+        """Also deliver ``request_id``'s records to ``watch`` (a duplicate request is
+        answered by the first one, in the same conversation)."""
+        if request_id not in watch.ids:
+            watch.ids.add(request_id)
+            self._watches.setdefault(request_id, set()).add(watch)
+
+    def close(self, watch: Watch) -> None:
+        for request_id in watch.ids:
+            watches = self._watches.get(request_id)
+            if watches is not None:
+                watches.discard(watch)
+                if not watches:
+                    del self._watches[request_id]
+        count = self._keys.get(watch.key, 0) - 1
+        if count > 0:
+            self._keys[watch.key] = count
+        else:
+            self._keys.pop(watch.key, None)
+        watch.ids = set()
+
+    def _on_message(self, _topic: str, key: bytes | None, value: bytes | None) -> None:
+        """Reader thread: cheap filter by key, decode, hand over to the loop."""
+        if key is None or key not in self._keys or self._loop is None:
+            return
+        try:
+            name, record = decode(value)
+        except DecodeError:
+            return
+        request_id = record.get("request_id")
+        if request_id:
+            self._loop.call_soon_threadsafe(self._deliver, request_id, name, record)
+
+    def _deliver(self, request_id: str, name: str, record: Record) -> None:
+        for watch in list(self._watches.get(request_id, ())):
+            watch.push(name, record)
+
+
+def is_answer(name: str) -> bool:
+    return name == AGENT_ANSWER

@@ -1,0 +1,101 @@
+"""What clients may send, as pydantic models: every field typed and bounded, so nothing
+unvalidated reaches Kafka. Unknown fields are refused on the native API; on the OpenAI
+edge they are accepted and dropped (clients send many optional parameters this runtime
+does not use, and refusing them would break unchanged clients)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from clawstream.processors.caching.control import MAX_AGE_OPTIONS, NO_CACHE_OPTIONS
+
+AgentName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+ConversationName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")]
+UserName = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,256}$")]
+OPTION_NAMES = (*NO_CACHE_OPTIONS, *MAX_AGE_OPTIONS, "max_steps", "token_budget")
+"""Request options a client may set; the others (``redrive_of``, ``run``) are the
+runtime's own and must not come from outside."""
+OptionName = Literal["no_cache", "no-cache", "max_cache_age_s", "max-cache-age-s",
+                     "max_steps", "token_budget"]
+OptionValue = Annotated[str, StringConstraints(max_length=64)]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class TextPart(BaseModel):
+    """A content part; only text is understood (images and audio are refused, by field)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Role
+    content: str | list[TextPart] | None = None
+    name: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class RequestBody(BaseModel):
+    """``POST /v1/requests``: ask an agent, within a conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+    agent: AgentName
+    conversation: ConversationName | None = Field(
+        default=None, description="The conversation to continue; a new one when left out.")
+    text: str | None = Field(default=None, min_length=1)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
+    options: dict[OptionName, OptionValue] = Field(default_factory=dict)
+    lane: Literal["interactive", "batch"] = "interactive"
+    user: UserName | None = None
+    deadline_s: float | None = Field(default=None, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _one_question(self) -> RequestBody:
+        if (self.text is None) == (self.messages is None):
+            raise ValueError("give either text or messages")
+        return self
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool | None = None
+
+
+class ChatCompletionBody(BaseModel):
+    """``POST /v1/chat/completions``, the fields this edge reads."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1, le=1)
+    user: UserName | None = None
+    prompt_cache_key: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    tools: list[dict[str, Any]] | None = None
+
+
+def last_user_text(messages: list[ChatMessage]) -> tuple[str, int]:
+    """The question an agent answers today: the last user message, and its index.
+
+    Until agents take messages with roles (the agents issue), the conversation's earlier
+    turns come from the coordinator's own state (pass a conversation), not from the
+    messages the client resends."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == "user":
+            return messages[index].text(), index
+    raise ValueError("no user message")

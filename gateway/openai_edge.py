@@ -1,0 +1,234 @@
+"""The OpenAI-compatible edge: ``/v1/chat/completions`` and ``/v1/models``.
+
+``model: "agent/<name>"`` runs a clawstream agent (its tools run server-side) and returns
+its final answer as the assistant message. Streaming sends OpenAI's
+``chat.completion.chunk`` events: the role chunk as soon as the coordinator took the
+request (a rejection still becomes a real 429 before any chunk), the answer's text when
+it is there, then the finish chunk, the usage chunk (``stream_options.include_usage``) and
+``[DONE]``. Token deltas of the model step will feed :func:`_content_chunks` instead of
+the final text, and other ``model`` values will be governed pass-through model calls;
+both keep these shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import TypeAdapter
+
+from clawstream.gateway.auth import CallerDep, GatewayDep
+from clawstream.gateway.errors import ApiError, bad_request, not_found
+from clawstream.gateway.models import ChatCompletionBody, ConversationName, last_user_text
+from clawstream.gateway.native import SSE_HEADERS, IdempotencyKey, check_text
+from clawstream.gateway.service import (
+    Accepted,
+    Ask,
+    Gateway,
+    WaitTimeout,
+    answer_error,
+    deadline_error,
+)
+from clawstream.processors.keys import short_hash
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+Record = dict[str, Any]
+AGENT_PREFIX = "agent/"
+CHUNK_CHARS = 64
+"""The final text is sent in pieces of about this size (until model deltas stream)."""
+CREATED = 1_700_000_000
+_CONVERSATION: TypeAdapter[str] = TypeAdapter(ConversationName)
+
+
+def _agent_of(gw: Gateway, model: str) -> str:
+    if not model.startswith(AGENT_PREFIX):
+        raise not_found(f"the model {model!r} does not exist: use agent/<name> "
+                        f"({', '.join(AGENT_PREFIX + a for a in gw.agent_names())})",
+                        code="model_not_found", param="model")
+    agent = model.removeprefix(AGENT_PREFIX)
+    if not gw.has_agent(agent):
+        raise not_found(f"the model {model!r} does not exist", code="model_not_found",
+                        param="model")
+    return agent
+
+
+def _model_card(name: str) -> Record:
+    return {"id": AGENT_PREFIX + name, "object": "model", "created": CREATED,
+            "owned_by": "clawstream"}
+
+
+@router.get("/models")
+async def list_models(gw: GatewayDep, _caller: CallerDep) -> JSONResponse:
+    return JSONResponse({"object": "list",
+                         "data": [_model_card(name) for name in gw.agent_names()]})
+
+
+@router.get("/models/{model:path}")
+async def get_model(model: str, gw: GatewayDep, _caller: CallerDep) -> JSONResponse:
+    return JSONResponse(_model_card(_agent_of(gw, model)))
+
+
+def _conversation(body: ChatCompletionBody, header: str | None) -> str | None:
+    """The conversation: a header, else ``prompt_cache_key`` (hashed when it is not a
+    valid name), else none (a new conversation per call)."""
+    if header is not None:
+        return header
+    key = body.prompt_cache_key
+    if key is None:
+        return None
+    try:
+        return str(_CONVERSATION.validate_python(key))
+    except ValueError:
+        return f"pck-{short_hash(key)}"
+
+
+def _usage(answer: Record) -> Record:
+    usage = answer.get("usage") or {}
+    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def _headers(accepted: Accepted) -> dict[str, str]:
+    return {"X-Request-Id": accepted.request_id,
+            "X-Clawstream-Conversation": accepted.conversation}
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionBody, gw: GatewayDep, caller: CallerDep,
+    idempotency_key: IdempotencyKey = None,
+    x_clawstream_conversation: Annotated[
+        str | None, Header(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")] = None,
+) -> JSONResponse | StreamingResponse:
+    agent = _agent_of(gw, body.model)
+    try:
+        text, index = last_user_text(body.messages)
+    except ValueError:
+        raise bad_request("no user message", param="messages") from None
+    check_text(gw, text, f"messages[{index}].content")
+    accepted = await gw.submit(Ask(
+        tenant_id=caller.tenant_id, user_id=body.user or caller.user_id, agent=agent,
+        text=text, conversation=_conversation(body, x_clawstream_conversation),
+        idempotency_key=idempotency_key))
+    try:
+        if body.stream:
+            return await _start_stream(gw, accepted, body)
+        try:
+            answer = await gw.wait_answer(accepted, gw.deadline(accepted))
+        except WaitTimeout:
+            raise deadline_error(accepted.request_id) from None
+    finally:
+        if not body.stream:
+            gw.release(accepted)
+    error = answer_error(answer, accepted.request_id)
+    if error is not None:
+        error.headers.update(_headers(accepted))
+        raise error
+    return JSONResponse(_completion(accepted, body.model, answer), headers=_headers(accepted))
+
+
+def _completion(accepted: Accepted, model: str, answer: Record) -> Record:
+    return {"id": f"chatcmpl-{accepted.request_id}", "object": "chat.completion",
+            "created": int(accepted.request.get("created_at_ms", 0)) // 1000, "model": model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": answer["text"],
+                                     "refusal": None}}],
+            "usage": _usage(answer)}
+
+
+async def _start_stream(gw: Gateway, accepted: Accepted, body: ChatCompletionBody
+                        ) -> StreamingResponse:
+    """Hold the response until the coordinator took the request or answered it, so a
+    rejection is still an HTTP error; then stream."""
+    timeline = gw.timeline(accepted, gw.deadline(accepted))
+    first: tuple[str, Record] | None = None
+    try:
+        async for kind, record in timeline:
+            if kind == "answer" or record.get("event_type") in (
+                    "request_received", "request_duplicate"):
+                first = (kind, record)
+                break
+    except WaitTimeout:
+        gw.release(accepted)
+        raise deadline_error(accepted.request_id) from None
+    except BaseException:
+        gw.release(accepted)
+        raise
+    if first is not None and first[0] == "answer":
+        error = answer_error(first[1], accepted.request_id)
+        if error is not None:
+            gw.release(accepted)
+            error.headers.update(_headers(accepted))
+            raise error
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(
+        _chunks(gw, accepted, body.model, timeline, first, include_usage),
+        media_type="text/event-stream", headers={**SSE_HEADERS, **_headers(accepted)})
+
+
+def _chunk(accepted: Accepted, model: str, delta: Record, finish: str | None,
+           include_usage: bool) -> str:
+    chunk: Record = {"id": f"chatcmpl-{accepted.request_id}", "object": "chat.completion.chunk",
+                     "created": int(accepted.request.get("created_at_ms", 0)) // 1000,
+                     "model": model, "system_fingerprint": None,
+                     "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                  "finish_reason": finish}]}
+    if include_usage:
+        chunk["usage"] = None
+    return f"data: {json.dumps(chunk)}\n\n"
+
+
+def _content_chunks(text: str) -> list[str]:
+    """The answer's text in a few pieces, split at spaces."""
+    pieces, current = [], ""
+    for word in text.split(" "):
+        current = f"{current} {word}" if current else word
+        if len(current) >= CHUNK_CHARS:
+            pieces.append(current + " ")
+            current = ""
+    if current:
+        pieces.append(current)
+    return pieces or [""]
+
+
+async def _chunks(gw: Gateway, accepted: Accepted, model: str,
+                  timeline: AsyncIterator[tuple[str, Record]],
+                  first: tuple[str, Record] | None, include_usage: bool) -> AsyncIterator[str]:
+    try:
+        yield _chunk(accepted, model, {"role": "assistant", "content": ""}, None, include_usage)
+        answer = first[1] if first is not None and first[0] == "answer" else None
+        try:
+            while answer is None:
+                kind, record = await anext(timeline)
+                if kind == "answer":
+                    answer = record
+        except (WaitTimeout, StopAsyncIteration):
+            yield _error_event(deadline_error(accepted.request_id))
+            return
+        error = answer_error(answer, accepted.request_id)
+        if error is not None:
+            yield _error_event(error)
+            return
+        for piece in _content_chunks(answer["text"]):
+            yield _chunk(accepted, model, {"content": piece}, None, include_usage)
+        yield _chunk(accepted, model, {}, "stop", include_usage)
+        if include_usage:
+            usage = {"id": f"chatcmpl-{accepted.request_id}", "object": "chat.completion.chunk",
+                     "created": int(accepted.request.get("created_at_ms", 0)) // 1000,
+                     "model": model, "system_fingerprint": None, "choices": [],
+                     "usage": _usage(answer)}
+            yield f"data: {json.dumps(usage)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        gw.release(accepted)
+
+
+def _error_event(error: ApiError) -> str:
+    """An error after the stream started: OpenAI clients raise on a chunk with ``error``."""
+    return f"data: {json.dumps(error.body())}\n\n"

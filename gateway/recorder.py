@@ -1,0 +1,99 @@
+"""Files every answer and timeline event in Redis, for late readers.
+
+One consumer group for all gateway processes (each record is filed once, by whichever
+process owns its partition), committing only after Redis took the batch: answers that
+arrive while every gateway is down are filed when one comes back, so a request whose
+gateway was killed can still be fetched by id. A new group starts at the topics' end; it
+never reads a topic from the beginning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from clawstream.config import Settings
+from clawstream.gateway.store import record_answer, record_event
+from clawstream.schemas import DecodeError, decode
+from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT
+from clawstream.streams.subscriber import consumer
+from clawstream.streams.topics import ANSWERS, EVENTS
+
+log = logging.getLogger(__name__)
+BATCH = 500
+
+
+def group_id(settings: Settings) -> str:
+    return f"{settings.app_id}-gateway-recorder"
+
+
+class Recorder:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._redis = redis.Redis.from_url(settings.redis_url)
+        self._consumer = consumer(settings.bootstrap_servers, group_id(settings), **{
+            "enable.auto.commit": False, "auto.offset.reset": "latest",
+            "fetch.wait.max.ms": 100})
+        self._assigned = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clawstream-recorder",
+                                        daemon=True)
+        self.error: str | None = None
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Join the group and wait for the first assignment (so answers from now on are
+        filed); the reading goes on in a thread."""
+        self._consumer.subscribe([ANSWERS.name, EVENTS.name],
+                                 on_assign=lambda _c, _p: self._assigned.set())
+        self._thread.start()
+        if not self._assigned.wait(timeout_s):
+            raise TimeoutError("the gateway recorder got no partitions from its group")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.error is None
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                messages = self._consumer.consume(BATCH, 0.2)
+                records = [m for m in messages if not m.error()]
+                if not records:
+                    continue
+                while not self._stop.is_set() and not self._file(records):
+                    time.sleep(1.0)  # Redis is away: keep the batch, commit nothing
+                self._consumer.commit(asynchronous=True)
+        except Exception as exc:
+            self.error = repr(exc)
+            log.exception("gateway recorder stopped")
+        finally:
+            self._consumer.close()
+
+    def _file(self, messages: list[Any]) -> bool:
+        ttl = self._settings.gateway_record_ttl_s
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for msg in messages:
+                    try:
+                        name, record = decode(msg.value())
+                    except DecodeError:
+                        continue
+                    if name == AGENT_ANSWER:
+                        record_answer(pipe, record, ttl)  # type: ignore[arg-type]
+                    elif name == AGENT_EVENT and record.get("request_id"):
+                        record_event(pipe, record, ttl)  # type: ignore[arg-type]
+                pipe.execute()
+            return True
+        except redis.RedisError as exc:
+            log.warning("gateway recorder: Redis refused a batch (%s); retrying", exc)
+            return False
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        self._redis.close()

@@ -20,7 +20,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_ENV = {
     **isolated_env(REPO_ROOT / ".clawstream-bench", {
         "kafka_port": 39092, "kafka_controller_port": 39093, "redis_port": 36379,
-        "ray_port": 36390, "serve_http_port": 38000, "worker_web_port": 36066}),
+        "ray_port": 36390, "serve_http_port": 38000, "worker_web_port": 36066,
+        "gateway_port": 38080}),
     "CLAWSTREAM_INFERENCE_BACKEND": "simulated",
 }
 console = Console()

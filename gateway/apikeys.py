@@ -13,7 +13,9 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -105,7 +107,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _info(raw: dict[bytes, bytes] | dict[str, str]) -> KeyInfo | None:
+def _info(raw: Mapping[Any, Any]) -> KeyInfo | None:
     if not raw:
         return None
     fields = {_text(k): _text(v) for k, v in raw.items()}

@@ -96,7 +96,7 @@ async def create_request(body: RequestBody, gw: GatewayDep, caller: CallerDep,
     accepted = await gw.submit(Ask(
         tenant_id=caller.tenant_id, user_id=body.user or caller.user_id, agent=body.agent,
         text=text, conversation=body.conversation, lane=body.lane,
-        options=dict(body.options), deadline_s=body.deadline_s,
+        options={str(k): v for k, v in body.options.items()}, deadline_s=body.deadline_s,
         idempotency_key=idempotency_key), watch=False)
     return JSONResponse(_accepted_body(accepted), status_code=202, headers={
         "Location": f"/v1/requests/{accepted.request_id}",

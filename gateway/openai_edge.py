@@ -13,7 +13,6 @@ both keep these shapes.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -104,7 +103,11 @@ async def chat_completions(
     idempotency_key: IdempotencyKey = None,
     x_clawstream_conversation: Annotated[
         str | None, Header(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")] = None,
+    x_clawstream_deadline_s: Annotated[float | None, Header(gt=0, le=86_400)] = None,
 ) -> JSONResponse | StreamingResponse:
+    """Run ``agent/<name>`` on the last user message. Headers: ``Idempotency-Key``,
+    ``X-Clawstream-Conversation`` (else ``prompt_cache_key``), ``X-Clawstream-User``
+    (else ``user``), ``X-Clawstream-Deadline-S`` (else the lane's default)."""
     agent = _agent_of(gw, body.model)
     try:
         text, index = last_user_text(body.messages)
@@ -114,7 +117,7 @@ async def chat_completions(
     accepted = await gw.submit(Ask(
         tenant_id=caller.tenant_id, user_id=body.user or caller.user_id, agent=agent,
         text=text, conversation=_conversation(body, x_clawstream_conversation),
-        idempotency_key=idempotency_key))
+        deadline_s=x_clawstream_deadline_s, idempotency_key=idempotency_key))
     try:
         if body.stream:
             return await _start_stream(gw, accepted, body)

@@ -35,16 +35,19 @@ class Recorder:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._redis = redis.Redis.from_url(settings.redis_url)
+        # A short session: a SIGKILLed gateway's partitions move to the others (or to its
+        # restarted self) after 6 s, the broker's minimum, not librdkafka's 45 s.
         self._consumer = consumer(settings.bootstrap_servers, group_id(settings), **{
             "enable.auto.commit": False, "auto.offset.reset": "latest",
-            "fetch.wait.max.ms": 100})
+            "fetch.wait.max.ms": 100, "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000})
         self._assigned = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clawstream-recorder",
                                         daemon=True)
         self.error: str | None = None
 
-    def start(self, timeout_s: float = 30.0) -> None:
+    def start(self, timeout_s: float = 45.0) -> None:
         """Join the group and wait for the first assignment (so answers from now on are
         filed); the reading goes on in a thread."""
         self._consumer.subscribe([ANSWERS.name, EVENTS.name],

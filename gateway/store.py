@@ -117,8 +117,8 @@ def _record(request_id: str, raw: dict[Any, Any]) -> Record | None:
     fields = {str(_text(k)): _text(v) for k, v in raw.items()}
     if "tenant_id" not in fields:
         return None
-    answer = json.loads(fields["answer"]) if fields.get("answer") else None
-    request = json.loads(fields["request"]) if fields.get("request") else None
+    answer = json.loads(fields["answer"] or "null") if fields.get("answer") else None
+    request = json.loads(fields["request"] or "null") if fields.get("request") else None
     status = answer["status"] if answer else ("running" if fields.get("running_at_ms")
                                               else "accepted")
     return {"request_id": request_id, "tenant_id": fields["tenant_id"],

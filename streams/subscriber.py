@@ -43,8 +43,7 @@ class TopicTail:
 
     def __init__(self, bootstrap: str, topics: Sequence[str],
                  on_message: Callable[[str, bytes | None, bytes | None], None]) -> None:
-        self._consumer = consumer(bootstrap, **{"fetch.wait.max.ms": 100,
-                                                "enable.partition.eof": False})
+        self._consumer = consumer(bootstrap, None, **{"fetch.wait.max.ms": 100})
         self._topics = tuple(topics)
         self._on_message = on_message
         self._stop = threading.Event()
@@ -77,7 +76,7 @@ class TopicTail:
                     if msg.error():
                         continue
                     try:
-                        self._on_message(msg.topic(), msg.key(), msg.value())
+                        self._on_message(str(msg.topic()), msg.key(), msg.value())
                     except Exception:  # one bad record must not stop the tail
                         log.exception("tail handler failed on %s", msg.topic())
         except Exception as exc:

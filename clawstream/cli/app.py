@@ -13,12 +13,14 @@ from rich.table import Table
 from clawstream.cli.cost_cli import cost as cost_command
 from clawstream.cli.dlq import dlq_app
 from clawstream.cli.flags_cli import app as flags_app
+from clawstream.cli.keys_cli import app as keys_app
 from clawstream.cli.render import print_answer
 from clawstream.config import Settings
 
 app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(flags_app, name="flags")
+app.add_typer(keys_app, name="keys")
 console = Console()
 app.command(name="cost")(cost_command)
 
@@ -28,9 +30,12 @@ def _settings() -> Settings:
 
 
 @app.command()
-def up(workers: Annotated[bool, typer.Option(help="Start the Faust worker too.")] = True) -> None:
-    """Start the local stack (Kafka, Redis, Ray Serve + model, worker); idempotent."""
+def up(workers: Annotated[bool, typer.Option(help="Start the Faust worker too.")] = True,
+       gateway: Annotated[bool, typer.Option(help="Start the HTTP gateway too.")] = True
+       ) -> None:
+    """Start the local stack (Kafka, Redis, Ray Serve + model, worker, gateway); idempotent."""
     from clawstream.deploy.local import RichProgress, StackError
+    from clawstream.deploy.local import gateway as gateway_proc
     from clawstream.deploy.local import up as stack_up
     from clawstream.deploy.local import worker as worker_proc
     from clawstream.streams.admin import ensure_topics
@@ -44,6 +49,8 @@ def up(workers: Annotated[bool, typer.Option(help="Start the Faust worker too.")
             console.print(f"created topics: {', '.join(created)}")
         if workers:
             worker_proc.start(settings, 0)
+        if gateway:
+            gateway_proc.start(settings)
     except StackError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
@@ -125,7 +132,7 @@ def tail(from_beginning: bool = False, idle: float = 3600.0) -> None:
 @app.command()
 def demo() -> None:
     """Start the stack and run a two-turn conversation with a tool and the model."""
-    up(workers=True)
+    up(workers=True, gateway=True)
     conversation = f"demo-{uuid.uuid4().hex[:8]}"
     for question in ("Where does clawstream keep its caches?",
                      "And how long are tool results kept there?"):

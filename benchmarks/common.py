@@ -6,6 +6,7 @@ Benchmarks run on a side stack so a developer's stack and the test stack stay un
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,14 @@ BENCH_ENV = {
     "CLAWSTREAM_INFERENCE_BACKEND": "simulated",
 }
 console = Console()
+# Flow-control limits out of the way: benchmarks of something else (caches, the gateway)
+# must not be paced by the entrance buckets or the tokens/s limiter.
+UNLIMITED = {
+    "CLAWSTREAM_USER_RATE_PER_S": "10000", "CLAWSTREAM_USER_BURST": "10000",
+    "CLAWSTREAM_TENANT_RATE_PER_S": "10000", "CLAWSTREAM_TENANT_BURST": "10000",
+    "CLAWSTREAM_POOLS": json.dumps({"small": {"capacity_tokens_per_s": 1e7, "rank": 0},
+                                    "large": {"capacity_tokens_per_s": 1e7, "rank": 1}}),
+}
 
 
 def pct(values: list[float], q: float) -> float:

@@ -13,6 +13,7 @@ both keep these shapes.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -188,16 +189,16 @@ def _chunk(accepted: Accepted, model: str, delta: Record, finish: str | None,
 
 
 def _content_chunks(text: str) -> list[str]:
-    """The answer's text in a few pieces, split at spaces."""
+    """The answer's text in a few pieces, cut after whitespace (joined, they are the text)."""
     pieces, current = [], ""
-    for word in text.split(" "):
-        current = f"{current} {word}" if current else word
+    for token in re.findall(r"\S*\s*", text):
+        current += token
         if len(current) >= CHUNK_CHARS:
-            pieces.append(current + " ")
+            pieces.append(current)
             current = ""
-    if current:
+    if current or not pieces:
         pieces.append(current)
-    return pieces or [""]
+    return pieces
 
 
 async def _chunks(gw: Gateway, accepted: Accepted, model: str,

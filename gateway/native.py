@@ -148,7 +148,8 @@ async def request_events(request_id: RequestId, request: Request, gw: GatewayDep
         gw.release(accepted)
         raise
     return StreamingResponse(_event_stream(gw, accepted, history, last_event_id),
-                             media_type="text/event-stream", headers=SSE_HEADERS)
+                             media_type="text/event-stream", headers=SSE_HEADERS,
+                             background=gw.releaser(accepted))
 
 
 async def _event_stream(gw: Gateway, accepted: Accepted, history: list[Record],

@@ -173,7 +173,8 @@ async def _start_stream(gw: Gateway, accepted: Accepted, body: ChatCompletionBod
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return StreamingResponse(
         _chunks(gw, accepted, body.model, timeline, first, include_usage),
-        media_type="text/event-stream", headers={**SSE_HEADERS, **_headers(accepted)})
+        media_type="text/event-stream", headers={**SSE_HEADERS, **_headers(accepted)},
+        background=gw.releaser(accepted))
 
 
 def _chunk(accepted: Accepted, model: str, delta: Record, finish: str | None,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from starlette.background import BackgroundTask
 
 from clawstream.config import Settings
 from clawstream.gateway.apikeys import CachedKeys, KeyInfo, KeyStore
@@ -209,6 +210,14 @@ class Gateway:
         if accepted.watch is not None:
             self.index.close(accepted.watch)
             accepted.watch = None
+
+    def releaser(self, accepted: Accepted) -> BackgroundTask:
+        """Runs after a streamed response, also when the client left before its body
+        started (then the body's own ``finally`` never runs): no waiter is leaked."""
+        async def release() -> None:
+            self.release(accepted)
+
+        return BackgroundTask(release)
 
     async def watch_request(self, record: Record) -> Accepted:
         """Watch a stored request (event streams, long polls)."""

@@ -20,7 +20,7 @@ from clawstream.config import Settings
 from clawstream.gateway.store import record_answer, record_event
 from clawstream.schemas import DecodeError, decode
 from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT
-from clawstream.streams.subscriber import consumer
+from clawstream.streams.subscriber import ConsumerLoop, consumer
 from clawstream.streams.topics import ANSWERS, EVENTS
 
 log = logging.getLogger(__name__)
@@ -31,21 +31,17 @@ def group_id(settings: Settings) -> str:
     return f"{settings.app_id}-gateway-recorder"
 
 
-class Recorder:
+class Recorder(ConsumerLoop):
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._redis = redis.Redis.from_url(settings.redis_url)
         # A short session: a SIGKILLed gateway's partitions move to the others (or to its
         # restarted self) after 6 s, the broker's minimum, not librdkafka's 45 s.
-        self._consumer = consumer(settings.bootstrap_servers, group_id(settings), **{
+        super().__init__(consumer(settings.bootstrap_servers, group_id(settings), **{
             "enable.auto.commit": False, "auto.offset.reset": "latest",
             "fetch.wait.max.ms": 100, "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000})
+            "heartbeat.interval.ms": 1000}), "clawstream-recorder")
+        self._settings = settings
+        self._redis = redis.Redis.from_url(settings.redis_url)
         self._assigned = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="clawstream-recorder",
-                                        daemon=True)
-        self.error: str | None = None
 
     def start(self, timeout_s: float = 45.0) -> None:
         """Join the group and wait for the first assignment (so answers from now on are
@@ -56,25 +52,14 @@ class Recorder:
         if not self._assigned.wait(timeout_s):
             raise TimeoutError("the gateway recorder got no partitions from its group")
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and self.error is None
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                messages = self._consumer.consume(BATCH, 0.2)
-                records = [m for m in messages if not m.error()]
-                if not records:
-                    continue
-                while not self._stop.is_set() and not self._file(records):
-                    time.sleep(1.0)  # Redis is away: keep the batch, commit nothing
-                self._consumer.commit(asynchronous=True)
-        except Exception as exc:
-            self.error = repr(exc)
-            log.exception("gateway recorder stopped")
-        finally:
-            self._consumer.close()
+    def _step(self) -> None:
+        messages = self._consumer.consume(BATCH, 0.2)
+        records = [m for m in messages if not m.error()]
+        if not records:
+            return
+        while not self._stop.is_set() and not self._file(records):
+            time.sleep(1.0)  # Redis is away: keep the batch, commit nothing
+        self._consumer.commit(asynchronous=True)
 
     def _file(self, messages: list[Any]) -> bool:
         ttl = self._settings.gateway_record_ttl_s
@@ -86,9 +71,9 @@ class Recorder:
                     except DecodeError:
                         continue
                     if name == AGENT_ANSWER:
-                        record_answer(pipe, record, ttl)  # type: ignore[arg-type]
+                        record_answer(pipe, record, ttl)
                     elif name == AGENT_EVENT and record.get("request_id"):
-                        record_event(pipe, record, ttl)  # type: ignore[arg-type]
+                        record_event(pipe, record, ttl)
                 pipe.execute()
             return True
         except redis.RedisError as exc:
@@ -96,7 +81,5 @@ class Recorder:
             return False
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        super().stop(timeout_s)
         self._redis.close()

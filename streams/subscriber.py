@@ -32,7 +32,42 @@ def consumer(bootstrap: str, group: str | None = None, **overrides: Any) -> Cons
 _consumer = consumer
 
 
-class TopicTail:
+class ConsumerLoop:
+    """A consumer read in a background thread until :meth:`stop`; ``error`` says why the
+    thread died, ``alive`` whether it still reads. Subclasses say what one step is."""
+
+    def __init__(self, reader: Consumer, name: str) -> None:
+        self._consumer = reader
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.error: str | None = None
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.error is None
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._step()
+        except Exception as exc:
+            self.error = repr(exc)
+            log.exception("%s stopped", self._thread.name)
+        finally:
+            self._consumer.close()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        elif self._thread.ident is None:  # never started: nobody else closes it
+            self._consumer.close()
+
+
+class TopicTail(ConsumerLoop):
     """Every partition of ``topics`` from the end they had at :meth:`start`, read in a
     background thread: a server's view of what happens from now on. No group: every
     replica of a server sees every record (each holds its own waiters), and nothing is
@@ -43,12 +78,10 @@ class TopicTail:
 
     def __init__(self, bootstrap: str, topics: Sequence[str],
                  on_message: Callable[[str, bytes | None, bytes | None], None]) -> None:
-        self._consumer = consumer(bootstrap, None, **{"fetch.wait.max.ms": 100})
+        super().__init__(consumer(bootstrap, None, **{"fetch.wait.max.ms": 100}),
+                         "clawstream-tail")
         self._topics = tuple(topics)
         self._on_message = on_message
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="clawstream-tail", daemon=True)
-        self.error: str | None = None
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Pin every partition at its current end (explicit offsets, so a record produced
@@ -65,30 +98,14 @@ class TopicTail:
         self._consumer.assign(assignment)
         self._thread.start()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and self.error is None
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                for msg in self._consumer.consume(500, 0.1):
-                    if msg.error():
-                        continue
-                    try:
-                        self._on_message(str(msg.topic()), msg.key(), msg.value())
-                    except Exception:  # one bad record must not stop the tail
-                        log.exception("tail handler failed on %s", msg.topic())
-        except Exception as exc:
-            self.error = repr(exc)
-            log.exception("topic tail stopped")
-        finally:
-            self._consumer.close()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+    def _step(self) -> None:
+        for msg in self._consumer.consume(500, 0.1):
+            if msg.error():
+                continue
+            try:
+                self._on_message(str(msg.topic()), msg.key(), msg.value())
+            except Exception:  # one bad record must not stop the tail
+                log.exception("tail handler failed on %s", msg.topic())
 
 
 def read_topic(

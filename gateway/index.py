@@ -39,6 +39,7 @@ class AnswerIndex:
         self._watches: dict[str, set[Watch]] = {}
         self._keys: dict[bytes, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._open = 0
         self._tail = TopicTail(bootstrap, (ANSWERS.name, EVENTS.name), self._on_message)
 
     async def start(self) -> None:
@@ -57,12 +58,13 @@ class AnswerIndex:
     @property
     def waiting(self) -> int:
         """Waiters in this process (the gateway's own in-flight measure)."""
-        return sum(len(w) for w in self._watches.values())
+        return self._open
 
     def watch(self, request_id: str, conversation_id: str) -> Watch:
         watch = Watch(request_id, conversation_id.encode())
         self._watches.setdefault(request_id, set()).add(watch)
         self._keys[watch.key] = self._keys.get(watch.key, 0) + 1
+        self._open += 1
         return watch
 
     def follow(self, watch: Watch, request_id: str) -> None:
@@ -73,6 +75,9 @@ class AnswerIndex:
             self._watches.setdefault(request_id, set()).add(watch)
 
     def close(self, watch: Watch) -> None:
+        if not watch.ids:
+            return  # closed already
+        self._open -= 1
         for request_id in watch.ids:
             watches = self._watches.get(request_id)
             if watches is not None:

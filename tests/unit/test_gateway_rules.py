@@ -149,3 +149,33 @@ def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
         return int(sent[0]["status"])
 
     assert asyncio.run(run()) == 408
+
+
+def test_the_index_hands_each_watch_its_requests_records_and_forgets_closed_ones() -> None:
+    from clawstream.gateway.index import AnswerIndex
+    from clawstream.schemas import encode
+    from clawstream.schemas.names import AGENT_EVENT
+
+    def event(request_id: str, kind: str) -> bytes:
+        return encode(AGENT_EVENT, {"event_id": kind, "event_type": kind, "at_ms": 1,
+                                    "request_id": request_id, "conversation_id": "t/c"})
+
+    async def run() -> None:
+        index = AnswerIndex("127.0.0.1:1")  # never started: records are fed by hand
+        index._loop = asyncio.get_running_loop()
+        watch = index.watch("r1", "t/c")
+        index._on_message("agent.events", b"t/other", event("r1", "elsewhere"))
+        index._on_message("agent.events", b"t/c", event("r2", "not-mine"))
+        index._on_message("agent.events", b"t/c", event("r1", "mine"))
+        index.follow(watch, "r0")  # a duplicate: the first request answers for it
+        index._on_message("agent.events", b"t/c", event("r0", "first"))
+        await asyncio.sleep(0)
+        got = [watch.queue.get_nowait()[1]["event_type"] for _ in range(watch.queue.qsize())]
+        assert got == ["mine", "first"]
+        assert index.waiting == 1
+        index.close(watch)
+        index.close(watch)
+        assert index.waiting == 0 and not index._keys
+        index.stop()
+
+    asyncio.run(run())

@@ -6,11 +6,19 @@ gateway process sees everything and holds its own waiters). The reader thread dr
 records of conversations nobody here waits on before decoding them (by Kafka key), and
 hands the rest to the event loop, where each :class:`Watch` gets its request's events and
 answer in order. Token deltas of a model step (a deltas topic, later) slot in the same way.
+
+The last ``RECENT_S`` seconds of records are also kept raw: a watch opened on a request
+that is already running (an event stream, a replayed request) first gets that request's
+recent records, so nothing falls between what the recorder already filed in Redis and
+what arrives after the watch exists. Consumers drop repeats by event id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections import deque
 from typing import Any
 
 from clawstream.schemas import DecodeError, decode
@@ -19,6 +27,8 @@ from clawstream.streams.subscriber import TopicTail
 from clawstream.streams.topics import ANSWERS, EVENTS
 
 Record = dict[str, Any]
+RECENT_S = 10.0
+RECENT_MAX = 100_000
 
 
 class Watch:
@@ -40,6 +50,8 @@ class AnswerIndex:
         self._keys: dict[bytes, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._open = 0
+        self._lock = threading.Lock()
+        self._recent: deque[tuple[float, bytes, bytes | None]] = deque(maxlen=RECENT_MAX)
         self._tail = TopicTail(bootstrap, (ANSWERS.name, EVENTS.name), self._on_message)
 
     async def start(self) -> None:
@@ -61,10 +73,17 @@ class AnswerIndex:
         return self._open
 
     def watch(self, request_id: str, conversation_id: str) -> Watch:
+        """Start watching ``request_id``; its records of the last seconds come first."""
         watch = Watch(request_id, conversation_id.encode())
         self._watches.setdefault(request_id, set()).add(watch)
-        self._keys[watch.key] = self._keys.get(watch.key, 0) + 1
+        with self._lock:
+            self._keys[watch.key] = self._keys.get(watch.key, 0) + 1
+            recent = [value for _, key, value in self._recent if key == watch.key]
         self._open += 1
+        for value in recent:
+            decoded = _decode(value)
+            if decoded is not None and decoded[1].get("request_id") == request_id:
+                watch.push(*decoded)
         return watch
 
     def follow(self, watch: Watch, request_id: str) -> None:
@@ -84,28 +103,40 @@ class AnswerIndex:
                 watches.discard(watch)
                 if not watches:
                     del self._watches[request_id]
-        count = self._keys.get(watch.key, 0) - 1
-        if count > 0:
-            self._keys[watch.key] = count
-        else:
-            self._keys.pop(watch.key, None)
+        with self._lock:
+            count = self._keys.get(watch.key, 0) - 1
+            if count > 0:
+                self._keys[watch.key] = count
+            else:
+                self._keys.pop(watch.key, None)
         watch.ids = set()
 
     def _on_message(self, _topic: str, key: bytes | None, value: bytes | None) -> None:
-        """Reader thread: cheap filter by key, decode, hand over to the loop."""
-        if key is None or key not in self._keys or self._loop is None:
+        """Reader thread: remember it raw, filter by key, decode, hand over to the loop."""
+        if key is None or self._loop is None:
             return
-        try:
-            name, record = decode(value)
-        except DecodeError:
+        now = time.monotonic()
+        with self._lock:
+            self._recent.append((now, key, value))
+            while self._recent and self._recent[0][0] < now - RECENT_S:
+                self._recent.popleft()
+            wanted = key in self._keys
+        if not wanted:
             return
-        request_id = record.get("request_id")
-        if request_id:
-            self._loop.call_soon_threadsafe(self._deliver, request_id, name, record)
+        decoded = _decode(value)
+        if decoded is not None and decoded[1].get("request_id"):
+            self._loop.call_soon_threadsafe(self._deliver, decoded[1]["request_id"], *decoded)
 
     def _deliver(self, request_id: str, name: str, record: Record) -> None:
         for watch in list(self._watches.get(request_id, ())):
             watch.push(name, record)
+
+
+def _decode(value: bytes | None) -> tuple[str, Record] | None:
+    try:
+        return decode(value)
+    except DecodeError:
+        return None
 
 
 def is_answer(name: str) -> bool:

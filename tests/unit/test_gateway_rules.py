@@ -176,6 +176,9 @@ def test_the_index_hands_each_watch_its_requests_records_and_forgets_closed_ones
         index.close(watch)
         index.close(watch)
         assert index.waiting == 0 and not index._keys
+        late = index.watch("r2", "t/c")  # opened after its record went by: still gets it
+        assert [late.queue.get_nowait()[1]["event_type"]] == ["not-mine"]
+        index.close(late)
         index.stop()
 
     asyncio.run(run())

@@ -4,6 +4,7 @@ check, publish once (idempotency), watch, wait; and the mapping of answers to er
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -258,6 +259,8 @@ class Gateway:
                     yield "tick", {}
                 continue
             if is_answer(name):
+                with contextlib.suppress(aioredis.RedisError):  # the recorder files it too
+                    await self.store.file_answer(record)
                 yield "answer", record
                 return
             if record.get("event_type") == "request_duplicate":

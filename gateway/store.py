@@ -90,6 +90,13 @@ class RequestStore:
                       request["request_id"])
             await pipe.execute()
 
+    async def file_answer(self, answer: Record) -> None:
+        """File an answer this process just received, as the recorder will: a client that
+        got it here and asks again by id finds it, whatever the recorder's lag."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            record_answer(pipe, answer, self.ttl_s)
+            await pipe.execute()
+
     async def get(self, request_id: str) -> Record | None:
         raw = await self._redis.hgetall(request_record_key(request_id))
         return _record(request_id, raw)

@@ -284,8 +284,9 @@ def test_a_full_gateway_answers_503_overloaded(tight_gateway: str,
                                                tenant_a: tuple[str, str]) -> None:
     with httpx.Client(base_url=tight_gateway, timeout=60,
                       headers={"Authorization": f"Bearer {tenant_a[1]}"}) as h:
-        created = h.post("/v1/requests", json={"agent": "researcher",
-                                               "text": "Where are the caches?"})
+        created = h.post("/v1/requests", json={  # uncached: it must take a while
+            "agent": "researcher", "text": f"Where are the caches? ({uuid.uuid4().hex})",
+            "options": {"no_cache": "true"}})
         assert created.status_code == 202
         with h.stream("GET", created.json()["links"]["events"]) as held:
             next(held.iter_lines())  # the stream now holds this gateway's one waiter
@@ -308,7 +309,8 @@ def test_gateway_sigkill_mid_stream_loses_no_request(gateway: Settings,
                                                      tenant_a: tuple[str, str]) -> None:
     raw = client(gateway, tenant_a[1], max_retries=0).chat.completions.with_raw_response \
         .create(model="agent/researcher", stream=True,
-                messages=[{"role": "user", "content": "How are retries scheduled?"}])
+                messages=[{"role": "user",
+                           "content": f"How are retries scheduled? ({uuid.uuid4().hex})"}])
     request_id = raw.headers["x-request-id"]
     stream = iter(raw.parse())
     assert next(stream).choices[0].delta.role == "assistant"

@@ -39,7 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def ready() -> JSONResponse:
         gateway: Gateway = app.state.gateway
         ok = gateway.healthy
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": ok, "waiting": gateway.index.waiting,
+                             "request_lag": gateway.lag.lag}, status_code=200 if ok else 503)
 
     app.add_middleware(RequestLimits, max_body_bytes=settings.gateway_max_body_bytes,
                        body_timeout_s=settings.gateway_body_timeout_s)

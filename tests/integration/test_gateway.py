@@ -289,7 +289,9 @@ def test_a_full_gateway_answers_503_overloaded(tight_gateway: str,
             "options": {"no_cache": "true"}})
         assert created.status_code == 202
         with h.stream("GET", created.json()["links"]["events"]) as held:
-            next(held.iter_lines())  # the stream now holds this gateway's one waiter
+            first_line = next(held.iter_lines())
+            waiting = h.get("/ready").json()["waiting"]
+            assert waiting == 1, (first_line, waiting)  # the stream holds the one waiter
             full = h.post("/v1/requests", json={"agent": "chat", "text": "hi"})
             assert full.status_code == 503
             assert full.json()["error"]["code"] == "overloaded"

@@ -289,9 +289,13 @@ def test_a_full_gateway_answers_503_overloaded(tight_gateway: str,
             "options": {"no_cache": "true"}})
         assert created.status_code == 202
         with h.stream("GET", created.json()["links"]["events"]) as held:
-            first_line = next(held.iter_lines())
+            lines = held.iter_lines()
+            first_line = next(lines)
             waiting = h.get("/ready").json()["waiting"]
-            assert waiting == 1, (first_line, waiting)  # the stream holds the one waiter
+            if waiting != 1:  # the stream must hold the one waiter; say why not
+                rest = [line for _, line in zip(range(40), lines, strict=False)]
+                stored = h.get(f"/v1/requests/{created.json()['id']}").json()
+                raise AssertionError((first_line, waiting, rest, stored))
             full = h.post("/v1/requests", json={"agent": "chat", "text": "hi"})
             assert full.status_code == 503
             assert full.json()["error"]["code"] == "overloaded"

@@ -99,7 +99,12 @@ class TopicTail(ConsumerLoop):
         self._thread.start()
 
     def _step(self) -> None:
-        for msg in self._consumer.consume(500, 0.1):
+        # The first record as soon as it is there, then whatever else is queued: a batch
+        # call that waits to fill (confluent-kafka before 2.13) would add its timeout.
+        first = self._consumer.poll(0.1)
+        if first is None:
+            return
+        for msg in (first, *self._consumer.consume(500, 0)):
             if msg.error():
                 continue
             try:

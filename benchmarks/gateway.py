@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import UNLIMITED, bench_stack, console, pct
@@ -184,7 +185,7 @@ def report(results: list[list[Level]]) -> None:
                       str(sum(lv.errors for lv in runs)), f"{med(0.5):.1f}", f"{med(0.95):.1f}",
                       f"{med(0.99):.1f}", *added,
                       f"{statistics.median(first):.1f}" if first else "")
-    console.print(table, width=200)  # all columns, also in a log file
+    Console(width=200).print(table)  # all columns, also into a log file
 
 
 def main(rates: str = "10,20,40,80,160,320", duration: float = 6.0, runs: int = 3,

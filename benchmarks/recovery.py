@@ -64,12 +64,12 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
     import redis
 
     from clawstream.deploy.local import worker as worker_proc
-    from clawstream.processors import gapless, stall
-    from clawstream.processors.tools.faults import EFFECTS_KEY
+    from clawstream.processors import faust_fence, stall
     from clawstream.streams.subscriber import read_topic
     from clawstream.streams.topics import ANSWERS
+    from fixtures.faults import EFFECTS_KEY
 
-    env = {"CLAWSTREAM_FAULT_INJECTION": "true"}
+    env = {"CLAWSTREAM_FAULT_INJECTION": "true", "CLAWSTREAM_AGENT_MODULES": "fixtures.faults"}
     with bench_stack(workers=2, env=env, keep=keep_stack) as settings:
         console.print(f"[bold]bench recovery[/]: {rate:g} requests/s, 2 workers, SIGKILL "
                       f"worker-1 after {warmup_s:g} s, load goes on {after_s:g} s; session "
@@ -102,10 +102,10 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
         effects = [int(r.get(EFFECTS_KEY.format(counter=q["conversation_id"])) or 0)
                    for q in sent if q["agent"] == "fault-effect"]
         survivor = worker_proc.log_file(settings, 0).read_text(errors="replace")
-        healed = {"records fetched again, not dropped": survivor.count(gapless.FETCHED_AGAIN),
+        healed = {"records fetched again, not dropped": survivor.count(faust_fence.FETCHED_AGAIN),
                   "survivor restarted: stalled": survivor.count(stall.STALLED),
                   "survivor restarted: records dropped by Faust":
-                      survivor.count(gapless.DROPPED)}
+                      survivor.count(faust_fence.DROPPED)}
         report(sent, answers, effects, killed_at, owned, settings.partitions, healed)
 
 

@@ -7,12 +7,14 @@ can run side by side just by pointing ``CLAWSTREAM_STATE_DIR`` and the ports els
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_state_dir() -> Path:
@@ -23,12 +25,51 @@ def default_state_dir() -> Path:
     return Path(base) / "clawstream"
 
 
+class UpstreamSpec(BaseModel):
+    """An OpenAI-compatible server a pool's model calls: vLLM, llama.cpp's server, a hosted
+    provider. The Serve app calls ``POST {base_url}/v1/chat/completions`` with ``model``.
+
+    The API key is never part of the settings: ``api_key_env`` names the environment variable
+    that holds it, read by the Serve replica (so it is set where Ray runs, e.g. a Kubernetes
+    secret, and never lands in a settings dump, an event or a log).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = Field(
+        pattern=r"^https?://", description="Scheme, host, port, and any path prefix before "
+        "/v1 (e.g. http://127.0.0.1:8080 or https://api.example.com)."
+    )
+    model: str = Field(min_length=1, description="The upstream's own name for the model.")
+    api_key_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable with the API key (None: no Authorization header).",
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="One upstream call, end to end.")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(
+        default=32, ge=1, description="Keep-alive connections per replica to this upstream."
+    )
+
+
 class PoolSpec(BaseModel):
-    """A logical model pool: what it can take, and which backend model serves it."""
+    """A logical model pool: what it can take, and which backend model serves it.
+
+    With ``upstream`` the pool's model is served by that OpenAI-compatible server, under the
+    id ``backend_model`` (defaulting to ``upstream.model``); without it, by the Serve app's
+    local generator.
+    """
 
     capacity_tokens_per_s: float = Field(gt=0)
     rank: int = Field(default=0, description="Size order: degrade routes to the lowest rank.")
     backend_model: str | None = None
+    upstream: UpstreamSpec | None = None
+
+    @model_validator(mode="after")
+    def _upstream_model_id(self) -> PoolSpec:
+        if self.upstream is not None and self.backend_model is None:
+            self.backend_model = self.upstream.model
+        return self
 
 
 class Settings(BaseSettings):
@@ -80,6 +121,19 @@ class Settings(BaseSettings):
     )
     inference_retry_after_s: float = Field(
         default=1.0, description="Retry-After sent with an overload (503) answer."
+    )
+    inference_repeat_penalty: float = Field(
+        default=1.1, ge=1.0,
+        description="llama.cpp repeat penalty: above 1 it stops SmolLM2 looping on a phrase.",
+    )
+    inference_local_max_tool_calls: int = Field(
+        default=1, ge=1,
+        description="Tool calls one turn of the local model may make (SmolLM2 allowed more "
+        "mostly adds a spurious second call).",
+    )
+    inference_upstream_max_ongoing_requests: int = Field(
+        default=64, ge=1,
+        description="Concurrent calls per upstream-model replica (they only wait on sockets).",
     )
     inference_llama_threads: int = Field(
         default=2,
@@ -173,11 +227,36 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         default=15.0, description="SIGTERM: how long a worker waits for in-flight steps."
     )
+    ledger_lease_s: float = Field(
+        default=5.0, gt=0,
+        description="A mutating step's claim in the side-effect ledger lasts this long and "
+        "is renewed while the step runs: a crashed execution's claim frees within it.")
     fault_injection: bool = Field(
         default=False,
-        description="Registers the fault-injecting tools and agents (processors/tools/faults.py) "
-        "and the inference app's /faults endpoint. Test and benchmark stacks only.",
+        description="The inference app's /faults endpoint (injected model failures). Test, "
+        "benchmark and chaos stacks only.",
     )
+    agent_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Python modules with the team's agents and tools, each with a "
+        "register(registry) function, loaded by every worker after the built-in examples: "
+        "comma-separated (CLAWSTREAM_AGENT_MODULES=myco.agents,myco.tools) or a JSON list.",
+    )
+
+    @model_validator(mode="after")
+    def _one_upstream_per_model(self) -> Settings:
+        upstream_models(self.pools)  # raises on a model id served two different ways
+        return self
+
+    @field_validator("agent_modules", mode="before")
+    @classmethod
+    def _module_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
 
     # Flow control (issue 5; see processors/flow/): entrance buckets, model pools,
     # budgets, context. Operators override limits at run time with `clawstream flags`.
@@ -270,6 +349,23 @@ class Settings(BaseSettings):
         "long, so proxies keep the connection.")
     gateway_max_poll_wait_s: float = Field(
         default=60.0, gt=0, description="Longest ``?wait=`` of GET /v1/requests/{id}.")
+    # Sizes (issue 11): every record stays well under Kafka's message limit, so a large
+    # request is refused at the entrance instead of breaking a state write later.
+    max_request_chars: int = Field(
+        default=100_000, ge=1,
+        description="A request's text longer than this is rejected at the entrance (~25k "
+        "tokens: more than a context window of the local models).")
+    context_exchange_chars: int = Field(
+        default=8_000, ge=100,
+        description="Each side of an exchange is kept in the conversation's state (for the "
+        "next prompts) up to this many characters; the recall archive keeps it whole.")
+    kafka_max_message_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        description="Largest record our topics, the broker and our producers accept.")
+    max_state_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        description="A conversation state larger than this (as stored) is not written: its "
+        "request is answered failed, with the reason.")
 
     @property
     def bootstrap_servers(self) -> str:
@@ -298,6 +394,23 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+
+def upstream_models(pools: dict[str, PoolSpec]) -> dict[str, UpstreamSpec]:
+    """Served model id -> the upstream serving it, over all pools. Two pools may share a
+    model id only when they name the same upstream for it: the Serve app routes a request by
+    model id alone."""
+    found: dict[str, UpstreamSpec] = {}
+    for name, pool in pools.items():
+        if pool.upstream is None or pool.backend_model is None:
+            continue
+        other = found.setdefault(pool.backend_model, pool.upstream)
+        if other != pool.upstream:
+            raise ValueError(
+                f"pool {name}: model {pool.backend_model!r} is already served by another "
+                "upstream; give one of them a different backend_model"
+            )
+    return found
 
 
 @lru_cache(maxsize=1)

@@ -134,9 +134,10 @@ class AnswerIndex:
 
 def _decode(value: bytes | None) -> tuple[str, Record] | None:
     try:
-        return decode(value)
+        name, record = decode(value)
     except DecodeError:
         return None
+    return name, dict(record)
 
 
 def is_answer(name: str) -> bool:

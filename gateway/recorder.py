@@ -71,9 +71,9 @@ class Recorder(ConsumerLoop):
                     except DecodeError:
                         continue
                     if name == AGENT_ANSWER:
-                        record_answer(pipe, record, ttl)
+                        record_answer(pipe, dict(record), ttl)
                     elif name == AGENT_EVENT and record.get("request_id"):
-                        record_event(pipe, record, ttl)
+                        record_event(pipe, dict(record), ttl)
                 pipe.execute()
             return True
         except redis.RedisError as exc:

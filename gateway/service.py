@@ -21,8 +21,8 @@ from clawstream.gateway.index import AnswerIndex, Watch, is_answer
 from clawstream.gateway.pressure import RequestLag
 from clawstream.gateway.recorder import Recorder
 from clawstream.gateway.store import RequestStore
-from clawstream.processors.agents import AGENTS, get_agent
 from clawstream.processors.keys import short_hash, tenant_conversation_id
+from clawstream.processors.registry import load_registry
 from clawstream.schemas.names import AGENT_REQUEST
 from clawstream.streams.publisher import AsyncPublisher, PublishError, new_request
 from clawstream.streams.topics import request_topic
@@ -83,6 +83,7 @@ class Gateway:
         self.recorder = Recorder(settings)
         self.lag = RequestLag(settings)
         self.publisher: AsyncPublisher | None = None
+        self.registry = load_registry(settings)
         self.ready = False
 
     async def start(self) -> None:
@@ -106,13 +107,11 @@ class Gateway:
         return self.ready and self.index.alive and self.recorder.alive
 
     # ------------------------------------------------------------------ agents
-    @staticmethod
-    def agent_names() -> list[str]:
-        return sorted(AGENTS)
+    def agent_names(self) -> list[str]:
+        return self.registry.agent_names
 
-    @staticmethod
-    def has_agent(name: str) -> bool:
-        return get_agent(name) is not None
+    def has_agent(self, name: str) -> bool:
+        return self.registry.agent(name) is not None
 
     async def authenticate(self, key: str) -> KeyInfo | None:
         return await self.keys.lookup(key)
@@ -130,11 +129,11 @@ class Gateway:
         """Publish ``ask`` once: a repeated Idempotency-Key returns the first request."""
         self._check_capacity()
         conversation = ask.conversation or f"c-{uuid.uuid4().hex}"
-        request = new_request(
+        request: Record = dict(new_request(
             agent=ask.agent, conversation_id=tenant_conversation_id(ask.tenant_id, conversation),
             text=ask.text, idempotency_key=ask.idempotency_key, tenant_id=ask.tenant_id,
             user_id=ask.user_id, lane=ask.lane, deadline_s=ask.deadline_s,
-            options=dict(ask.options))
+            options=dict(ask.options)))
         if ask.idempotency_key:
             replay = await self._replay(ask, request)
             if replay is not None:

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from clawstream.inference.errors import (
+    BackendFailure,
+    GenerationTimeout,
+    InputRejected,
+    NotReady,
+    Overloaded,
+)
 from clawstream.inference.faults import FaultPlan, FaultRule
 from clawstream.inference.protocol import (
     EmbeddingResult,
@@ -25,6 +32,7 @@ from clawstream.inference.protocol import (
     GenerationResult,
     HealthReport,
 )
+from clawstream.inference.scripted import Script
 
 
 class ModelGateway(Protocol):
@@ -43,8 +51,14 @@ def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) 
     return JSONResponse(status_code=status, content=body.model_dump(mode="json"), headers=headers)
 
 
-def create_api(gateway: ModelGateway, faults: FaultPlan | None = None) -> FastAPI:
-    """``faults``: the test stack's fault plan, exposed as POST /faults; None in production."""
+AddScript = Callable[[Script], Awaitable[None]]
+
+
+def create_api(
+    gateway: ModelGateway, faults: FaultPlan | None = None, add_script: AddScript | None = None
+) -> FastAPI:
+    """``faults``: the test stack's fault plan, exposed as POST /faults; ``add_script``: the
+    scripted fixture's registration, POST /script; both None in production."""
     api = FastAPI(title="clawstream inference", docs_url=None, redoc_url=None)
 
     @api.exception_handler(RequestValidationError)
@@ -71,6 +85,10 @@ def create_api(gateway: ModelGateway, faults: FaultPlan | None = None) -> FastAP
     @api.exception_handler(BackendFailure)
     async def _backend(_: Request, exc: BackendFailure) -> JSONResponse:
         return _error(500, ErrorBody(error="backend", detail=str(exc)))
+
+    @api.exception_handler(GenerationTimeout)
+    async def _timeout(_: Request, exc: GenerationTimeout) -> JSONResponse:
+        return _error(504, ErrorBody(error="timeout", detail=str(exc)))
 
     @api.exception_handler(NotReady)
     async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
@@ -101,5 +119,12 @@ def create_api(gateway: ModelGateway, faults: FaultPlan | None = None) -> FastAP
         @api.post("/faults", status_code=204)
         async def add_fault(rule: FaultRule) -> None:
             plan.add(rule)
+
+    if add_script is not None:
+        on_script = add_script
+
+        @api.post("/script", status_code=204)
+        async def register_script(script: Script) -> None:
+            await on_script(script)
 
     return api

@@ -20,10 +20,16 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from clawstream.inference.api import create_api
-from clawstream.inference.backends import make_backend
+from clawstream.inference.backends import make_backends
 from clawstream.inference.config import InferenceConfig
 from clawstream.inference.embeddings import Embedder
-from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from clawstream.inference.errors import (
+    BackendFailure,
+    GenerationTimeout,
+    InputRejected,
+    NotReady,
+    Overloaded,
+)
 from clawstream.inference.faults import FaultPlan
 from clawstream.inference.protocol import (
     ComponentHealth,
@@ -33,6 +39,8 @@ from clawstream.inference.protocol import (
     GenerationResult,
     HealthReport,
 )
+from clawstream.inference.routing import LOCAL, UPSTREAM, BackendRouter, deployment_for
+from clawstream.inference.scripted import Script, ScriptedFixtureBackend
 
 APP_NAME = "clawstream-inference"
 
@@ -44,24 +52,35 @@ def _replica_id() -> str:
 
 @serve.deployment(name="generator")
 class GenerationDeployment:
-    def __init__(self, config: InferenceConfig) -> None:
-        self._backend = make_backend(config)
+    """The generation backends of one kind: the local model (``routing.LOCAL``), or the
+    pools' OpenAI-compatible upstreams (``routing.UPSTREAM``, a deployment of its own
+    because it only waits on sockets: many calls in flight, no CPU)."""
+
+    def __init__(self, config: InferenceConfig, kind: str = LOCAL) -> None:
+        scripted = ScriptedFixtureBackend() if config.fault_injection else None
+        self._router = BackendRouter(make_backends(config, kind), scripted)
         self._default_max_tokens = config.max_new_tokens
 
     async def ready(self) -> ComponentHealth:
-        return ComponentHealth(model=self._backend.model_id, backend=self._backend.name)
+        backend = self._router.default
+        return ComponentHealth(model=backend.model_id, backend=backend.name)
+
+    async def served(self) -> list[ComponentHealth]:
+        return self._router.served()
+
+    async def add_script(self, script: Script) -> None:
+        if self._router.scripted is None:
+            raise InputRejected("the scripted fixture is off on this stack")
+        self._router.scripted.add(script)
 
     async def generate(self, request: GenerateRequest, received_at: float) -> GenerationResult:
         started = time.time()
-        backend = self._backend
-        if request.model is not None and request.model != backend.model_id:
-            raise InputRejected(
-                f"model {request.model!r} is not served here; this deployment serves "
-                f"{backend.model_id!r} (send null to use it)"
-            )
+        backend = self._router.pick(request)
         max_tokens = request.max_tokens or self._default_max_tokens
         clock = time.perf_counter()
-        generation = await backend.generate(request.messages, max_tokens, request.temperature)
+        generation = await backend.generate(
+            request.messages, max_tokens, request.temperature, request.tools, request.tool_choice
+        )
         run_ms = (time.perf_counter() - clock) * 1000.0
         return GenerationResult(
             text=generation.text,
@@ -70,6 +89,7 @@ class GenerationDeployment:
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
             finish_reason=generation.finish_reason,
+            tool_calls=list(generation.tool_calls),
             replica=_replica_id(),
             queue_ms=max(0.0, (started - received_at) * 1000.0),
             run_ms=run_ms,
@@ -116,10 +136,15 @@ class HandleGateway:
     """A :class:`clawstream.inference.api.ModelGateway` that calls the model deployments."""
 
     def __init__(
-        self, generator: DeploymentHandle, embedder: DeploymentHandle, config: InferenceConfig
+        self,
+        generator: DeploymentHandle,
+        embedder: DeploymentHandle,
+        config: InferenceConfig,
+        upstream: DeploymentHandle | None = None,
     ) -> None:
         self._generator = generator
         self._embedder = embedder
+        self._upstream = upstream
         self._config = config
         self._ready: HealthReport | None = None
 
@@ -130,6 +155,14 @@ class HandleGateway:
             raise InputRejected(_original_message(exc)) from None
         except BackendFailure as exc:
             raise BackendFailure(_original_message(exc)) from None
+        except GenerationTimeout as exc:
+            raise GenerationTimeout(_original_message(exc)) from None
+        except Overloaded as exc:
+            # A backend's own overload (an upstream's 429/503, a scripted one), with its
+            # Retry-After; Ray's wrapper keeps the original as ``cause``.
+            original = getattr(exc, "cause", None) or exc
+            retry_after = getattr(original, "retry_after_s", None)
+            raise Overloaded(_original_message(exc), retry_after) from None
         except BackPressureError as exc:
             raise Overloaded(exc.message, self._config.retry_after_s) from exc
         except DeploymentUnavailableError as exc:
@@ -137,11 +170,24 @@ class HandleGateway:
         except Exception as exc:
             raise BackendFailure(f"{type(exc).__name__}: {exc}") from exc
 
+    def _generation_handles(self) -> list[DeploymentHandle]:
+        return [self._generator] + ([self._upstream] if self._upstream is not None else [])
+
     async def generate(self, request: GenerateRequest, received_at: float) -> GenerationResult:
-        result: GenerationResult = await self._call(
-            self._generator.generate.remote(request, received_at)
-        )
+        handle = self._generator
+        if self._upstream is not None and deployment_for(
+            request.model, set(self._config.upstreams)
+        ) == UPSTREAM:
+            handle = self._upstream
+        result: GenerationResult = await self._call(handle.generate.remote(request, received_at))
         return result
+
+    async def add_script(self, script: Script) -> None:
+        """Every generation deployment gets the script: a marker answers whatever the
+        request's model (test stacks run one replica of each)."""
+        await asyncio.gather(
+            *(self._call(h.add_script.remote(script)) for h in self._generation_handles())
+        )
 
     async def embed(self, request: EmbedRequest) -> EmbeddingResult:
         result: EmbeddingResult = await self._call(self._embedder.embed.remote(request.texts))
@@ -154,15 +200,22 @@ class HandleGateway:
         if self._ready is not None:
             return self._ready
         try:
-            generation, embedding = await asyncio.wait_for(
-                asyncio.gather(self._generator.ready.remote(), self._embedder.ready.remote()),
+            generation, embedding, *served = await asyncio.wait_for(
+                asyncio.gather(
+                    self._generator.ready.remote(),
+                    self._embedder.ready.remote(),
+                    *(h.served.remote() for h in self._generation_handles()),
+                ),
                 timeout=self._config.health_probe_timeout_s,
             )
         except TimeoutError as exc:
             raise NotReady("model deployments did not answer the readiness probe yet") from exc
         except Exception as exc:
             raise NotReady(f"readiness probe failed: {type(exc).__name__}: {exc}") from exc
-        self._ready = HealthReport(status="ok", generation=generation, embedding=embedding)
+        models = [component for group in served for component in group]
+        self._ready = HealthReport(
+            status="ok", generation=generation, embedding=embedding, models=models
+        )
         return self._ready
 
 
@@ -170,13 +223,20 @@ class HandleGateway:
 @serve.ingress()
 class InferenceIngress:
     def __init__(
-        self, generator: DeploymentHandle, embedder: DeploymentHandle, config: InferenceConfig
+        self,
+        generator: DeploymentHandle,
+        embedder: DeploymentHandle,
+        config: InferenceConfig,
+        upstream: DeploymentHandle | None = None,
     ) -> None:
-        self._gateway = HandleGateway(generator, embedder, config)
+        self._gateway = HandleGateway(generator, embedder, config, upstream)
         self._faults = FaultPlan() if config.fault_injection else None
+        self._fixtures = config.fault_injection
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self._gateway, self._faults)
+        return create_api(
+            self._gateway, self._faults, self._gateway.add_script if self._fixtures else None
+        )
 
 
 def _deployment(decorated: object) -> Deployment:
@@ -204,8 +264,21 @@ def build_app(config: InferenceConfig) -> Application:
             backpressure_config=backpressure,
             ray_actor_options={"num_cpus": config.generate_num_cpus},
         )
-        .bind(config)
+        .bind(config, LOCAL)
     )
+    upstream = None
+    if config.upstreams:
+        upstream = (
+            _deployment(GenerationDeployment)
+            .options(
+                name="upstream",
+                max_ongoing_requests=config.upstream_max_ongoing_requests,
+                max_queued_requests=config.max_queued_requests * 4,
+                backpressure_config=backpressure,
+                ray_actor_options={"num_cpus": config.upstream_num_cpus},
+            )
+            .bind(config, UPSTREAM)
+        )
     embedder = (
         _deployment(EmbeddingDeployment)
         .options(
@@ -227,5 +300,5 @@ def build_app(config: InferenceConfig) -> Application:
             backpressure_config=backpressure,
             ray_actor_options={"num_cpus": config.ingress_num_cpus},
         )
-        .bind(generator, embedder, config)
+        .bind(generator, embedder, config, upstream)
     )

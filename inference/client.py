@@ -23,6 +23,9 @@ from clawstream.inference.protocol import (
     GenerateRequest,
     GenerationResult,
     HealthReport,
+    ToolCall,
+    ToolChoice,
+    ToolFunction,
 )
 
 __all__ = [
@@ -36,6 +39,8 @@ __all__ = [
     "InferenceOverloaded",
     "InferenceTimeout",
     "InferenceValidationError",
+    "ToolCall",
+    "ToolFunction",
 ]
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -77,11 +82,17 @@ class InferenceBackendError(InferenceError):
     """5xx other than 503, an unexpected status, or the app unreachable."""
 
 
+class InferenceUnreachable(InferenceBackendError):
+    """No connection to the app at all (refused, reset, DNS): our infrastructure is away,
+    not the model failing."""
+
+
 class InferenceTimeout(InferenceError):
     """No answer in time (client timeout, or the server's own 408/504)."""
 
 
-MessageLike = ChatMessage | Mapping[str, str]
+MessageLike = ChatMessage | Mapping[str, object]
+ToolLike = ToolFunction | Mapping[str, object]
 _Request = TypeVar("_Request", bound=BaseModel)
 
 
@@ -166,14 +177,19 @@ class InferenceClient:
         max_tokens: int | None = None,
         temperature: float = 0.0,
         model: str | None = None,
+        tools: Sequence[ToolLike] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> GenerationResult:
-        """Raises InferenceValidationError locally, before any I/O, for a malformed request."""
+        """Raises InferenceValidationError locally, before any I/O, for a malformed request.
+        The answer is text and/or ``tool_calls`` (``finish_reason`` "tool_calls")."""
         request = _validated(
             GenerateRequest,
             messages=list(messages),
             max_tokens=max_tokens,
             temperature=temperature,
             model=model,
+            tools=list(tools),
+            tool_choice=tool_choice,
         )
         data = await self._post("/generate", request.model_dump(mode="json"))
         return GenerationResult.model_validate(data)
@@ -198,6 +214,10 @@ class InferenceClient:
             response = await self._http.request(method, path, json=payload, timeout=self._timeout)
         except httpx.TimeoutException as exc:
             raise InferenceTimeout(f"inference {method} {path}: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise InferenceUnreachable(
+                f"inference {method} {path}: {type(exc).__name__}: {exc}"
+            ) from exc
         except httpx.HTTPError as exc:
             raise InferenceBackendError(
                 f"inference {method} {path}: {type(exc).__name__}: {exc}"

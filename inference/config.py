@@ -3,8 +3,9 @@
 Replicas run in Ray worker processes whose environment is whatever ``ray start`` had,
 so reading ``CLAWSTREAM_*`` there would silently pick up the wrong stack. The driver
 builds this object from :class:`clawstream.config.Settings` and Serve pickles it to
-each replica. It has no dependency on ``clawstream`` itself so that a replica only
-needs the ``inference`` package on its path.
+each replica. Besides pydantic it needs only :mod:`clawstream.config`, for the upstream
+specs the pools declare (the API keys themselves are read by the replica, never carried
+here).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from clawstream.config import UpstreamSpec, upstream_models
 
 if TYPE_CHECKING:
     from clawstream.config import Settings
@@ -34,6 +37,14 @@ class InferenceConfig(BaseModel):
     n_ctx: int = 2048
     n_threads: int = Field(default=2, ge=1)
     seed: int = 0
+    repeat_penalty: float = Field(default=1.1, ge=1.0)
+    local_max_tool_calls: int = Field(default=1, ge=1)
+
+    # OpenAI-compatible upstreams by served model id (from the pools); served by their own
+    # deployment, which only waits on sockets: many requests in flight, almost no CPU.
+    upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)
+    upstream_max_ongoing_requests: int = Field(default=64, ge=1)
+    upstream_num_cpus: float = 0.05
 
     # Serve back-pressure: past max_queued_requests waiting in the ingress's handle to a
     # model deployment, the request is answered 503 instead of waiting without bound.
@@ -76,4 +87,8 @@ class InferenceConfig(BaseModel):
             retry_after_s=settings.inference_retry_after_s,
             n_threads=settings.inference_llama_threads,
             fault_injection=settings.fault_injection,
+            repeat_penalty=settings.inference_repeat_penalty,
+            local_max_tool_calls=settings.inference_local_max_tool_calls,
+            upstreams=upstream_models(settings.pools),
+            upstream_max_ongoing_requests=settings.inference_upstream_max_ongoing_requests,
         )

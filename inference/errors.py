@@ -28,3 +28,8 @@ class BackendFailure(Exception):
 
 class NotReady(Exception):
     """A model deployment has not answered its readiness probe yet (503 on /health)."""
+
+
+class GenerationTimeout(Exception):
+    """The model did not answer in time, e.g. an upstream provider past its timeout (504,
+    retryable: the caller's budget decides whether another attempt fits)."""

@@ -7,11 +7,15 @@ validation error (400, never retried) rather than a slow backend failure.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+ToolChoice = Literal["auto", "none", "required"]
+"""OpenAI's string choices: the model decides, never calls, or must call at least one tool."""
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 MAX_MESSAGES = 256
 MAX_CONTENT_CHARS = 32_000
@@ -20,19 +24,99 @@ MAX_TEMPERATURE = 2.0
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_TEXT_CHARS = 8_192
 
+# Tool calling. Bounds keep a request's schemas (which become a grammar on the local model,
+# and prompt tokens everywhere) small enough that a bad one is refused, not slow.
+MAX_TOOLS = 64
+MAX_TOOL_NAME_CHARS = 64
+MAX_TOOL_DESCRIPTION_CHARS = 4_096
+MAX_TOOL_SCHEMA_CHARS = 16_000
+MAX_TOOL_CALLS = 32
+MAX_TOOL_ARGUMENTS_CHARS = 32_000
+MAX_TOOL_CALL_ID_CHARS = 128
+TOOL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+"""An identifier (hyphens allowed, as OpenAI's function names allow them)."""
+
+ToolName = Annotated[
+    str, Field(min_length=1, max_length=MAX_TOOL_NAME_CHARS, pattern=TOOL_NAME_PATTERN)
+]
+
 # MiniLM reads at most 256 word pieces; the character cap only bounds request size.
 EmbedText = Annotated[str, Field(max_length=MAX_EMBED_TEXT_CHARS)]
 
 
+class ToolCall(BaseModel):
+    """One call the model asked for. ``arguments`` is a JSON object as text, as OpenAI sends
+    it; it is not parsed here, because a model may well produce arguments that are not valid
+    JSON, and the caller's tool validation turns that into a message the model can fix."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=MAX_TOOL_CALL_ID_CHARS)
+    name: ToolName
+    arguments: str = Field(default="{}", max_length=MAX_TOOL_ARGUMENTS_CHARS)
+
+
+class ToolFunction(BaseModel):
+    """A tool the model may call: OpenAI's ``function`` object (without the ``type`` wrapper).
+    ``parameters`` is a JSON-schema object describing the arguments."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ToolName
+    description: str = Field(default="", max_length=MAX_TOOL_DESCRIPTION_CHARS)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type") != "object":
+            raise ValueError('parameters must be a JSON schema with "type": "object"')
+        size = len(json.dumps(value, separators=(",", ":")))
+        if size > MAX_TOOL_SCHEMA_CHARS:
+            raise ValueError(
+                f"parameters schema is {size} characters; at most {MAX_TOOL_SCHEMA_CHARS}"
+            )
+        return value
+
+
 class ChatMessage(BaseModel):
+    """One message of the conversation the model sees.
+
+    An assistant message may carry ``tool_calls`` (its content may then be ""); a ``tool``
+    message is the result of one of them and names it in ``tool_call_id``.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: Role
     content: str = Field(max_length=MAX_CONTENT_CHARS)
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOL_CALLS)
+    tool_call_id: str | None = Field(
+        default=None, min_length=1, max_length=MAX_TOOL_CALL_ID_CHARS
+    )
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_TOOL_NAME_CHARS)
+
+    @model_validator(mode="after")
+    def _role_fields(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"only assistant messages carry tool_calls, not {self.role}")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise ValueError(f"only tool messages carry a tool_call_id, not {self.role}")
+        return self
 
 
 class GenerateRequest(BaseModel):
-    """``max_tokens`` None means the deployment's configured default (settings.max_new_tokens)."""
+    """``max_tokens`` None means the deployment's configured default (settings.max_new_tokens).
+
+    ``tools`` are offered to the model with ``tool_choice``; the answer is text, tool calls,
+    or both (:class:`GenerationResult`). A ``tool`` message must answer a call made by an
+    earlier assistant message, as OpenAI requires: checked here so that a broken history
+    is a validation error (400) before any model time, on every backend alike.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,6 +124,27 @@ class GenerateRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
     temperature: float = Field(default=0.0, ge=0.0, le=MAX_TEMPERATURE)
     model: str | None = None
+    tools: list[ToolFunction] = Field(default_factory=list, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerateRequest:
+        names = [tool.name for tool in self.tools]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"tool names must be unique: {duplicates}")
+        if self.tool_choice == "required" and not self.tools:
+            raise ValueError('tool_choice "required" needs at least one tool')
+        called: set[str] = set()
+        for index, message in enumerate(self.messages):
+            if message.tool_calls:
+                called.update(call.id for call in message.tool_calls)
+            if message.role == "tool" and message.tool_call_id not in called:
+                raise ValueError(
+                    f"messages[{index}]: tool_call_id {message.tool_call_id!r} answers no "
+                    "tool call of an earlier assistant message"
+                )
+        return self
 
 
 class GenerationResult(BaseModel):
@@ -50,7 +155,8 @@ class GenerationResult(BaseModel):
     backend: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str | None = None
+    finish_reason: FinishReason = "stop"
+    tool_calls: list[ToolCall] = Field(default_factory=list)
     replica: str
     queue_ms: float | None = None
     run_ms: float
@@ -74,9 +180,13 @@ class ComponentHealth(BaseModel):
 
 
 class HealthReport(BaseModel):
+    """``generation`` is the default model (a request with ``model`` null goes there);
+    ``models`` lists every generation model the app serves, local and upstream."""
+
     status: Literal["ok", "loading"]
     generation: ComponentHealth | None = None
     embedding: ComponentHealth | None = None
+    models: list[ComponentHealth] = Field(default_factory=list)
 
 
 class ErrorBody(BaseModel):

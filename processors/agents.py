@@ -1,25 +1,30 @@
-"""Agent definitions: the plan of steps an agent runs per request, and under which version.
+"""Agent declarations, as the coordinator reads them: what an agent may do per request.
 
-A plan is declared, not coded in the coordinator, so that the coordinator can reason about
-it (which steps mutate, which are expensive, how long each may take) and every agent gets
-retries, budgets, ledger and compensation for free.
+An agent either lets the model decide (``plan`` None: each model step sees the agent's
+tools and answers with text or tool calls, which run as steps, until a final answer or a
+limit) or follows a fixed plan of tool and model steps. Either way it is declared, not
+coded in the coordinator, so the coordinator can reason about it (which steps mutate,
+which are expensive, how long each may take) and every agent gets retries, budgets,
+ledger and compensation for free. Teams write agents with :mod:`clawstream.processors.api`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from clawstream.config import get_settings
+from clawstream.processors.tools.base import ToolSpec
+from clawstream.schemas.records import AgentRequest
 
-Record = dict[str, Any]
+ToolArguments = dict[str, Any]
+"""A tool call's arguments, as the tool's JSON arguments object."""
 
 
 @dataclass(frozen=True)
 class ToolStep:
     tool: str
-    arguments: Callable[[Record], Record]
+    arguments: Callable[[AgentRequest], ToolArguments]
     """The tool's arguments, from the request."""
     expensive: bool = False
 
@@ -39,11 +44,22 @@ class AgentSpec:
     name: str
     version: str
     system_prompt: str
-    plan: tuple[Step, ...]
+    plan: tuple[Step, ...] | None = None
+    """A fixed plan; None: the model decides, with :attr:`tools`."""
+    tools: tuple[str, ...] = ()
+    """The tools the model may call (by name)."""
+    max_steps: int | None = None
+    """Steps (model and tool) one request may take; None: the conversation's budget only."""
+    token_budget: int | None = None
+    """Tokens one request may spend; None: the conversation's budget only."""
+    passthrough: bool = False
+    """One model call over the client's own chat and tools, its answer returned as it is
+    (tool calls included, not run): a governed model call for OpenAI clients."""
     max_tokens: int = 64
     temperature: float = 0.0
     prompt_version: str = "p1"
-    context_exchanges: int = field(default_factory=lambda: get_settings().context_exchanges)
+    context_exchanges: int | None = None
+    """Exchanges kept in the prompt; None = the runtime's setting (``context_exchanges``)."""
     step_timeout_s: float | None = None
     """Run-time limit of this agent's steps; None = the lane's (a tool's own limit wins)."""
     cache_ttl_s: float | None = None
@@ -53,39 +69,10 @@ class AgentSpec:
     research and reports -> large."""
 
 
-def retrieval_query(request: Record) -> Record:
-    return {"query": request["text"], "k": 2}
+class Catalog(Protocol):
+    """What the coordinator's rules may look up: declarations only, no clients, no I/O
+    (:class:`clawstream.processors.registry.Registry` is the one a worker builds)."""
 
+    def agent(self, name: str) -> AgentSpec | None: ...
 
-AGENTS: dict[str, AgentSpec] = {
-    spec.name: spec
-    for spec in (
-        AgentSpec(
-            name="researcher",
-            version="1.1.0",
-            system_prompt=(
-                "You are a helpful assistant for the clawstream platform. Answer in one or two "
-                "short sentences, using the notes when they help."
-            ),
-            plan=(ToolStep("retrieve", retrieval_query, expensive=True), ModelStep()),
-            task_class="research",
-        ),
-        AgentSpec(
-            name="chat",
-            version="1.1.0",
-            system_prompt="You are a helpful assistant. Answer in one or two short sentences.",
-            plan=(ModelStep(),),
-            cache_ttl_s=120.0,  # chat drifts faster than answers over the fixed corpus
-        ),
-    )
-}
-
-
-def get_agent(name: str) -> AgentSpec | None:
-    if name in AGENTS:
-        return AGENTS[name]
-    if get_settings().fault_injection:
-        from clawstream.processors.tools.faults import FAULT_AGENTS
-
-        return FAULT_AGENTS.get(name)
-    return None
+    def tool_spec(self, name: str) -> ToolSpec | None: ...

@@ -1,13 +1,20 @@
-"""The Faust app: one definition of the worker's topics and RocksDB tables."""
+"""The Faust app of one worker: its topics, RocksDB tables and web pages.
+
+Nothing here runs at import time: :func:`create_app` builds a fresh app for a worker name
+and settings, so two apps (two workers) can be built in one process, and importing a
+processor module creates no clients, directories or timers. The composition root
+(:mod:`clawstream.processors.worker`) calls it.
+"""
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
+from typing import Any
 
 import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from clawstream.config import get_settings
-from clawstream.processors import gapless
+from clawstream.config import Settings
 from clawstream.streams.topics import (
     CONVERSATIONS_TABLE,
     DEDUP_TABLE,
@@ -19,76 +26,96 @@ from clawstream.streams.topics import (
     TOOL_REQUESTS,
 )
 
-gapless.install()
-settings = get_settings()
-WORKER_NAME = os.environ.get("CLAWSTREAM_WORKER_NAME", "worker-0")
-DATA_DIR = settings.state_dir / "faust" / WORKER_NAME
-DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-app = faust.App(
-    settings.app_id,
-    broker=f"kafka://{settings.bootstrap_servers}",
-    store="rocksdb://",
-    datadir=str(DATA_DIR),
-    topic_partitions=settings.partitions,
-    topic_replication_factor=1,
-    table_standby_replicas=0,
-    consumer_auto_offset_reset="earliest",
-    web_host="127.0.0.1",
-    web_port=settings.worker_web_port,
-    producer_acks=-1,
-    stream_buffer_maxsize=settings.worker_stream_buffer,
-    broker_max_poll_records=settings.worker_max_poll_records,
-    broker_session_timeout=settings.worker_session_timeout_s,
-    broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
-    Worker="clawstream.processors.lifecycle:ClawstreamWorker",
-)
+def create_app(settings: Settings, worker_name: str) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="rocksdb://",
+        datadir=str(settings.state_dir / "faust" / worker_name),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        web_host="127.0.0.1",
+        web_bind="127.0.0.1",
+        web_port=settings.worker_web_port,
+        producer_acks=-1,
+        producer_max_request_size=settings.kafka_max_message_bytes,
+        stream_buffer_maxsize=settings.worker_stream_buffer,
+        broker_max_poll_records=settings.worker_max_poll_records,
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
+    )
 
 
-def raw_topic(*names: str) -> faust.TopicT:
+def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
     """Values are Avro single-object bytes that we decode ourselves, so a malformed message
     reaches our code (and the DLQ) instead of crashing Faust's deserialiser."""
     return app.topic(*names, key_type=bytes, value_type=bytes,
                      key_serializer="raw", value_serializer="raw")
 
 
-coordinator_topic = raw_topic(REQUESTS_INTERACTIVE.name, RESULTS.name)
-batch_requests_topic = raw_topic(REQUESTS_BATCH.name)
-# One agent per lane: a full batch lane blocks only its own stream (processors/flow/dispatch).
-inference_interactive_topic = raw_topic(INFERENCE_REQUESTS.name)
-inference_batch_topic = raw_topic(INFERENCE_REQUESTS_BATCH.name)
-tool_topic = raw_topic(TOOL_REQUESTS.name)
+@dataclass(frozen=True)
+class WorkerTopics:
+    coordinator: faust.TopicT
+    """Interactive requests and every step result and wake-up: the coordinator's stream."""
+    batch_requests: faust.TopicT
+    # One agent per lane: a full batch lane blocks only its own stream (flow/dispatch.py).
+    inference_interactive: faust.TopicT
+    inference_batch: faust.TopicT
+    tools: faust.TopicT
 
 
-def _rocksdb_options() -> dict[str, object]:
-    """A fresh dict per table (faust pops keys from it); RocksDB's default block cache is
-    2 GiB per partition database, far too much for a laptop or a 24 GiB CI machine."""
-    return {"driver": "rocksdict",
-            "block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024}
+def create_topics(app: faust.App) -> WorkerTopics:
+    return WorkerTopics(
+        coordinator=raw_topic(app, REQUESTS_INTERACTIVE.name, RESULTS.name),
+        batch_requests=raw_topic(app, REQUESTS_BATCH.name),
+        inference_interactive=raw_topic(app, INFERENCE_REQUESTS.name),
+        inference_batch=raw_topic(app, INFERENCE_REQUESTS_BATCH.name),
+        tools=raw_topic(app, TOOL_REQUESTS.name),
+    )
 
 
-conversations = app.Table(CONVERSATIONS_TABLE, default=None, partitions=settings.partitions,
-                          options=_rocksdb_options())
-request_dedup = app.Table(DEDUP_TABLE, default=None, partitions=settings.partitions,
-                          options=_rocksdb_options())
+@dataclass(frozen=True)
+class WorkerTables:
+    conversations: Any
+    """Conversation id -> the conversation's state (the coordinator is its only writer)."""
+    request_dedup: Any
+    """Tenant, conversation and idempotency key -> the request's dedup entry."""
 
 
-@app.page("/ready")
-async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-    """200 once the worker has partitions and its tables are recovered."""
-    recovery = app.tables.recovery  # type: ignore[attr-defined]
-    recovered = recovery.completed.is_set() and not app.in_recovery
-    assigned = app.consumer.assignment() if recovered else set()
-    body = {"worker": WORKER_NAME, "recovered": recovered, "rebalancing": app.rebalancing,
-            "partitions": sorted(tp.partition for tp in assigned if tp.topic == RESULTS.name)}
-    return web.json(body, status=200 if recovered and not app.rebalancing else 503)
+def create_tables(app: faust.App, settings: Settings) -> WorkerTables:
+    def options() -> dict[str, object]:
+        """A fresh dict per table (faust pops keys from it); RocksDB's default block cache
+        is 2 GiB per partition database, far too much for a laptop or a 24 GiB CI box."""
+        return {"driver": "rocksdict",
+                "block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024}
+
+    return WorkerTables(
+        conversations=app.Table(CONVERSATIONS_TABLE, default=None,
+                                partitions=settings.partitions, options=options()),
+        request_dedup=app.Table(DEDUP_TABLE, default=None, partitions=settings.partitions,
+                                options=options()),
+    )
 
 
-@app.page("/metrics")
-async def metrics(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-    """Prometheus exposition of this worker's counters (cache hits, misses, savings and
-    outages), so an operator can alert on a cache that silently turned into misses."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+def add_pages(app: faust.App, worker_name: str, recovered: Any) -> None:
+    """``/ready`` (200 once the worker has partitions and recovered tables) and
+    ``/metrics`` (Prometheus), so an operator can alert on a cache that silently turned
+    into misses. ``recovered()`` comes from the Faust fence (it reads Faust internals)."""
 
-    # In a header: aiohttp refuses a content_type argument that carries a charset.
-    return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        done = bool(recovered())
+        assigned = app.consumer.assignment() if done else set()
+        body = {"worker": worker_name, "recovered": done, "rebalancing": app.rebalancing,
+                "partitions": sorted(tp.partition for tp in assigned
+                                     if tp.topic == RESULTS.name)}
+        return web.json(body, status=200 if done and not app.rebalancing else 503)
+
+    async def metrics(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        # In a header: aiohttp refuses a content_type argument that carries a charset.
+        return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.page("/ready")(ready)
+    app.page("/metrics")(metrics)

@@ -1,18 +1,24 @@
 """The coordinator's decisions as pure functions: (state, event, now) -> (state, outputs).
 
 Kept free of Kafka and Faust so every rule can be unit-tested, and so that reprocessing a
-redelivered event after a crash is provably harmless: a request already seen only re-issues
-its pending step (workers tolerate repeats, mutating tools through the ledger), a result
-for a step or attempt that is not pending is ignored, so one request yields one answer.
+redelivered event after a crash is provably harmless: a request read again re-issues only
+its steps in flight (workers tolerate repeats, mutating tools through the ledger), a
+result for a step or attempt that is not in flight is ignored, so one request yields one
+answer.
 
 Time is an input like any event: the coordinator's sweep delivers "wake-ups", and
 :func:`on_wakeup` re-issues steps whose retry is due, gives up attempts that outlived their
 budget (3x the run-time limit) and answers requests past their deadline.
 
-A request runs its agent's plan step by step. A mutating tool step is recorded as a draft
-(the full command, in state and as an event) before it is issued; retries re-issue the
-draft. When a request fails after completed mutating steps, their compensations run in
-reverse order before the answer goes out (a saga).
+A request runs in turns (:mod:`clawstream.processors.turns` builds them): a fixed plan's
+next step, or, for an agent whose model decides, a model call and then the tool calls it
+chose, run in parallel as steps of their own and joined here when all are back, until a
+final answer or a limit (``max_steps``, the token budget, the deadline: the answer is then
+``degraded``, with what the agent has so far). Every choice of the model is a ``decision``
+event. A mutating tool step is recorded as a draft (the full command, in state and as an
+event) before it is issued; retries re-issue the draft. When a request fails after
+completed mutating steps, their compensations run in reverse order before the answer goes
+out (a saga).
 """
 
 from __future__ import annotations
@@ -20,169 +26,337 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from clawstream.processors.agents import AgentSpec, ModelStep, ToolStep, get_agent
-from clawstream.processors.caching.control import control_for_request
+from clawstream.processors import admission
+from clawstream.processors.agents import AgentSpec
 from clawstream.processors.caching.report import merge_records
 from clawstream.processors.keys import canonical_json
 from clawstream.processors.policy import Policy, retry_delay_ms
 from clawstream.processors.records import (
     Output,
-    Record,
+    Subject,
+    about,
     answer,
     command_output,
     dead_letter,
-    empty_usage,
     event,
+    plan_letter,
     step_command,
     step_name,
+    usage_sum,
 )
-from clawstream.processors.tools.catalog import get_tool_spec
+from clawstream.processors.state import (
+    ActiveRequest,
+    Conversation,
+    DedupEntry,
+    Exchange,
+    Failure,
+    StepRun,
+    empty_conversation,
+)
+from clawstream.processors.tools.base import INVALID_ARGUMENTS
+from clawstream.processors.turns import (
+    PlanError,
+    Rules,
+    context,
+    deciding,
+    model_turn,
+    new_run,
+    plan_step,
+    so_far,
+    tool_results,
+    tool_turn,
+)
+from clawstream.processors.validation import Rejection
+from clawstream.schemas.records import (
+    AgentRequest,
+    AnswerStatus,
+    FunctionCall,
+    ReasonKind,
+    StepCommand,
+    StepError,
+    StepResult,
+    TimelineEntry,
+    ToolCall,
+    empty_usage,
+    message,
+)
 
-__all__ = ["Decision", "Output", "build_messages", "next_due_ms", "on_request", "on_result",
-           "on_wakeup"]
+__all__ = ["Decision", "Output", "Rules", "abort", "fresh_dedup", "hard_abort", "keep_within",
+           "needs_gate", "next_due_ms", "on_request", "on_result", "on_wakeup",
+           "refuse_unprocessable", "reject"]
+
+fresh_dedup = admission.fresh_dedup
 
 
 @dataclass
 class Decision:
-    conversation: Record | None
+    conversation: Conversation | None
     outputs: list[Output] = field(default_factory=list)
-    dedup: Record | None = None
+    dedup: DedupEntry | None = None
     """The request's new dedup entry (on_request only); answers mark it answered."""
+    archive: list[tuple[str, Exchange]] = field(default_factory=list)
+    """Answered exchanges, whole, for the recall archive (conversation id, exchange)."""
 
 
-def empty_conversation() -> Record:
-    return {"exchanges": [], "active": None, "waiting": []}
+def needs_gate(dedup: DedupEntry | None, req: AgentRequest, rules: Rules) -> bool:
+    """Whether the entrance limits must be asked about ``req`` (a new, valid request)."""
+    return admission.needs_gate(dedup, req, rules.policy)
 
 
-def build_messages(agent: AgentSpec, conv: Record, req: Record, notes: str | None
-                   ) -> list[Record]:
-    """System prompt, the last N exchanges, then the new question (with the tools' notes)."""
-    messages = [{"role": "system", "content": agent.system_prompt}]
-    for ex in conv["exchanges"][-agent.context_exchanges:]:
-        messages.append({"role": "user", "content": ex["user"]})
-        messages.append({"role": "assistant", "content": ex["assistant"]})
-    question = req["text"]
-    if notes:
-        question = f"Notes:\n{notes}\n\nQuestion: {question}"
-    messages.append({"role": "user", "content": question})
-    return messages
-
-
-# ---------------------------------------------------------------------------- issuing steps
-
-def _plan_command(conv: Record, active: Record, agent: AgentSpec, now_ms: int,
-                  policy: Policy) -> Record:
-    req, index = active["request"], active["step_index"]
-    step = agent.plan[index]
-    cache = control_for_request(req["options"], agent.cache_ttl_s)
-    if isinstance(step, ToolStep):
-        spec = get_tool_spec(step.tool)
-        tool = {"name": step.tool, "version": spec.version if spec else "?",
-                "arguments_json": canonical_json(step.arguments(req)),
-                "mutating": bool(spec and spec.mutating)}
-        limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
-        return step_command(req, active["run"], index, "tool", now_ms, limit, None, tool,
-                            cache=cache)
-    assert isinstance(step, ModelStep)
-    call = {
-        "model": "default",
-        "prompt_version": agent.prompt_version,
-        "messages": build_messages(agent, conv, req, active["notes"]),
-        "max_tokens": agent.max_tokens,
-        "temperature": agent.temperature,
-    }
-    limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, None)
-    return step_command(req, active["run"], index, "model", now_ms, limit, call, None,
-                        cache=cache)
-
-
-def _issue(active: Record, cmd: Record, agent: AgentSpec, now_ms: int) -> list[Output]:
-    active["pending"] = cmd
-    active["retry_at_ms"] = None
-    if cmd["attempt"] == 1:
-        active["attempts"] = []
-    req = active["request"]
-    outputs = []
-    if cmd["tool_call"] and cmd["tool_call"]["mutating"] and cmd["attempt"] == 1:
-        outputs.append(event("draft_recorded", now_ms, req, step_id=cmd["step_id"],
-                             agent_version=agent.version,
-                             detail={"tool": step_name(cmd),
-                                     "arguments": cmd["tool_call"]["arguments_json"]}))
-    outputs.append(event("step_issued", now_ms, req, step_id=cmd["step_id"],
-                         agent_version=agent.version,
-                         detail={"step_type": cmd["step_type"], "name": step_name(cmd),
-                                 "attempt": cmd["attempt"], "timeout_ms": cmd["timeout_ms"]}))
-    outputs.append(command_output(cmd))
-    return outputs
-
-
-def _start(conv: Record, req: Record, run: int, now_ms: int, policy: Policy) -> list[Output]:
-    agent = get_agent(req["agent"])
-    if agent is None:
-        return _reject_unknown_agent(req, now_ms)
-    active = {"request": req, "run": run, "step_index": 0, "pending": None,
-              "retry_at_ms": None, "attempts": [], "notes": None, "last_output": "",
-              "timeline": [], "usage": empty_usage(), "effects": [], "failure": None}
-    conv["active"] = active
-    if now_ms >= req["deadline_ms"]:
-        return _finish(conv, agent, "failed", "", "deadline passed before the request started",
-                       now_ms, policy, [], reason_kind="deadline").outputs
-    return _issue(active, _plan_command(conv, active, agent, now_ms, policy), agent, now_ms)
-
-
-def _reject_unknown_agent(req: Record, now_ms: int) -> list[Output]:
-    reason = f"unknown agent {req['agent']!r}"
-    holder = {"request": req, "usage": empty_usage(), "timeline": []}
-    return [answer(holder, "rejected", "", reason, now_ms, "none", reason_kind="unknown_agent"),
-            event("request_rejected", now_ms, req, detail={"reason": reason})]
+def _agent(rules: Rules, active: ActiveRequest) -> AgentSpec:
+    agent = rules.catalog.agent(active["request"]["agent"])
+    assert agent is not None  # checked when the request started
+    return agent
 
 
 # ---------------------------------------------------------------------------- requests
 
-def on_request(conv: Record | None, dedup: Record | None, req: Record, now_ms: int,
-               policy: Policy) -> Decision:
-    conv = conv or empty_conversation()
-    active = conv["active"]
-    redrive_of = req["options"].get("redrive_of")
-    run = 0
+def on_request(conv: Conversation | None, dedup: DedupEntry | None, req: AgentRequest,
+               now_ms: int, rules: Rules, source: str = "",
+               rejection: Rejection | None = None) -> Decision:
+    """``dedup``: :func:`fresh_dedup` of the table's entry; ``source``: where the request
+    was read (a redelivery comes from the same place); ``rejection``: the entrance limits'
+    answer for a request :func:`needs_gate` said to ask about."""
     if dedup is not None:
-        redriven = list(dedup.get("redriven", []))
-        if not (redrive_of and dedup.get("answer_status") == "failed"
-                and redrive_of not in redriven):
-            return _duplicate(conv, dedup, req, now_ms)
-        run = len(redriven) + 1
-        dedup = {**dedup, "status": "in_progress", "redriven": [*redriven, redrive_of]}
-        outputs = [event("request_redriven", now_ms, req,
-                         detail={"dlq_id": redrive_of, "run": run})]
-    else:
-        dedup = {"request_id": req["request_id"], "status": "in_progress", "redriven": []}
-        outputs = [event("request_received", now_ms, req)]
-    if active is None:
-        outputs += _start(conv, req, run, now_ms, policy)
-    else:
-        conv["waiting"].append({**req, "options": {**req["options"], "run": str(run)}})
+        return _known_key(conv or empty_conversation(), dedup, req, now_ms, rules, source)
+    refused = admission.refusal(req, rules.policy, rejection)
+    if refused is not None:
+        return reject(conv, req, refused, now_ms)
+    conv = conv or empty_conversation()
+    dedup = {"request_id": req["request_id"], "status": "in_progress", "redriven": [],
+             "content": admission.request_content(req), "source": source}
+    return _admit(conv, dedup, req, 0,
+                  [event("request_received", now_ms, about(req))], now_ms, rules)
+
+
+def reject(conv: Conversation | None, req: AgentRequest, rejection: Rejection, now_ms: int
+           ) -> Decision:
+    """Answer ``req`` ``rejected`` with the reason; the conversation is left as it was."""
+    return Decision(conv, admission.rejection_outputs(req, rejection, now_ms),
+                    admission.rejected_entry(req))
+
+
+def _known_key(conv: Conversation, dedup: DedupEntry, req: AgentRequest, now_ms: int,
+               rules: Rules, source: str) -> Decision:
+    """A request whose idempotency key was seen: a redrive, a duplicate, or a conflict."""
+    if req["request_id"] in dedup.get("conflicts", []):  # a refused conflict, read again
+        return Decision(conv, [event("request_duplicate", now_ms, about(req),
+                                     detail={"first_request_id": req["request_id"]})], dedup)
+    clash = admission.conflict(dedup, req)
+    if clash is not None:
+        return Decision(conv, admission.rejection_outputs(req, clash, now_ms),
+                        admission.with_conflict(dedup, req))
+    redrive_of = req["options"].get("redrive_of")
+    redriven = list(dedup.get("redriven", []))
+    if not (redrive_of and dedup.get("answer_status") == "failed"
+            and redrive_of not in redriven):
+        return _duplicate(conv, dedup, req, now_ms, source)
+    run = len(redriven) + 1
+    dedup = {**dedup, "status": "in_progress", "redriven": [*redriven, redrive_of],
+             "source": source}
+    return _admit(conv, dedup, req, run, [event("request_redriven", now_ms, about(req),
+                                                detail={"dlq_id": redrive_of, "run": run})],
+                  now_ms, rules)
+
+
+def _admit(conv: Conversation, dedup: DedupEntry, req: AgentRequest, run: int,
+           outputs: list[Output], now_ms: int, rules: Rules) -> Decision:
+    """Start the request now, or queue it behind the conversation's running one."""
+    if conv["active"] is None:
+        started = _start(conv, req, run, now_ms, rules)
+        return Decision(conv, outputs + started.outputs, dedup, started.archive)
+    conv["waiting"].append({**req, "options": {**req["options"], "run": str(run)}})
     return Decision(conv, outputs, dedup)
 
 
-def _duplicate(conv: Record, dedup: Record, req: Record, now_ms: int) -> Decision:
-    outputs = [event("request_duplicate", now_ms, req,
+def _duplicate(conv: Conversation, dedup: DedupEntry, req: AgentRequest, now_ms: int,
+               source: str) -> Decision:
+    outputs = [event("request_duplicate", now_ms, about(req),
                      detail={"first_request_id": dedup["request_id"]})]
     active = conv["active"]
-    # A redelivery after a crash: re-issue the pending step, in case it never left. Not while
-    # a retry waits for its time: the sweep issues that one.
-    if (active and active["request"]["request_id"] == dedup["request_id"]
-            and active["pending"] and active["retry_at_ms"] is None):
-        outputs.append(command_output(active["pending"]))
+    # The very record read again (a crash before its offset was committed): re-issue the
+    # steps in flight, in case the crash came before they left. Never for another record
+    # under the same key (a client's duplicate), and not while a retry waits for its time
+    # (the sweep issues that one): each would run a step once more.
+    if (source and dedup.get("source") == source and active
+            and active["request"]["request_id"] == dedup["request_id"]):
+        outputs += [command_output(run["cmd"]) for run in active["steps"]
+                    if run["output"] is None and run["retry_at_ms"] is None]
     return Decision(conv, outputs, dedup)
+
+
+# ---------------------------------------------------------------------------- turns
+
+def _start(conv: Conversation, req: AgentRequest, run: int, now_ms: int, rules: Rules
+           ) -> Decision:
+    agent = rules.catalog.agent(req["agent"])
+    if agent is None:
+        return Decision(conv, _reject_unknown_agent(req, now_ms))
+    active: ActiveRequest = {
+        "request": req, "run": run, "step_index": 0, "steps": [],
+        "transcript": context(agent, conv, req, rules.policy) if deciding(agent) else [],
+        "taken": 0, "notes": None, "last_output": "", "timeline": [], "usage": empty_usage(),
+        "effects": [], "failure": None}
+    conv["active"] = active
+    if now_ms >= req["deadline_ms"]:
+        return _finish(conv, active, agent, "failed", "",
+                       "deadline passed before the request started", now_ms, rules, [],
+                       reason_kind="deadline")
+    return _next_turn(conv, active, agent, now_ms, rules, [])
+
+
+def _reject_unknown_agent(req: AgentRequest, now_ms: int) -> list[Output]:
+    reason = f"unknown agent {req['agent']!r}"
+    return [answer(req, "rejected", "", reason, now_ms, "none", reason_kind="unknown_agent"),
+            event("request_rejected", now_ms, about(req), detail={"reason": reason})]
+
+
+def _next_turn(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_ms: int,
+               rules: Rules, outputs: list[Output]) -> Decision:
+    """A deciding agent's next model call; a plan's next step, or its answer."""
+    if not deciding(agent):
+        assert agent.plan is not None
+        if active["step_index"] >= len(agent.plan):
+            return _finish(conv, active, agent, "ok", active["last_output"], None, now_ms,
+                           rules, outputs)
+    limit = _limit_reached(active, agent, 1)
+    if limit is not None:
+        return _stop_at_limit(conv, active, agent, limit, now_ms, rules, outputs)
+    if deciding(agent):
+        cmd = model_turn(active, agent, now_ms, rules)
+        active["step_index"] += 1
+        return _issue_turn(conv, active, agent, [new_run(cmd)], now_ms, outputs)
+    planned = plan_step(conv, active, agent, now_ms, rules)
+    if isinstance(planned, PlanError):
+        return _plan_failed(conv, active, agent, planned, now_ms, rules, outputs)
+    return _issue_turn(conv, active, agent, [new_run(planned)], now_ms, outputs)
+
+
+def _plan_failed(conv: Conversation, active: ActiveRequest, agent: AgentSpec,
+                 planned: PlanError, now_ms: int, rules: Rules, outputs: list[Output]
+                 ) -> Decision:
+    """The plan could not build its step: fail the request, dead-lettered so it can be
+    redriven once the agent is fixed."""
+    req = active["request"]
+    step_id = f"plan:{req['conversation_id']}:{req['request_id']}:{active['step_index']}"
+    letter = plan_letter(req, step_id, planned.step, planned.error_class, planned.message,
+                         now_ms)
+    dlq_id = letter.record["dlq_id"]  # type: ignore[typeddict-item]
+    message_ = f"{planned.error_class}: {planned.message}"
+    outputs += [letter, event("dead_lettered", now_ms, about(req), step_id=step_id,
+                              agent_version=agent.version,
+                              detail={"dlq_id": dlq_id, "error": message_})]
+    reason = (f"the agent could not plan its {planned.step} step for this request "
+              f"({message_}); dead letter {dlq_id}")
+    return _fail(conv, active, agent, reason, now_ms, rules, outputs)
+
+
+def _issue_turn(conv: Conversation, active: ActiveRequest, agent: AgentSpec,
+                runs: list[StepRun], now_ms: int, outputs: list[Output]) -> Decision:
+    active["steps"] = runs
+    for run in runs:
+        if run["output"] is None:  # not answered at once (a call the runtime refused)
+            active["taken"] += 1
+            outputs += _issue(active, run, agent, now_ms)
+    return Decision(conv, outputs)
+
+
+def _issue(active: ActiveRequest, run: StepRun, agent: AgentSpec, now_ms: int
+           ) -> list[Output]:
+    cmd = run["cmd"]
+    run["retry_at_ms"] = None
+    subject = about(active["request"])
+    outputs = []
+    tool = cmd["tool_call"]
+    if tool and tool["mutating"] and cmd["attempt"] == 1:
+        outputs.append(event("draft_recorded", now_ms, subject, step_id=cmd["step_id"],
+                             agent_version=agent.version,
+                             detail={"tool": step_name(cmd),
+                                     "arguments": tool["arguments_json"]}))
+    outputs.append(event("step_issued", now_ms, subject, step_id=cmd["step_id"],
+                         agent_version=agent.version,
+                         detail={"step_type": cmd["step_type"], "name": step_name(cmd),
+                                 "attempt": cmd["attempt"], "timeout_ms": cmd["timeout_ms"],
+                                 "call_id": (tool["call_id"] if tool else None) or ""}))
+    outputs.append(command_output(cmd))
+    return outputs
+
+
+def _turn_done(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_ms: int,
+               rules: Rules, outputs: list[Output]) -> Decision:
+    """Every step of the turn is back: go on from what they returned."""
+    runs = active["steps"]
+    if not deciding(agent):
+        _record_output(active, runs[0])
+        active["step_index"] += 1
+        return _next_turn(conv, active, agent, now_ms, rules, outputs)
+    first = runs[0]
+    if first["cmd"]["step_type"] == "tool":  # the calls' results, back to the model
+        active["transcript"] += tool_results(runs)
+        return _next_turn(conv, active, agent, now_ms, rules, outputs)
+    text, calls = (first["output"] or "").strip(), first["tool_calls"]
+    outputs.append(_decision(active, agent, first, now_ms))
+    if agent.passthrough or not calls:
+        return _finish(conv, active, agent, "ok", text, None, now_ms, rules, outputs,
+                       tool_calls=calls if agent.passthrough else [])
+    active["transcript"].append(message("assistant", text, tool_calls=calls))
+    limit = _limit_reached(active, agent, len(calls))
+    if limit is not None:
+        return _stop_at_limit(conv, active, agent, limit, now_ms, rules, outputs)
+    runs = tool_turn(active, agent, calls, now_ms, rules)
+    active["step_index"] += len(runs)
+    decision = _issue_turn(conv, active, agent, runs, now_ms, outputs)
+    if all(run["output"] is not None for run in runs):  # every call refused at once
+        return _turn_done(conv, active, agent, now_ms, rules, decision.outputs)
+    return decision
+
+
+def _decision(active: ActiveRequest, agent: AgentSpec, run: StepRun, now_ms: int) -> Output:
+    """The model's choice, for the audit log: final text, or which tools with what."""
+    calls = run["tool_calls"]
+    last = active["timeline"][-1] if active["timeline"] else None
+    return event("decision", now_ms, about(active["request"]), step_id=run["cmd"]["step_id"],
+                 agent_version=agent.version,
+                 detail={"kind": "tool_calls" if calls else "final",
+                         "tools": ",".join(c["name"] for c in calls),
+                         "calls": canonical_json([{"id": c["id"], "name": c["name"],
+                                                   "arguments": c["arguments_json"]}
+                                                  for c in calls])[:4000],
+                         "model": last["name"] if last else "",
+                         "turn": sum(m["role"] == "assistant" for m in active["transcript"])
+                         + 1})
+
+
+def _limit_reached(active: ActiveRequest, agent: AgentSpec, more_steps: int) -> str | None:
+    """Why the request may not take ``more_steps`` more steps (its agent's limits), or
+    None. The conversation's own budgets are flow control's (``processors/flow``)."""
+    if agent.max_steps is not None and active["taken"] + more_steps > agent.max_steps:
+        return (f"the agent reached its limit of {agent.max_steps} steps "
+                f"({active['taken']} taken, {more_steps} more asked for)")
+    usage = active["usage"]
+    spent = usage["prompt_tokens"] + usage["completion_tokens"]
+    if agent.token_budget is not None and spent >= agent.token_budget:
+        return f"the agent used its token budget ({spent} of {agent.token_budget} tokens)"
+    return None
+
+
+def _stop_at_limit(conv: Conversation, active: ActiveRequest, agent: AgentSpec, reason: str,
+                   now_ms: int, rules: Rules, outputs: list[Output],
+                   reason_kind: ReasonKind | None = None) -> Decision:
+    """Past a limit: answer ``degraded`` with the reason and what the agent has so far."""
+    active["steps"] = []
+    text = so_far(active) if deciding(agent) else active["last_output"]
+    return _finish(conv, active, agent, "degraded", text, reason, now_ms, rules, outputs,
+                   reason_kind=reason_kind)
 
 
 # ---------------------------------------------------------------------------- results
 
-def _timeline_entry(cmd: Record, res: Record, now_ms: int) -> Record:
+def _timeline_entry(cmd: StepCommand, res: StepResult, now_ms: int) -> TimelineEntry:
     return {
         "step_id": res["step_id"],
         "step_type": res["step_type"],
-        "name": step_name(cmd) if cmd["tool_call"] else (res.get("model") or "model"),
+        "name": step_name(cmd) if cmd["tool_call"] else (res["model"] or "model"),
         "status": res["status"],
         "worker": res["worker"],
         "attempt": res["attempt"],
@@ -194,59 +368,108 @@ def _timeline_entry(cmd: Record, res: Record, now_ms: int) -> Record:
     }
 
 
-def _is_pending(active: Record | None, res: Record) -> bool:
-    pending = active["pending"] if active else None
-    return bool(active and pending and active["retry_at_ms"] is None
-                and (pending["step_id"], pending["attempt"]) == (res["step_id"], res["attempt"]))
+def _run_for(active: ActiveRequest | None, res: StepResult) -> StepRun | None:
+    """The step in flight that ``res`` answers (the same step and attempt), if any."""
+    for run in active["steps"] if active else []:
+        cmd = run["cmd"]
+        if (run["output"] is None and run["retry_at_ms"] is None
+                and (cmd["step_id"], cmd["attempt"]) == (res["step_id"], res["attempt"])):
+            return run
+    return None
 
 
-def on_result(conv: Record | None, res: Record, now_ms: int, policy: Policy) -> Decision:
+def on_result(conv: Conversation | None, res: StepResult, now_ms: int, rules: Rules
+              ) -> Decision:
     active = conv["active"] if conv else None
-    if conv is None or active is None or not _is_pending(active, res):
-        req = active["request"] if active else res
-        return Decision(conv, [event("step_ignored", now_ms,
-                                     {**req, "request_id": res["request_id"]},
-                                     step_id=res["step_id"], worker=res["worker"],
-                                     detail={"reason": "not the pending step or attempt",
-                                             "attempt": res["attempt"]})])
-    agent = get_agent(active["request"]["agent"])
-    assert agent is not None  # checked when the request started
-    pending = active["pending"]
-    active["timeline"].append(_timeline_entry(pending, res, now_ms))
-    for k in ("prompt_tokens", "completion_tokens", "saved_tokens", "cost_usd",
-              "saved_cost_usd"):
-        active["usage"][k] += res["usage"][k]
-    active["cache"] = merge_records(active.get("cache", []), res.get("cache") or [])
-    outputs = [event("step_completed", now_ms, active["request"], step_id=res["step_id"],
-                     worker=res["worker"], agent_version=agent.version,
-                     detail={"status": res["status"], "attempt": res["attempt"]})]
+    run = _run_for(active, res)
+    if conv is None or active is None or run is None:
+        return _ignored(conv, active, res, now_ms)
+    agent = _agent(rules, active)
+    cmd = run["cmd"]
+    active["timeline"].append(_timeline_entry(cmd, res, now_ms))
+    active["usage"] = usage_sum(active["usage"], res["usage"])
+    active["cache"] = merge_records(active.get("cache", []), res["cache"] or [])
+    outputs = [event("step_completed", now_ms, about(active["request"]),
+                     step_id=res["step_id"], worker=res["worker"],
+                     agent_version=agent.version,
+                     detail={"status": res["status"], "attempt": res["attempt"],
+                             **_spend(res)})]
     if res["status"] == "error":
-        return _step_failed(conv, agent, res["error"] or {}, now_ms, policy, outputs)
+        error = res["error"] or {"error_class": "Error", "message": "unknown error",
+                                 "retryable": False, "retry_after_ms": None,
+                                 "infrastructure": False}
+        if not (deciding(agent) and active["failure"] is None
+                and error["error_class"] == INVALID_ARGUMENTS):
+            return _step_failed(conv, active, run, agent, error, now_ms, rules, outputs)
+        run["output"] = f"error: {error['message']}"  # the model reads it and corrects
+    else:
+        run["output"] = res["output"]
+        run["tool_calls"] = res["tool_calls"]
+        _record_effect(active, cmd, res["output"], rules)
     if active["failure"] is not None:
-        outputs.append(event("compensation_completed", now_ms, active["request"],
+        tool = cmd["tool_call"]
+        assert tool is not None  # only compensations run while failing
+        outputs.append(event("compensation_completed", now_ms, about(active["request"]),
                              step_id=res["step_id"], agent_version=agent.version,
-                             detail={"tool": step_name(pending), "for_step":
-                                     json.loads(pending["tool_call"]["arguments_json"])
-                                     ["step_id"]}))
-        return _compensate_next(conv, agent, now_ms, policy, outputs)
-    _record_output(active, pending, res["output"])
-    active["step_index"] += 1
-    if active["step_index"] < len(agent.plan):
-        cmd = _plan_command(conv, active, agent, now_ms, policy)
-        return Decision(conv, outputs + _issue(active, cmd, agent, now_ms))
-    return _finish(conv, agent, "ok", active["last_output"], None, now_ms, policy, outputs)
+                             detail={"tool": step_name(cmd), "for_step":
+                                     json.loads(tool["arguments_json"])["step_id"]}))
+        return _compensate_next(conv, active, agent, now_ms, rules, outputs)
+    if any(r["output"] is None for r in active["steps"]):
+        return Decision(conv, outputs)  # other calls of the turn still run
+    return _turn_done(conv, active, agent, now_ms, rules, outputs)
 
 
-def _record_output(active: Record, cmd: Record, output: str) -> None:
-    if cmd["step_type"] == "model":
+def _spend(res: StepResult) -> dict[str, object]:
+    """A step result's usage, for its audit event: the event log keeps what each step cost
+    after the commands and results topics have expired."""
+    usage = res["usage"]
+    return {"prompt_tokens": usage["prompt_tokens"],
+            "completion_tokens": usage["completion_tokens"],
+            "cost_usd": f"{usage['cost_usd']:.8f}", "saved_tokens": usage["saved_tokens"],
+            "saved_cost_usd": f"{usage['saved_cost_usd']:.8f}",
+            "cache_hit": str(res["cache_hit"]).lower(), "model": res["model"] or ""}
+
+
+def _ignored(conv: Conversation | None, active: ActiveRequest | None, res: StepResult,
+             now_ms: int) -> Decision:
+    """A result for a step or attempt that is not in flight (a late attempt, a repeat). Its
+    work was done and paid for all the same: counted in the running request's usage when
+    it is that request's, and on the event either way (``clawstream cost`` adds those)."""
+    mine = active is not None and active["request"]["request_id"] == res["request_id"]
+    if mine and active is not None:
+        active["usage"] = usage_sum(active["usage"], res["usage"])
+    subject: Subject = {"conversation_id": res["conversation_id"],
+                        "request_id": res["request_id"], "trace_id": res["trace_id"],
+                        "agent": active["request"]["agent"] if active else None}
+    return Decision(conv, [event("step_ignored", now_ms, subject, step_id=res["step_id"],
+                                 worker=res["worker"],
+                                 detail={"reason": "not a step or attempt in flight",
+                                         "attempt": res["attempt"],
+                                         "counted_in_answer": str(mine).lower(),
+                                         **_spend(res)})])
+
+
+def _record_output(active: ActiveRequest, run: StepRun) -> None:
+    """A plan step's output: a model's is the answer so far, a tool's the notes of the next
+    model step."""
+    output = run["output"] or ""
+    if run["cmd"]["tool_call"] is None:
         active["last_output"] = output.strip()
         return
     active["notes"] = _notes(output)
     active["last_output"] = output
-    spec = get_tool_spec(step_name(cmd))
-    if cmd["tool_call"]["mutating"] and spec is not None and spec.compensation:
+
+
+def _record_effect(active: ActiveRequest, cmd: StepCommand, output: str, rules: Rules
+                   ) -> None:
+    """A completed mutating step whose tool declares a compensation joins the saga."""
+    tool = cmd["tool_call"]
+    if tool is None or not tool["mutating"] or active["failure"] is not None:
+        return
+    spec = rules.catalog.tool_spec(tool["name"])
+    if spec is not None and spec.compensation:
         active["effects"].append({"step_id": cmd["step_id"], "compensation": spec.compensation,
-                                  "arguments_json": cmd["tool_call"]["arguments_json"],
+                                  "arguments_json": tool["arguments_json"],
                                   "output": output})
 
 
@@ -260,102 +483,137 @@ def _notes(tool_output: str) -> str:
 
 # ---------------------------------------------------------------------------- failures
 
-def _step_failed(conv: Record, agent: AgentSpec, error: Record, now_ms: int, policy: Policy,
-                 outputs: list[Output]) -> Decision:
+def _step_failed(conv: Conversation, active: ActiveRequest, run: StepRun, agent: AgentSpec,
+                 error: StepError, now_ms: int, rules: Rules, outputs: list[Output]
+                 ) -> Decision:
     """Retry with backoff when the error allows it and attempts remain; else dead-letter the
-    step and fail the request (compensating first), or go on compensating."""
-    active = conv["active"]
-    pending = active["pending"]
+    step and fail the request (compensating first), or go on compensating.
+
+    A failure of our own infrastructure (Redis, Kafka or Serve away, a step still being
+    applied by another execution) is the step's bad luck, not its fault: it is retried with
+    the same backoff until the request's deadline, and uses none of the step's attempts."""
+    cmd = run["cmd"]
     req = active["request"]
-    message = f"{error.get('error_class', 'Error')}: {error.get('message', 'unknown error')}"
-    active["attempts"].append({"attempt": pending["attempt"], "at_ms": now_ms,
-                               "error": message})
-    spec = get_tool_spec(step_name(pending)) if pending["tool_call"] else None
-    if error.get("retryable") and pending["attempt"] < policy.max_attempts(spec):
-        delay, ceiling = retry_delay_ms(policy, pending["step_id"], pending["attempt"],
-                                        error.get("retry_after_ms"))
-        active["retry_at_ms"] = now_ms + delay
-        outputs.append(event("retry_scheduled", now_ms, req, step_id=pending["step_id"],
+    message_ = f"{error['error_class']}: {error['message']}"
+    infrastructure = bool(error.get("infrastructure"))
+    run["attempts"].append({"attempt": cmd["attempt"], "at_ms": now_ms, "error": message_,
+                            "infrastructure": infrastructure})
+    tool = cmd["tool_call"]
+    spec = rules.catalog.tool_spec(tool["name"]) if tool else None
+    failures = sum(not a.get("infrastructure") for a in run["attempts"])
+    if infrastructure or (error["retryable"] and failures < rules.policy.max_attempts(spec)):
+        delay, ceiling = retry_delay_ms(rules.policy, cmd["step_id"], cmd["attempt"],
+                                        error["retry_after_ms"])
+        run["retry_at_ms"] = now_ms + delay
+        outputs.append(event("retry_scheduled", now_ms, about(req), step_id=cmd["step_id"],
                              agent_version=agent.version,
-                             detail={"failed_attempt": pending["attempt"], "delay_ms": delay,
+                             detail={"failed_attempt": cmd["attempt"], "delay_ms": delay,
                                      "ceiling_ms": ceiling,
-                                     "retry_after_ms": error.get("retry_after_ms") or 0,
-                                     "error": message}))
+                                     "retry_after_ms": error["retry_after_ms"] or 0,
+                                     "infrastructure": str(infrastructure).lower(),
+                                     "error": message_}))
         return Decision(conv, outputs)
-    full_error = {"error_class": error.get("error_class", "Error"),
-                  "message": error.get("message", "unknown error")}
-    letter = dead_letter(active, pending, full_error, now_ms)
+    letter = dead_letter(req, run["attempts"], cmd, error["error_class"], error["message"],
+                         now_ms)
+    dlq_id = letter.record["dlq_id"]  # type: ignore[typeddict-item]
     outputs.append(letter)
-    outputs.append(event("dead_lettered", now_ms, req, step_id=pending["step_id"],
+    outputs.append(event("dead_lettered", now_ms, about(req), step_id=cmd["step_id"],
                          agent_version=agent.version,
-                         detail={"dlq_id": letter.record["dlq_id"], "error": message}))
-    active["pending"] = None
+                         detail={"dlq_id": dlq_id, "error": message_}))
+    active["steps"] = []
     if active["failure"] is not None:  # a compensation gave up: go on with the others
-        return _compensate_next(conv, agent, now_ms, policy, outputs)
-    reason = (f"the {step_name(pending)} step failed after {pending['attempt']} attempt(s) "
-              f"({message}); dead letter {letter.record['dlq_id']}")
-    return _fail(conv, agent, reason, now_ms, policy, outputs)
+        return _compensate_next(conv, active, agent, now_ms, rules, outputs)
+    reason = (f"the {step_name(cmd)} step failed after {cmd['attempt']} attempt(s) "
+              f"({message_}); dead letter {dlq_id}")
+    return _fail(conv, active, agent, reason, now_ms, rules, outputs)
 
 
-def _fail(conv: Record, agent: AgentSpec, reason: str, now_ms: int, policy: Policy,
-          outputs: list[Output], reason_kind: str | None = None) -> Decision:
-    active = conv["active"]
-    active["pending"] = None
-    active["retry_at_ms"] = None
+def _fail(conv: Conversation, active: ActiveRequest, agent: AgentSpec, reason: str,
+          now_ms: int, rules: Rules, outputs: list[Output],
+          reason_kind: ReasonKind | None = None) -> Decision:
+    active["steps"] = []
     if not active["effects"]:
-        return _finish(conv, agent, "failed", "", reason, now_ms, policy, outputs,
+        return _finish(conv, active, agent, "failed", "", reason, now_ms, rules, outputs,
                        reason_kind=reason_kind)
-    active["failure"] = {"status": "failed", "reason": reason, "reason_kind": reason_kind}
-    outputs.append(event("saga_compensating", now_ms, active["request"],
+    failure: Failure = {"status": "failed", "reason": reason}
+    if reason_kind is not None:
+        failure["reason_kind"] = reason_kind
+    active["failure"] = failure
+    outputs.append(event("saga_compensating", now_ms, about(active["request"]),
                          agent_version=agent.version,
                          detail={"steps": len(active["effects"]), "reason": reason}))
-    return _compensate_next(conv, agent, now_ms, policy, outputs)
+    return _compensate_next(conv, active, agent, now_ms, rules, outputs)
 
 
-def _compensate_next(conv: Record, agent: AgentSpec, now_ms: int, policy: Policy,
-                     outputs: list[Output]) -> Decision:
+def _compensate_next(conv: Conversation, active: ActiveRequest, agent: AgentSpec,
+                     now_ms: int, rules: Rules, outputs: list[Output]) -> Decision:
     """Undo completed mutating steps, last first; then answer with the failure."""
-    active = conv["active"]
+    failure = active["failure"]
+    assert failure is not None
     if not active["effects"]:
-        failure = active["failure"]
-        return _finish(conv, agent, failure["status"], "", failure["reason"], now_ms, policy,
-                       outputs, reason_kind=failure.get("reason_kind"))
+        active["steps"] = []
+        return _finish(conv, active, agent, failure["status"], "", failure["reason"], now_ms,
+                       rules, outputs, reason_kind=failure.get("reason_kind"))
     effect = active["effects"].pop()
     req = active["request"]
-    spec = get_tool_spec(effect["compensation"])
+    spec = rules.catalog.tool_spec(effect["compensation"])
     arguments = {"step_id": effect["step_id"],
                  "arguments": json.loads(effect["arguments_json"]), "output": effect["output"]}
-    tool = {"name": effect["compensation"], "version": spec.version if spec else "?",
-            "arguments_json": canonical_json(arguments), "mutating": True}
-    limit = policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
+    tool: ToolCall = {"name": effect["compensation"], "version": spec.version if spec else "?",
+                      "arguments_json": canonical_json(arguments), "mutating": True,
+                      "call_id": None}
+    limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
     cmd = step_command(req, active["run"], active["step_index"], "tool", now_ms, limit, None,
                        tool, key_input={"compensate": effect["step_id"]})
-    return Decision(conv, outputs + _issue(active, cmd, agent, now_ms))
+    active["steps"] = [new_run(cmd)]
+    return Decision(conv, outputs + _issue(active, active["steps"][0], agent, now_ms))
 
 
-def _finish(conv: Record, agent: AgentSpec, status: str, text: str, reason: str | None,
-            now_ms: int, policy: Policy, outputs: list[Output],
-            reason_kind: str | None = None) -> Decision:
-    active = conv["active"]
+def _finish(conv: Conversation, active: ActiveRequest, agent: AgentSpec, status: AnswerStatus,
+            text: str, reason: str | None, now_ms: int, rules: Rules, outputs: list[Output],
+            tool_calls: list[FunctionCall] | None = None,
+            reason_kind: ReasonKind | None = None) -> Decision:
     req = active["request"]
-    outputs.append(answer(active, status, text, reason, now_ms, agent.version,
-                          reason_kind=reason_kind))
-    outputs.append(event("answer_emitted", now_ms, req, agent_version=agent.version,
+    outputs.append(answer(req, status, text, reason, now_ms, agent.version, active,
+                          tool_calls=tool_calls, reason_kind=reason_kind))
+    outputs.append(event("answer_emitted", now_ms, about(req), agent_version=agent.version,
                          detail={"status": status, "reason": reason or ""}))
-    if status == "ok":
-        conv["exchanges"].append({"request_id": req["request_id"], "user": req["text"],
-                                  "assistant": text})
+    archive: list[tuple[str, Exchange]] = []
+    if status == "ok" and text:
+        exchange: Exchange = {"request_id": req["request_id"], "user": req["text"],
+                              "assistant": text}
+        archive.append((req["conversation_id"], exchange))
+        _remember(conv, exchange, agent, rules.policy)
     conv["active"] = None
     while conv["waiting"] and conv["active"] is None:
         nxt = conv["waiting"].pop(0)
         run = int(nxt["options"].pop("run", "0"))
-        outputs += _start(conv, nxt, run, now_ms, policy)
-    return Decision(conv, outputs)
+        started = _start(conv, nxt, run, now_ms, rules)
+        outputs += started.outputs
+        archive += started.archive
+    return Decision(conv, outputs, archive=archive)
+
+
+def _remember(conv: Conversation, exchange: Exchange, agent: AgentSpec, policy: Policy
+              ) -> None:
+    """Keep the exchange for the next prompts, bounded: only as many exchanges as a prompt
+    takes, each side cut to ``context_exchange_chars`` (the recall archive has it whole),
+    so the conversation's state does not grow with its length."""
+    limit = policy.context_exchange_chars
+
+    def cut(text: str) -> str:
+        return text if len(text) <= limit else text[:limit] + " [...]"
+
+    conv["exchanges"].append({"request_id": exchange["request_id"],
+                              "user": cut(exchange["user"]),
+                              "assistant": cut(exchange["assistant"])})
+    kept = max(policy.context_exchanges, agent.context_exchanges or 0)
+    del conv["exchanges"][:-kept]
 
 
 # ---------------------------------------------------------------------------- time
 
-def next_due_ms(conv: Record | None, policy: Policy) -> int | None:
+def next_due_ms(conv: Conversation | None, rules: Rules) -> int | None:
     """When this conversation next needs a wake-up, or None if it is idle."""
     if conv is None:
         return None
@@ -364,51 +622,134 @@ def next_due_ms(conv: Record | None, policy: Policy) -> int | None:
     if active is not None:
         if active["failure"] is None:
             due.append(active["request"]["deadline_ms"])
-        pending = active["pending"]
-        if active["retry_at_ms"] is not None:
-            due.append(active["retry_at_ms"])
-        elif pending is not None:
-            due.append(pending["issued_at_ms"] + policy.budget_ms(pending["timeout_ms"]))
+        for run in active["steps"]:
+            if run["output"] is not None:
+                continue
+            cmd = run["cmd"]
+            due.append(run["retry_at_ms"] if run["retry_at_ms"] is not None else
+                       cmd["issued_at_ms"] + rules.policy.budget_ms(cmd["timeout_ms"]))
     return min(due) if due else None
 
 
-def on_wakeup(conv: Record | None, now_ms: int, policy: Policy) -> Decision:
-    """Expired waiting requests are answered; then the active request's deadline, due retry
-    or outlived attempt is handled. A wake-up with nothing due changes nothing."""
+def on_wakeup(conv: Conversation | None, now_ms: int, rules: Rules) -> Decision:
+    """Expired waiting requests are answered; then the active request's deadline, due
+    retries or outlived attempts are handled. A wake-up with nothing due changes nothing."""
     if conv is None:
         return Decision(None)
     outputs: list[Output] = []
     for req in [w for w in conv["waiting"] if now_ms >= w["deadline_ms"]]:
         conv["waiting"].remove(req)
-        holder = {"request": req, "usage": empty_usage(), "timeline": []}
-        outputs.append(answer(holder, "failed", "", "deadline passed while queued behind an "
+        outputs.append(answer(req, "failed", "", "deadline passed while queued behind an "
                               "earlier request of the conversation", now_ms, "none",
                               reason_kind="deadline"))
     active = conv["active"]
     if active is None:
         return Decision(conv, outputs)
-    agent = get_agent(active["request"]["agent"])
-    assert agent is not None
-    req, pending = active["request"], active["pending"]
+    agent = _agent(rules, active)
+    req = active["request"]
     if active["failure"] is None and now_ms >= req["deadline_ms"]:
-        outputs.append(event("deadline_exceeded", now_ms, req, agent_version=agent.version,
-                             step_id=pending["step_id"] if pending else None))
-        return _fail(conv, agent, "deadline exceeded: the request was not answered in time",
-                     now_ms, policy, outputs, reason_kind="deadline")
-    if pending is None:
-        return Decision(conv, outputs)
-    if active["retry_at_ms"] is not None:
-        if now_ms < active["retry_at_ms"]:
-            return Decision(conv, outputs)
-        retry = {**pending, "attempt": pending["attempt"] + 1, "issued_at_ms": now_ms}
-        return Decision(conv, outputs + _issue(active, retry, agent, now_ms))
-    budget = policy.budget_ms(pending["timeout_ms"])
-    if now_ms < pending["issued_at_ms"] + budget:
-        return Decision(conv, outputs)
-    outputs.append(event("step_timed_out", now_ms, req, step_id=pending["step_id"],
-                         agent_version=agent.version,
-                         detail={"attempt": pending["attempt"], "budget_ms": budget}))
-    error = {"error_class": "StepTimeout", "retryable": True,
-             "message": f"no result within {budget} ms ({policy.budget_factor:g}x the "
-                        "step's run-time limit)"}
-    return _step_failed(conv, agent, error, now_ms, policy, outputs)
+        running = [run["cmd"]["step_id"] for run in active["steps"] if run["output"] is None]
+        outputs.append(event("deadline_exceeded", now_ms, about(req),
+                             agent_version=agent.version,
+                             step_id=running[0] if running else None))
+        reason = "deadline exceeded: the request was not answered in time"
+        if deciding(agent) and so_far(active):
+            return _stop_at_limit(conv, active, agent, reason, now_ms, rules, outputs,
+                                  reason_kind="deadline")
+        return _fail(conv, active, agent, reason, now_ms, rules, outputs,
+                     reason_kind="deadline")
+    for run in list(active["steps"]):
+        if run["output"] is not None:
+            continue
+        cmd = run["cmd"]
+        if run["retry_at_ms"] is not None:
+            if now_ms >= run["retry_at_ms"]:
+                run["cmd"] = {**cmd, "attempt": cmd["attempt"] + 1, "issued_at_ms": now_ms}
+                outputs += _issue(active, run, agent, now_ms)
+            continue
+        budget = rules.policy.budget_ms(cmd["timeout_ms"])
+        if now_ms < cmd["issued_at_ms"] + budget:
+            continue
+        outputs.append(event("step_timed_out", now_ms, about(req), step_id=cmd["step_id"],
+                             agent_version=agent.version,
+                             detail={"attempt": cmd["attempt"], "budget_ms": budget}))
+        error: StepError = {
+            "error_class": "StepTimeout", "retryable": True, "retry_after_ms": None,
+            "infrastructure": False,
+            "message": f"no result within {budget} ms ({rules.policy.budget_factor:g}x the "
+                       "step's run-time limit)"}
+        decision = _step_failed(conv, active, run, agent, error, now_ms, rules, outputs)
+        if conv["active"] is not active or run not in active["steps"]:
+            return decision  # the request failed or moved on
+        outputs = decision.outputs
+    return Decision(conv, outputs)
+
+
+# ---------------------------------------------------------------------------- failures of ours
+
+def refuse_unprocessable(req: AgentRequest, reason: str, now_ms: int) -> Decision:
+    """A request whose handling raised (its letter is in the DLQ): answered ``failed``
+    with the reason, and recorded so a redelivery gets no second answer."""
+    outputs = [answer(req, "failed", "", reason, now_ms, "none"),
+               event("answer_emitted", now_ms, about(req),
+                     detail={"status": "failed", "reason": reason})]
+    dedup: DedupEntry = {"request_id": req["request_id"], "status": "answered",
+                         "answer_status": "failed", "redriven": [],
+                         "content": admission.request_content(req)}
+    return Decision(None, outputs, dedup)
+
+
+def abort(conv: Conversation, reason: str, now_ms: int, rules: Rules) -> Decision:
+    """Fail the conversation's running request (compensating its effects first) when its
+    next event cannot be handled, or its state cannot be stored. Its text, transcript and
+    steps in flight are dropped from the state: they may be what made it too large."""
+    active = conv["active"]
+    if active is None:
+        return Decision(conv)
+    active["request"] = {**active["request"], "text": "", "messages": []}
+    active["transcript"] = []
+    active["steps"] = []
+    agent = rules.catalog.agent(active["request"]["agent"])
+    if agent is None:
+        return hard_abort(conv, reason, now_ms)
+    outputs = [event("request_aborted", now_ms, about(active["request"]),
+                     agent_version=agent.version, detail={"reason": reason})]
+    return _fail(conv, active, agent, reason, now_ms, rules, outputs)
+
+
+def hard_abort(conv: Conversation, reason: str, now_ms: int) -> Decision:
+    """The last resort when even :func:`abort` cannot run: every request of the
+    conversation, running or queued, is answered ``failed``; its exchanges stay."""
+    requests = [a["request"] for a in [conv["active"]] if a] + conv["waiting"]
+    outputs: list[Output] = []
+    for req in requests:
+        outputs += [answer(req, "failed", "", reason, now_ms, "none"),
+                    event("request_aborted", now_ms, about(req), detail={"reason": reason})]
+    conv["active"] = None
+    conv["waiting"] = []
+    return Decision(conv, outputs)
+
+
+def state_bytes(conv: Conversation) -> int:
+    """The state's size as the table stores it (JSON)."""
+    return len(json.dumps(conv))
+
+
+def keep_within(decision: Decision, max_bytes: int, now_ms: int, rules: Rules) -> Decision:
+    """``decision``, unless its state would be too large to store: then its running request
+    is failed with the reason (its payload dropped) instead, so nothing is lost to a table
+    write that cannot succeed."""
+    conv = decision.conversation
+    if conv is None:
+        return decision
+    size = state_bytes(conv)
+    if size <= max_bytes:
+        return decision
+    reason = (f"the conversation's state would be {size} bytes, over the limit of "
+              f"{max_bytes} (max_state_bytes)")
+    aborted = abort(conv, reason, now_ms, rules)
+    if aborted.conversation is not None and state_bytes(aborted.conversation) > max_bytes:
+        aborted = hard_abort(aborted.conversation, reason, now_ms)
+    kept = [o for o in decision.outputs if o.command is None]  # its steps will not run
+    return Decision(aborted.conversation, kept + aborted.outputs, decision.dedup,
+                    decision.archive)

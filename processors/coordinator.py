@@ -19,49 +19,53 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
+import faust
+import redis.asyncio as aioredis
 from faust.exceptions import PartitionsMismatch
 
-from clawstream.config import get_settings
-from clawstream.processors.app import (
-    WORKER_NAME,
-    app,
-    batch_requests_topic,
-    conversations,
-    coordinator_topic,
-    request_dedup,
-)
+from clawstream.config import Settings
+from clawstream.processors.app import WorkerTables, WorkerTopics
 from clawstream.processors.conversation import (
     Decision,
+    Rules,
+    abort,
+    fresh_dedup,
+    hard_abort,
+    keep_within,
+    needs_gate,
     next_due_ms,
     on_request,
     on_result,
     on_wakeup,
+    refuse_unprocessable,
+    reject,
 )
-from clawstream.processors.emit import dead_letter, now_ms, send
+from clawstream.processors.emit import Emitter, now_ms
 from clawstream.processors.flow import coordination
+from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import dedup_key
-from clawstream.processors.policy import Policy
 from clawstream.processors.records import Output
 from clawstream.processors.restart import restart_in_place
+from clawstream.processors.state import Conversation, DedupEntry, upgrade
+from clawstream.processors.validation import Rejection
 from clawstream.schemas import DecodeError, decode
-from clawstream.schemas.names import AGENT_ANSWER, AGENT_REQUEST, STEP_RESULT, WAKEUP
-from clawstream.streams.topics import RESULTS
+from clawstream.schemas.names import AGENT_REQUEST, STEP_RESULT, WAKEUP
+from clawstream.schemas.records import AgentAnswer, AgentRequest, StepResult, Wakeup, WireRecord
+from clawstream.streams.topics import REQUESTS_BATCH, REQUESTS_INTERACTIVE, RESULTS, request_topic
 
 log = logging.getLogger(__name__)
-settings = get_settings()
-policy = Policy.from_settings(settings)
 
 FULL_SCAN_EVERY = 20
 """Sweeps between two rebuilds of the index from the table (partitions move on rebalance)."""
 RESEND_AFTER_MS = 2000
+ACCEPTED = {REQUESTS_INTERACTIVE.name: (AGENT_REQUEST,), REQUESTS_BATCH.name: (AGENT_REQUEST,),
+            RESULTS.name: (STEP_RESULT, WAKEUP)}
+"""What each of the coordinator's topics carries; anything else is refused or
+dead-lettered."""
 """A wake-up that changed nothing (or got lost) is sent again after this long."""
-
-_due: dict[str, int] = {}
-_woken: dict[str, tuple[int, int]] = {}  # conversation -> (due time, when its wake-up went)
-_sweeps = 0
-_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
 class BatchSlots:
@@ -79,8 +83,8 @@ class BatchSlots:
         async with self._changed:
             await self._changed.wait_for(lambda: len(self.active) < self.limit)
 
-    async def track(self, conversation_id: str, conv: dict[str, Any] | None) -> None:
-        active = (conv or {}).get("active")
+    async def track(self, conversation_id: str, conv: Conversation | None) -> None:
+        active = conv["active"] if conv else None
         if active and active["request"]["lane"] == "batch":
             self.active.add(conversation_id)
         elif conversation_id in self.active:
@@ -89,131 +93,198 @@ class BatchSlots:
                 self._changed.notify_all()
 
 
-batch_slots = BatchSlots(settings.coordinator_batch_active)
+class Coordinator:
+    """The coordinator of one worker: its tables, the pure rules, and what they send."""
 
+    def __init__(self, *, worker_name: str, settings: Settings, rules: Rules,
+                 tables: WorkerTables, emitter: Emitter, redis: aioredis.Redis,
+                 flags: Callable[[], FlagView]) -> None:
+        self.worker_name = worker_name
+        self.settings = settings
+        self.rules = rules
+        self.conversations = tables.conversations
+        self.request_dedup = tables.request_dedup
+        self.emitter = emitter
+        self.redis = redis
+        self.flags = flags
+        self.batch_slots = BatchSlots(settings.coordinator_batch_active)
+        self._due: dict[str, int] = {}
+        self._woken: dict[str, tuple[int, int]] = {}  # conversation -> (due, when it went)
+        self._sweeps = 0
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
 
-@app.agent(coordinator_topic)
-async def coordinate(stream):  # type: ignore[no-untyped-def]
-    async for event in stream.events():
-        await _process(event)
+    def install(self, app: faust.App, topics: WorkerTopics) -> None:
+        """Register the coordinator's agents and sweep timer on ``app``."""
+        app.agent(topics.coordinator, name="clawstream.coordinate")(self.coordinate)
+        app.agent(topics.batch_requests, name="clawstream.admit_batch")(self.admit_batch)
+        app.timer(interval=self.settings.sweep_interval_s, name="clawstream.sweep")(self.sweep)
 
+    async def coordinate(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await self._process(event)
 
-@app.agent(batch_requests_topic)
-async def admit_batch(stream):  # type: ignore[no-untyped-def]
-    async for event in stream.events():
-        await batch_slots.wait_for_room()
-        await _process(event)
+    async def admit_batch(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await self.batch_slots.wait_for_room()
+            await self._process(event)
 
-
-async def _process(event: Any) -> None:
-    try:
-        name, record = decode(event.value)
-    except DecodeError as exc:
-        log.warning("dead-lettering undecodable message: %s", exc)
-        await dead_letter(event, str(exc), "DecodeError")
-        return
-    try:
-        lock = _locks.get(record["conversation_id"])
+    async def _process(self, event: Any) -> None:
+        try:
+            name, record = decode(event.value)
+        except DecodeError as exc:
+            log.warning("dead-lettering undecodable message: %s", exc)
+            await self.emitter.dead_letter(event, str(exc), "DecodeError")
+            return
+        topic = event.message.topic
+        if name not in ACCEPTED.get(topic, ()):
+            await self._misplaced(event, topic, name, record)
+            return
+        conversation_id = cast(AgentRequest | StepResult | Wakeup, record)["conversation_id"]
+        source = f"{topic}/{event.message.partition}/{event.message.offset}"
+        lock = self._locks.get(conversation_id)
         if lock is None:
-            lock = _locks[record["conversation_id"]] = asyncio.Lock()
+            lock = self._locks[conversation_id] = asyncio.Lock()
         async with lock:
-            await _handle(event, name, record)
-    except PartitionsMismatch as exc:
-        # The worker's topic metadata is at fault, not the message: a fresh process reads it
-        # again (see streams.topics.changelog_topics for how it happened).
-        restart_in_place(f"a table write failed: {exc}")
-    except Exception as exc:
-        # A poison message must not stop every other conversation on this worker.
-        log.exception("dead-lettering %s that could not be processed", name)
-        await dead_letter(event, f"processing failed: {exc!r}", type(exc).__name__, record)
+            try:
+                await self._handle(name, record, source)
+            except PartitionsMismatch as exc:
+                # The worker's topic metadata is at fault, not the message: a fresh process
+                # reads it again (see streams.topics.changelog_topics for how it happened).
+                restart_in_place(f"a table write failed: {exc}")
+            except Exception as exc:
+                # A poison message must not stop every other conversation on this worker,
+                # nor leave its request without an answer.
+                log.exception("dead-lettering %s that could not be processed", name)
+                dlq_id = await self.emitter.dead_letter(event, f"processing failed: {exc!r}",
+                                                        type(exc).__name__, record)
+                await self._answer_unprocessable(name, record, exc, dlq_id)
 
+    async def _misplaced(self, event: Any, topic: str, name: str, record: WireRecord) -> None:
+        """A record on a topic that does not carry its kind: a request sent to the results
+        topic is refused (answered), anything else dead-lettered."""
+        if name == AGENT_REQUEST:
+            request = cast(AgentRequest, record)
+            where = request_topic(request["lane"]).name
+            refusal = Rejection("invalid_request", f"invalid request: requests go to {where}, "
+                                f"this one came on {topic}", 0.0)
+            await self._apply(request["conversation_id"],
+                              reject(None, request, refusal, now_ms()))
+            return
+        await self.emitter.dead_letter(event, f"unexpected {name} on {topic}",
+                                       "UnexpectedSchema", record)
 
-async def _handle(event: Any, name: str, record: dict[str, Any]) -> None:
-    conversation_id = record["conversation_id"]
-    conv = conversations.get(conversation_id)
-    if name == AGENT_REQUEST:
-        key = dedup_key(record["tenant_id"], conversation_id, record["idempotency_key"])
-        dedup = request_dedup.get(key)
-        if _retries_rejected(dedup, record):
-            dedup = None
-        if dedup is None:
-            rejection = await coordination.gate(record, conv, settings)
-            if rejection is not None:
-                request_dedup[key] = {"request_id": record["request_id"], "redriven": [],
-                                      "status": "answered", "answer_status": "rejected"}
-                for output in coordination.rejection_outputs(record, rejection):
-                    await send(output)
-                return
-        decision = on_request(conv, dedup, record, now_ms(), policy)
-        request_dedup[key] = decision.dedup
-    elif name == STEP_RESULT:
-        coordination.count_result(conv, record)
-        decision = on_result(conv, record, now_ms(), policy)
-    elif name == WAKEUP:
-        decision = on_wakeup(conv, now_ms(), policy)
-    else:
-        await dead_letter(event, f"unexpected {name} on {event.message.topic}",
-                          "UnexpectedSchema", record)
-        return
-    await _apply(conversation_id, await coordination.apply(decision, policy, settings))
+    async def _answer_unprocessable(self, name: str, record: WireRecord, exc: Exception,
+                                    dlq_id: str) -> None:
+        """After a failure of our own code: the request it concerns still gets its answer."""
+        reason = (f"the coordinator could not process this request's {name.split('.')[-1]} "
+                  f"({type(exc).__name__}: {exc}); dead letter {dlq_id}")
+        if name == AGENT_REQUEST:
+            request = cast(AgentRequest, record)
+            key = dedup_key(request["tenant_id"], request["conversation_id"],
+                            request["idempotency_key"])
+            if self.request_dedup.get(key) is None:
+                decision = refuse_unprocessable(request, reason, now_ms())
+                self.request_dedup[key] = decision.dedup
+                await self._apply(request["conversation_id"], decision)
+            return
+        conversation_id = cast(StepResult | Wakeup, record)["conversation_id"]
+        conv = self._state(conversation_id)
+        if conv is None or conv["active"] is None:
+            return
+        try:
+            decision = abort(conv, reason, now_ms(), self.rules)
+        except Exception:
+            log.exception("aborting %s failed; answering its requests failed", conversation_id)
+            decision = hard_abort(conv, reason, now_ms())
+        await self._apply(conversation_id, decision)
 
+    async def _handle(self, name: str, record: WireRecord, source: str) -> None:
+        if name == AGENT_REQUEST:
+            await self._on_request(cast(AgentRequest, record), source)
+            return
+        if name == STEP_RESULT:
+            result = cast(StepResult, record)
+            conv = self._state(result["conversation_id"])
+            coordination.count_result(conv, result)
+            decision = on_result(conv, result, now_ms(), self.rules)
+            conversation_id = result["conversation_id"]
+        else:
+            conversation_id = cast(Wakeup, record)["conversation_id"]
+            decision = on_wakeup(self._state(conversation_id), now_ms(), self.rules)
+        await self._route_and_apply(conversation_id, decision)
 
-async def _apply(conversation_id: str, decision: Decision) -> None:
-    if decision.conversation is not None:  # a stray wake-up creates no conversation
-        conversations[conversation_id] = decision.conversation
-    _track(conversation_id, decision.conversation)
-    await batch_slots.track(conversation_id, decision.conversation)
-    for output in decision.outputs:
-        if output.schema == AGENT_ANSWER:
-            _mark_answered(output)
-        await send(output)
+    async def _on_request(self, request: AgentRequest, source: str) -> None:
+        conversation_id = request["conversation_id"]
+        conv = self._state(conversation_id)
+        key = dedup_key(request["tenant_id"], conversation_id, request["idempotency_key"])
+        dedup = fresh_dedup(self.request_dedup.get(key), request)
+        rejection = None
+        if needs_gate(dedup, request, self.rules):
+            rejection = await coordination.gate(request, conv, self.settings, self.flags(),
+                                                self.redis)
+        decision = on_request(conv, dedup, request, now_ms(), self.rules, source, rejection)
+        self.request_dedup[key] = decision.dedup
+        await self._route_and_apply(conversation_id, decision)
 
+    async def _route_and_apply(self, conversation_id: str, decision: Decision) -> None:
+        routed = coordination.route_and_cut(decision, self.rules, self.settings, self.flags(),
+                                            now_ms())
+        await coordination.archive(self.redis, routed.archive)
+        await self._apply(conversation_id, keep_within(
+            routed.decision, self.settings.max_state_bytes, now_ms(), self.rules))
 
-def _retries_rejected(dedup: dict[str, Any] | None, request: dict[str, Any]) -> bool:
-    """A rejected request may be sent again under the same idempotency key (the rejection
-    said when): a new request id is the client's retry and is checked afresh; the same
-    request id is a redelivery of the rejected one and stays a duplicate (one answer)."""
-    return bool(dedup and dedup.get("answer_status") == "rejected"
-                and dedup["request_id"] != request["request_id"])
+    async def _apply(self, conversation_id: str, decision: Decision) -> None:
+        if decision.conversation is not None:  # a stray wake-up creates no conversation
+            self.conversations[conversation_id] = decision.conversation
+        self._track(conversation_id, decision.conversation)
+        await self.batch_slots.track(conversation_id, decision.conversation)
+        for output in decision.outputs:
+            if output.answer is not None:
+                self._mark_answered(output.answer)
+            await self.emitter.send(output)
 
+    def _mark_answered(self, a: AgentAnswer) -> None:
+        """Whatever path answered a request (result, wake-up, rejection), its dedup entry
+        says so and with which status: only a failed request may be redriven. Another
+        request under the same key (a refused conflict) leaves the entry alone."""
+        key = dedup_key(a["tenant_id"], a["conversation_id"], a["idempotency_key"])
+        entry = cast(DedupEntry | None, self.request_dedup.get(key)) or DedupEntry(
+            request_id=a["request_id"], status="answered", redriven=[])
+        if entry["request_id"] != a["request_id"]:
+            return
+        self.request_dedup[key] = {**entry, "status": "answered", "answer_status": a["status"]}
 
-def _mark_answered(output: Output) -> None:
-    """Whatever path answered a request (result, wake-up, rejection), its dedup entry says
-    so and with which status: only a failed request may be redriven."""
-    a = output.record
-    key = dedup_key(a["tenant_id"], a["conversation_id"], a["idempotency_key"])
-    entry = request_dedup.get(key) or {"request_id": a["request_id"], "redriven": []}
-    request_dedup[key] = {**entry, "status": "answered", "answer_status": a["status"]}
+    def _state(self, conversation_id: str) -> Conversation | None:
+        conv = cast(Conversation | None, self.conversations.get(conversation_id))
+        return upgrade(conv) if conv is not None else None
 
+    def _track(self, conversation_id: str, conv: Conversation | None) -> None:
+        due = next_due_ms(conv, self.rules)
+        if due is None:
+            self._due.pop(conversation_id, None)
+            self._woken.pop(conversation_id, None)
+        else:
+            self._due[conversation_id] = due
 
-def _track(conversation_id: str, conv: dict[str, Any] | None) -> None:
-    due = next_due_ms(conv, policy)
-    if due is None:
-        _due.pop(conversation_id, None)
-        _woken.pop(conversation_id, None)
-    else:
-        _due[conversation_id] = due
-
-
-@app.timer(interval=settings.sweep_interval_s)
-async def sweep() -> None:
-    global _sweeps
-    _sweeps += 1
-    if _sweeps % FULL_SCAN_EVERY == 1:
-        _due.clear()
-        stale = set(batch_slots.active)
-        for conversation_id, conv in conversations.items():
-            _track(conversation_id, conv)
-            await batch_slots.track(conversation_id, conv)
-            stale.discard(conversation_id)
-        for conversation_id in stale:
-            await batch_slots.track(conversation_id, None)
-    now = now_ms()
-    for conversation_id, due in list(_due.items()):
-        woken = _woken.get(conversation_id)
-        if due > now or (woken and woken[0] == due and now - woken[1] < RESEND_AFTER_MS):
-            continue
-        _woken[conversation_id] = (due, now)
-        wakeup = {"conversation_id": conversation_id, "due_ms": due, "sent_at_ms": now,
-                  "worker": WORKER_NAME}
-        await send(Output(RESULTS.name, conversation_id, WAKEUP, wakeup))
+    async def sweep(self) -> None:
+        self._sweeps += 1
+        if self._sweeps % FULL_SCAN_EVERY == 1:
+            self._due.clear()
+            stale = set(self.batch_slots.active)
+            for conversation_id, stored in self.conversations.items():
+                conv = upgrade(stored)
+                self._track(conversation_id, conv)
+                await self.batch_slots.track(conversation_id, conv)
+                stale.discard(conversation_id)
+            for conversation_id in stale:
+                await self.batch_slots.track(conversation_id, None)
+        now = now_ms()
+        for conversation_id, due in list(self._due.items()):
+            woken = self._woken.get(conversation_id)
+            if due > now or (woken and woken[0] == due and now - woken[1] < RESEND_AFTER_MS):
+                continue
+            self._woken[conversation_id] = (due, now)
+            wakeup: Wakeup = {"conversation_id": conversation_id, "due_ms": due,
+                              "sent_at_ms": now, "worker": self.worker_name}
+            await self.emitter.send(Output(RESULTS.name, conversation_id, WAKEUP, wakeup))

@@ -56,6 +56,11 @@ def ledger_key(step_id: str) -> str:
     return f"ledger:{step_id}"
 
 
+def ledger_claim_key(step_id: str) -> str:
+    """The lease of the execution applying one step right now (expires with it)."""
+    return f"ledger:claim:{step_id}"
+
+
 def content_hash(value: Any) -> str:
     """Full SHA-256 of the canonical JSON: cache keys must not collide, unlike step ids."""
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()

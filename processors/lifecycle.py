@@ -13,47 +13,41 @@ the group does not give its partitions to anybody else.
 
 from __future__ import annotations
 
-import asyncio
-import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 
-from clawstream.config import get_settings
+from clawstream.config import Settings
+from clawstream.processors import faust_fence
 from clawstream.processors.restart import restart_in_place
 from clawstream.processors.stall import StallWatchdog
 from clawstream.streams.topics import REQUESTS_INTERACTIVE, RESULTS
 
 
-class ClawstreamWorker(faust.Worker):
-    _drain_task: asyncio.Future[None] | None = None
+class ClawstreamWorker(faust_fence.DrainingWorker):
     _watchdog: StallWatchdog | None = None
+
+    def __init__(self, app: faust.App, *, settings: Settings,
+                 drain: Callable[[], Awaitable[object]], **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.settings = settings
+        self.drain = drain
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
-        settings = get_settings()
         app = self.app
-        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        faust_fence.check_app(app)
         self._watchdog = StallWatchdog(
-            bootstrap=settings.bootstrap_servers, group=settings.app_id,
+            bootstrap=self.settings.bootstrap_servers, group=self.settings.app_id,
             topics=(REQUESTS_INTERACTIVE.name, RESULTS.name),
-            timeout_s=settings.worker_stall_timeout_s,
+            timeout_s=self.settings.worker_stall_timeout_s,
             assignment=lambda: {(tp.topic, tp.partition) for tp in app.consumer.assignment()},
-            # Faust's own record of acked offsets not yet committed (a TP is a tuple).
-            acked=lambda tp: app.consumer._acked_index.get(tp, ()),  # type: ignore[attr-defined]
-            recovery_marker=lambda: sorted(recovery.active_offsets.items()),
+            acked=lambda tp: faust_fence.acked_offsets(app, tp),
+            recovery_marker=lambda: faust_fence.recovery_marker(app),
             loop=self.loop, restart=restart_in_place)
         self._watchdog.start()
 
-    def _on_sigterm(self) -> None:
+    def on_sigterm_received(self) -> None:
         if self._watchdog is not None:
             self._watchdog.stop()  # a draining worker moves nothing on purpose
-        if self._drain_task is None:
-            self._drain_task = asyncio.ensure_future(self._drain_then_stop(), loop=self.loop)
-
-    async def _drain_then_stop(self) -> None:
-        from clawstream.processors.workers import drain
-
-        try:
-            await drain(get_settings().drain_timeout_s)
-        finally:
-            self._schedule_shutdown(signal.SIGTERM)

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+
+from mode.utils.loops import get_event_loop
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) < 1 or argv[0] != "worker":
-        raise SystemExit("usage: python -m clawstream.processors.main worker [--name NAME]")
-    name = argv[argv.index("--name") + 1] if "--name" in argv else "worker-0"
-    os.environ["CLAWSTREAM_WORKER_NAME"] = name
-    from clawstream.config import get_settings
-    from clawstream.processors import coordinator, workers  # noqa: F401  (registers the agents)
-    from clawstream.processors.app import app
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m clawstream.processors.main")
+    parser.add_argument("command", choices=["worker"])
+    parser.add_argument("--name", default="worker-0")
+    args = parser.parse_args(argv)
 
-    port = str(get_settings().worker_web_port)
-    sys.argv = [sys.argv[0], "worker", "-l", "info", "--web-port", port,
-                "--web-host", "127.0.0.1"]
-    app.main()
+    from clawstream.config import Settings
+    from clawstream.processors.lifecycle import ClawstreamWorker
+    from clawstream.processors.worker import build_worker
+
+    settings = Settings()
+    worker = build_worker(settings, args.name)
+    worker.flag_reader.start()
+    (settings.state_dir / "faust" / args.name).mkdir(parents=True, exist_ok=True)
+    ClawstreamWorker(
+        worker.app, settings=settings,
+        drain=lambda: worker.executors.drain(settings.drain_timeout_s),
+        loglevel="info", loop=get_event_loop(), redirect_stdouts=False,
+    ).execute_from_commandline()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -28,6 +28,11 @@ class Policy:
     model_max_attempts: int = 3
     retry_base_ms: int = 250
     retry_cap_ms: int = 8_000
+    context_exchanges: int = 6
+    max_request_chars: int = 100_000
+    context_exchange_chars: int = 8_000
+    conversation_max_steps: int = 64
+    conversation_token_budget: int = 200_000
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
@@ -38,6 +43,11 @@ class Policy:
             model_max_attempts=s.model_max_attempts,
             retry_base_ms=s.retry_base_ms,
             retry_cap_ms=s.retry_cap_ms,
+            context_exchanges=s.context_exchanges,
+            max_request_chars=s.max_request_chars,
+            context_exchange_chars=s.context_exchange_chars,
+            conversation_max_steps=s.conversation_max_steps,
+            conversation_token_budget=s.conversation_token_budget,
         )
 
     def step_limit_ms(self, lane: str, agent_limit_s: float | None,

@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.schema import load_schema as _fastavro_load
 
 from clawstream.schemas.names import EVENT_SCHEMAS
+from clawstream.schemas.records import (
+    AgentAnswer,
+    AgentEvent,
+    AgentRequest,
+    ControlFlag,
+    DeadLetter,
+    StepCommand,
+    StepResult,
+    Wakeup,
+    WireRecord,
+)
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = len(MAGIC) + 8
@@ -90,7 +102,7 @@ def _header(name: str) -> bytes:
     return MAGIC + fingerprint_of(_current()[name])
 
 
-def encode(name: str, record: dict[str, Any]) -> bytes:
+def encode(name: str, record: Mapping[str, Any]) -> bytes:
     """Encode ``record`` with the current schema ``name``; raises on a record that does not fit."""
     buf = io.BytesIO()
     buf.write(_header(name))
@@ -98,7 +110,7 @@ def encode(name: str, record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def decode(data: bytes | None) -> tuple[str, dict[str, Any]]:
+def decode(data: bytes | None) -> tuple[str, WireRecord]:
     """Decode any clawstream event: returns (schema name, record as the current schema sees it)."""
     if data is None or len(data) < HEADER_LEN or data[:2] != MAGIC:
         raise DecodeError("not Avro single-object encoded (missing C3 01 header)")
@@ -113,13 +125,28 @@ def decode(data: bytes | None) -> tuple[str, dict[str, Any]]:
         raise DecodeError(f"corrupt {entry.name} body: {exc}") from exc
     if not isinstance(record, dict):
         raise DecodeError(f"{entry.name} body is not a record")
-    return entry.name, record
+    return entry.name, cast(WireRecord, record)
 
 
-def decode_as(name: str, data: bytes | None) -> dict[str, Any]:
+@overload
+def decode_as(name: Literal["clawstream.AgentRequest"], data: bytes | None) -> AgentRequest: ...
+@overload
+def decode_as(name: Literal["clawstream.StepCommand"], data: bytes | None) -> StepCommand: ...
+@overload
+def decode_as(name: Literal["clawstream.StepResult"], data: bytes | None) -> StepResult: ...
+@overload
+def decode_as(name: Literal["clawstream.AgentEvent"], data: bytes | None) -> AgentEvent: ...
+@overload
+def decode_as(name: Literal["clawstream.AgentAnswer"], data: bytes | None) -> AgentAnswer: ...
+@overload
+def decode_as(name: Literal["clawstream.DeadLetter"], data: bytes | None) -> DeadLetter: ...
+@overload
+def decode_as(name: Literal["clawstream.ControlFlag"], data: bytes | None) -> ControlFlag: ...
+@overload
+def decode_as(name: Literal["clawstream.Wakeup"], data: bytes | None) -> Wakeup: ...
+def decode_as(name: str, data: bytes | None) -> WireRecord:
     """Decode and insist on one schema: a request topic carrying an answer is an error."""
     got, record = decode(data)
     if got != name:
         raise DecodeError(f"expected {name}, got {got}")
     return record
-

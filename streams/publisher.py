@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -13,7 +14,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from clawstream.config import get_settings
 from clawstream.schemas import encode
 from clawstream.schemas.names import AGENT_REQUEST
-from clawstream.streams.topics import request_topic
+from clawstream.schemas.records import AgentRequest
+from clawstream.streams.topics import parse_lane, request_topic
 
 
 class PublishError(RuntimeError):
@@ -38,6 +40,7 @@ def producer_config(bootstrap: str, linger_ms: int = 2) -> dict[str, Any]:
         "enable.idempotence": True,
         "linger.ms": linger_ms,
         "partitioner": "murmur2_random",
+        "message.max.bytes": get_settings().kafka_max_message_bytes,
     }
 
 
@@ -47,7 +50,7 @@ class Publisher:
     def __init__(self, bootstrap: str) -> None:
         self._producer = Producer(producer_config(bootstrap))
 
-    def publish(self, topic: str, key: str, schema: str, record: dict[str, Any],
+    def publish(self, topic: str, key: str, schema: str, record: Mapping[str, Any],
                 timeout_s: float = 30.0) -> None:
         """Publish and wait for the broker's ack, so a caller knows nothing was lost."""
         errors: list[KafkaError] = []
@@ -132,12 +135,11 @@ def new_request(*, agent: str, conversation_id: str, text: str,
                 idempotency_key: str | None = None, tenant_id: str = "default",
                 user_id: str = "anonymous", lane: str = "interactive",
                 deadline_s: float | None = None, options: dict[str, str] | None = None
-                ) -> dict[str, Any]:
+                ) -> AgentRequest:
     """A well-formed AgentRequest; the idempotency key defaults to a fresh request id and
     the deadline to the lane's default from settings."""
     if not text.strip():
         raise ValueError("request text is empty")
-    request_topic(lane)  # validates the lane
     request_id = str(uuid.uuid4())
     created = now_ms()
     return {
@@ -147,16 +149,20 @@ def new_request(*, agent: str, conversation_id: str, text: str,
         "tenant_id": tenant_id,
         "user_id": user_id,
         "agent": agent,
-        "lane": lane,
+        "lane": parse_lane(lane),
         "text": text,
         "created_at_ms": created,
         "deadline_ms": created + int(1000 * (deadline_s if deadline_s is not None
                                              else _default_deadline_s(lane))),
         "trace_id": uuid.uuid4().hex,
         "options": options or {},
+        "messages": [],
+        "tools": [],
+        "parent_request_id": None,
+        "parent_step_id": None,
     }
 
 
-def publish_request(publisher: Publisher, request: dict[str, Any]) -> None:
+def publish_request(publisher: Publisher, request: AgentRequest) -> None:
     publisher.publish(request_topic(request["lane"]).name, request["conversation_id"],
                       AGENT_REQUEST, request)

@@ -11,9 +11,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from clawstream.schemas import DecodeError, decode
+from clawstream.schemas import DecodeError, decode, decode_as
+from clawstream.schemas.names import AGENT_ANSWER
+from clawstream.schemas.records import AgentAnswer, WireRecord
 
-Record = dict[str, Any]
 log = logging.getLogger(__name__)
 
 
@@ -117,10 +118,10 @@ def read_topic(
     bootstrap: str,
     topic: str,
     *,
-    until: Callable[[str, Record], bool] | None = None,
+    until: Callable[[str, WireRecord], bool] | None = None,
     timeout_s: float = 10.0,
     from_beginning: bool = True,
-) -> Iterator[tuple[str, Record]]:
+) -> Iterator[tuple[str, WireRecord]]:
     """Yield (schema name, record) from ``topic`` until ``until`` says stop or nothing new
     arrives for ``timeout_s`` (the topic's end for an analyst's replay)."""
     consumer = _consumer(bootstrap)
@@ -146,7 +147,7 @@ def read_topic(
 
 
 def wait_for_answer(bootstrap: str, answers_topic: str, *, idempotency_key: str,
-                    conversation_id: str, timeout_s: float = 120.0) -> Record | None:
+                    conversation_id: str, timeout_s: float = 120.0) -> AgentAnswer | None:
     """The first answer for ``idempotency_key``: a repeat of a request gets no new answer
     event, so this reads the conversation's history from the beginning."""
     deadline = time.monotonic() + timeout_s
@@ -160,11 +161,11 @@ def wait_for_answer(bootstrap: str, answers_topic: str, *, idempotency_key: str,
             if msg is None or msg.error():
                 continue
             try:
-                _, record = decode(msg.value())
+                record = decode_as(AGENT_ANSWER, msg.value())
             except DecodeError:
                 continue
-            if (record.get("conversation_id") == conversation_id
-                    and record.get("idempotency_key") == idempotency_key):
+            if (record["conversation_id"] == conversation_id
+                    and record["idempotency_key"] == idempotency_key):
                 return record
         return None
     finally:

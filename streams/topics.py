@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
+from clawstream.schemas.records import Lane
+
 DAY_MS: Final = 24 * 3600 * 1000
 
 
@@ -77,15 +79,22 @@ def changelog_topics(app_id: str) -> tuple[TopicSpec, ...]:
                  for table in (CONVERSATIONS_TABLE, DEDUP_TABLE))
 
 
-LANE_TOPICS: Final = {"interactive": REQUESTS_INTERACTIVE, "batch": REQUESTS_BATCH}
+LANE_TOPICS: Final[dict[Lane, TopicSpec]] = {"interactive": REQUESTS_INTERACTIVE,
+                                              "batch": REQUESTS_BATCH}
+
+
+def parse_lane(lane: str) -> Lane:
+    """A lane named by a caller; an unknown lane is a caller error, not a default."""
+    if lane == "interactive":
+        return "interactive"
+    if lane == "batch":
+        return "batch"
+    raise ValueError(f"unknown lane {lane!r}; expected one of {sorted(LANE_TOPICS)}")
 
 
 def request_topic(lane: str) -> TopicSpec:
     """The request topic of a lane; an unknown lane is a caller error, not a default."""
-    try:
-        return LANE_TOPICS[lane]
-    except KeyError:
-        raise ValueError(f"unknown lane {lane!r}; expected one of {sorted(LANE_TOPICS)}") from None
+    return LANE_TOPICS[parse_lane(lane)]
 
 
 INFERENCE_LANE_TOPICS: Final = {"interactive": INFERENCE_REQUESTS,

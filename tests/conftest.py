@@ -3,14 +3,27 @@ developer's running stack is left alone. Started once per session, torn down at 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from clawstream.config import Settings
+from clawstream.config import PoolSpec, Settings
 from clawstream.deploy.local.env import isolated_env
+from tests.integration import upstream
+
+
+def _pools_with_an_upstream() -> str:
+    """The default pools plus ``remote``: a model served by an OpenAI-compatible upstream
+    (llama.cpp's server behind the tests' fault proxy, tests/integration/upstream.py)."""
+    defaults: dict[str, PoolSpec] = Settings.model_fields["pools"].get_default(
+        call_default_factory=True)
+    pools = {name: spec.model_dump(exclude_none=True) for name, spec in defaults.items()}
+    pools["remote"] = upstream.pool_spec()
+    return json.dumps(pools)
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_ENV = {
@@ -21,10 +34,15 @@ TEST_ENV = {
     "CLAWSTREAM_INFERENCE_LLAMA_THREADS": "1",
     "CLAWSTREAM_CONTEXT_EXCHANGES": "4",
     "CLAWSTREAM_FAULT_INJECTION": "true",
+    "CLAWSTREAM_AGENT_MODULES": "fixtures.faults,fixtures.team_agents",
     # Short run-time limits and backoff, so budget and retry tests take seconds.
     "CLAWSTREAM_RETRY_BASE_MS": "200",
     "CLAWSTREAM_DRAIN_TIMEOUT_S": "10",
     "CLAWSTREAM_WORKER_STALL_TIMEOUT_S": "8",
+    "CLAWSTREAM_POOLS": _pools_with_an_upstream(),
+    # The upstream's API key reaches the Serve replicas through Ray's environment, as a
+    # provider key would; the fault proxy checks that it arrives.
+    upstream.KEY_ENV: upstream.KEY,
 }
 os.environ.update(TEST_ENV)
 
@@ -66,3 +84,11 @@ def gateway(worker: Settings) -> Iterator[Settings]:
         yield worker
     finally:
         gateway_proc.stop(worker)
+
+
+@pytest.fixture(scope="session")
+def upstream_proxy(stack: Settings) -> Iterator[upstream.FaultProxy]:
+    """llama.cpp's OpenAI-compatible server and the fault proxy in front of it, where the
+    test stack's ``remote`` pool sends its calls."""
+    with upstream.llama_server(stack.log_dir) as url, upstream.fault_proxy(url) as proxy:
+        yield proxy

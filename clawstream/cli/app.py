@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
@@ -14,8 +14,10 @@ from clawstream.cli.cost_cli import cost as cost_command
 from clawstream.cli.dlq import dlq_app
 from clawstream.cli.flags_cli import app as flags_app
 from clawstream.cli.keys_cli import app as keys_app
-from clawstream.cli.render import print_answer
+from clawstream.cli.render import decisions_table, print_answer
 from clawstream.config import Settings
+from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT
+from clawstream.schemas.records import AgentAnswer, AgentEvent
 
 app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
@@ -92,6 +94,8 @@ def ask(
     tenant: str = "default",
     lane: str = "interactive",
     timeout: float = 120.0,
+    decisions: Annotated[bool, typer.Option(help="Show the model's decisions (agents that "
+                                            "call tools).")] = True,
 ) -> None:
     """Publish a request and wait for its answer (a repeated key returns the first answer)."""
     from clawstream.streams.publisher import Publisher, new_request, publish_request
@@ -116,6 +120,22 @@ def ask(
                       f"{request['request_id']}); is the worker running? `clawstream status`")
         raise typer.Exit(1)
     print_answer(console, answer)
+    if decisions and sum(e["step_type"] == "model" for e in answer["timeline"]) > 1:
+        console.print(decisions_table(_decisions(settings, answer["conversation_id"],
+                                                 answer["request_id"])))
+
+
+def _decisions(settings: Settings, conversation_id: str, request_id: str) -> list[AgentEvent]:
+    from clawstream.streams.subscriber import read_topic
+    from clawstream.streams.topics import EVENTS
+
+    found: list[AgentEvent] = []
+    for name, record in read_topic(settings.bootstrap_servers, EVENTS.name, timeout_s=3):
+        event = cast(AgentEvent, record) if name == AGENT_EVENT else None
+        if (event and event["conversation_id"] == conversation_id
+                and event["request_id"] == request_id and event["event_type"] == "decision"):
+            found.append(event)
+    return found
 
 
 @app.command()
@@ -124,14 +144,16 @@ def tail(from_beginning: bool = False, idle: float = 3600.0) -> None:
     from clawstream.streams.subscriber import read_topic
     from clawstream.streams.topics import ANSWERS
 
-    for _, answer in read_topic(_settings().bootstrap_servers, ANSWERS.name,
-                                timeout_s=idle, from_beginning=from_beginning):
-        print_answer(console, answer)
+    for name, record in read_topic(_settings().bootstrap_servers, ANSWERS.name,
+                                   timeout_s=idle, from_beginning=from_beginning):
+        if name == AGENT_ANSWER:
+            print_answer(console, cast(AgentAnswer, record))
 
 
 @app.command()
 def demo() -> None:
-    """Start the stack and run a two-turn conversation with a tool and the model."""
+    """Start the stack, run a two-turn conversation through a fixed plan (a tool, then the
+    model), then a question to an agent whose model decides to call a tool."""
     up(workers=True, gateway=True)
     conversation = f"demo-{uuid.uuid4().hex[:8]}"
     for question in ("Where does clawstream keep its caches?",
@@ -139,6 +161,10 @@ def demo() -> None:
         console.rule(f"[bold]user:[/] {question}")
         ask(question, agent="researcher", conversation=conversation, idempotency_key=None,
             tenant="default", lane="interactive", timeout=180.0)
+    question = "What is 37 * 91? Use calculate."
+    console.rule(f"[bold]user:[/] {question} [dim](agent assistant decides which tools)[/]")
+    ask(question, agent="assistant", conversation=f"{conversation}-tools",
+        idempotency_key=None, tenant="default", lane="interactive", timeout=240.0)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
@@ -11,6 +11,8 @@ from rich.table import Table
 
 from clawstream.cli.cost import CostReport, hit_rate, parse_since, summarise
 from clawstream.config import Settings
+from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT
+from clawstream.schemas.records import AgentAnswer, AgentEvent, CacheUsage
 
 console = Console()
 
@@ -23,19 +25,23 @@ def cost(
 ) -> None:
     """Read the answer events and print what was spent and what the caches saved."""
     from clawstream.streams.subscriber import read_topic
-    from clawstream.streams.topics import ANSWERS
+    from clawstream.streams.topics import ANSWERS, EVENTS
 
     try:
         since_ms = parse_since(since, int(time.time() * 1000)) if since else None
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    answers = (record for _, record in read_topic(Settings().bootstrap_servers, ANSWERS.name,
-                                                  timeout_s=idle))
-    print_report(summarise(answers, since_ms=since_ms, tenant=tenant), console)
+    bootstrap = Settings().bootstrap_servers
+    answers = (cast(AgentAnswer, record) for name, record in read_topic(
+        bootstrap, ANSWERS.name, timeout_s=idle) if name == AGENT_ANSWER)
+    events = (cast(AgentEvent, record) for name, record in read_topic(
+        bootstrap, EVENTS.name, timeout_s=idle) if name == AGENT_EVENT)
+    print_report(summarise(answers, since_ms=since_ms, tenant=tenant, events=events),
+                 console)
 
 
-def layers_table(layers: list[dict[str, Any]], title: str) -> Table:
+def layers_table(layers: list[CacheUsage], title: str) -> Table:
     """Hits, misses, hit rate and savings per cache layer (also used by bench cache)."""
     table = Table("cache layer", "hits", "misses", "hit rate", "saved tokens", "saved USD",
                   title=title, title_justify="left")
@@ -55,6 +61,11 @@ def print_report(report: CostReport, out: Console) -> None:
               f"tokens; caches saved [bold]${t.saved_cost_usd:.6f}[/] ({t.saved_tokens} "
               f"tokens, {t.savings_ratio:.0%} of the uncached cost); "
               f"${t.cost_per_interaction:.6f} per interaction")
+    if report.late.interactions:
+        late = report.late
+        out.print(f"plus [bold]${late.cost_usd:.6f}[/] ({late.prompt_tokens}+"
+                  f"{late.completion_tokens} tokens) for {late.interactions} step run(s) whose "
+                  "results came after their answers (repeats after a crash, late attempts)")
     out.print(layers_table(report.layers, "savings per cache layer"))
     tenants = Table("tenant", "interactions", "tokens in", "tokens out", "spent USD",
                     "saved USD", "USD / interaction", title="by tenant", title_justify="left")

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from clawstream.config import Settings
+from clawstream.schemas.names import DEAD_LETTER
+from clawstream.schemas.records import DeadLetter
 from clawstream.streams.publisher import Publisher
 from clawstream.streams.subscriber import read_topic
 from clawstream.streams.topics import DLQ
 
-Record = dict[str, Any]
 FILTER_FIELDS = ("dlq_id", "tenant_id", "conversation_id", "request_id", "step_id",
                  "error_class", "source_topic", "prompt_signature")
 
@@ -29,12 +30,14 @@ dlq_app = typer.Typer(help="Dead letters: inspect and redrive.", no_args_is_help
 console = Console()
 
 
-def read_letters(bootstrap: str, timeout_s: float = 2.0) -> list[Record]:
+def read_letters(bootstrap: str, timeout_s: float = 2.0) -> list[DeadLetter]:
     """Every dead letter once (a coordinator that reprocessed a result after a crash may
     have written the same letter twice: same id)."""
-    letters: dict[str, Record] = {}
-    for _, record in read_topic(bootstrap, DLQ.name, timeout_s=timeout_s):
-        letters.setdefault(record["dlq_id"], record)
+    letters: dict[str, DeadLetter] = {}
+    for name, record in read_topic(bootstrap, DLQ.name, timeout_s=timeout_s):
+        if name == DEAD_LETTER:
+            letter = cast(DeadLetter, record)
+            letters.setdefault(letter["dlq_id"], letter)
     return list(letters.values())
 
 
@@ -52,11 +55,12 @@ def parse_filters(filters: list[str]) -> dict[str, str]:
     return parsed
 
 
-def select(letters: list[Record], filters: dict[str, str]) -> list[Record]:
-    return [x for x in letters if all(str(x.get(k)) == v for k, v in filters.items())]
+def select(letters: list[DeadLetter], filters: dict[str, str]) -> list[DeadLetter]:
+    return [x for x in letters
+            if all(str(x.get(k)) == v for k, v in filters.items())]
 
 
-def redrive(bootstrap: str, letters: list[Record]) -> int:
+def redrive(bootstrap: str, letters: list[DeadLetter]) -> int:
     publisher = Publisher(bootstrap)
     for letter in letters:
         publisher.publish_raw(letter["source_topic"], letter["key"], letter["payload"])
@@ -91,11 +95,11 @@ def show(dlq_id: str) -> None:
     if not letters:
         console.print(f"[red]no dead letter {dlq_id!r}[/]")
         raise typer.Exit(1)
-    letter = dict(letters[0])
-    letter["payload"] = f"<{len(letter['payload'])} bytes>"
-    letter["key"] = letter["key"].decode(errors="replace") if letter["key"] else None
-    letter["at"] = _when(letter["at_ms"])
-    console.print_json(json.dumps(letter, default=str))
+    found = letters[0]
+    shown: dict[str, object] = {**found, "payload": f"<{len(found['payload'])} bytes>",
+                                "key": found["key"].decode(errors="replace")
+                                if found["key"] else None, "at": _when(found["at_ms"])}
+    console.print_json(json.dumps(shown, default=str))
 
 
 @dlq_app.command("redrive")

@@ -166,6 +166,9 @@ def server_properties(settings: Settings) -> dict[str, str]:
         "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
         "num.network.threads": "2",
         "num.io.threads": "4",
+        # One limit for every record (validation keeps requests and states under it).
+        "message.max.bytes": str(settings.kafka_max_message_bytes),
+        "replica.fetch.max.bytes": str(settings.kafka_max_message_bytes),
     }
     if _major(settings.kafka_version) >= 4:
         props["share.coordinator.state.topic.replication.factor"] = "1"

@@ -6,15 +6,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from clawstream.inference.protocol import ChatMessage
+from clawstream.inference.protocol import (
+    ChatMessage,
+    FinishReason,
+    ToolCall,
+    ToolChoice,
+    ToolFunction,
+)
 
 
 @dataclass(frozen=True)
 class Generation:
+    """What a backend answered: text and/or tool calls, with the usage it reports.
+
+    ``finish_reason`` is "tool_calls" whenever ``tool_calls`` is not empty.
+    """
+
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str | None = None
+    finish_reason: FinishReason = "stop"
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class GenerationBackend(Protocol):
@@ -24,8 +36,17 @@ class GenerationBackend(Protocol):
     model_id: str
 
     async def generate(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[ToolFunction] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> Generation:
-        """Raise :class:`clawstream.inference.errors.InputRejected` for input the model cannot
-        take."""
+        """Answer the conversation; with ``tools``, the model may (``auto``), must
+        (``required``) or must not (``none``) answer with calls to them.
+
+        Raise :class:`clawstream.inference.errors.InputRejected` for input the model cannot
+        take, ``Overloaded`` / ``BackendFailure`` / ``GenerationTimeout`` for the retryable
+        kinds (see :mod:`clawstream.inference.errors`)."""
         ...

@@ -3,15 +3,55 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import threading
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from clawstream.inference.backends.base import Generation
+from clawstream.inference.backends.local_tools import (
+    DEFAULT_MAX_CALLS,
+    output_schema,
+    parse_output,
+    prompt_messages,
+)
 from clawstream.inference.errors import BackendFailure, InputRejected
 from clawstream.inference.model_files import GENERATION_MODEL_ID, smollm2_gguf_path
-from clawstream.inference.protocol import ChatMessage
+from clawstream.inference.protocol import ChatMessage, FinishReason, ToolChoice, ToolFunction
+
+DEFAULT_REPEAT_PENALTY = 1.1
+"""Above 1.0 a token already in the last 64 is less likely again: SmolLM2 otherwise loops
+on a phrase until max_tokens (llama-cpp-python's default is 1.0, i.e. off)."""
+
+
+@lru_cache(maxsize=64)
+def _grammar_text(schema_json: str) -> str:
+    """GBNF for a schema; cached because an agent sends the same tools on every turn."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(schema_json)
+
+
+def tool_grammar(
+    tools: Sequence[ToolFunction], tool_choice: ToolChoice, max_calls: int = DEFAULT_MAX_CALLS
+) -> Any:
+    """The ``LlamaGrammar`` of :func:`output_schema`. A tool whose schema the converter
+    cannot take (an unsupported keyword, a remote $ref) is offered with any-object
+    arguments instead of failing the request: the output stays well-formed JSON and the
+    caller's validation of the arguments still applies."""
+    from llama_cpp import LlamaGrammar
+
+    loose: set[str] = set()
+    for tool in tools:
+        try:
+            _grammar_text(json.dumps(tool.parameters, sort_keys=True))
+        except Exception:
+            loose.add(tool.name)
+    schema = output_schema(tools, tool_choice, max_calls, loose=frozenset(loose))
+    return LlamaGrammar.from_string(_grammar_text(json.dumps(schema)), verbose=False)
 
 
 class LlamaCppBackend:
@@ -31,10 +71,14 @@ class LlamaCppBackend:
         n_threads: int = 2,
         seed: int = 0,
         model_path: Path | None = None,
+        repeat_penalty: float = DEFAULT_REPEAT_PENALTY,
+        max_tool_calls: int = DEFAULT_MAX_CALLS,
     ) -> None:
         from llama_cpp import Llama
 
         self.model_id = GENERATION_MODEL_ID
+        self.repeat_penalty = repeat_penalty
+        self.max_tool_calls = max_tool_calls
         self._lock = threading.Lock()
         self._llama = Llama(
             model_path=str(model_path or smollm2_gguf_path()),
@@ -45,14 +89,28 @@ class LlamaCppBackend:
         )
 
     async def generate(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[ToolFunction] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> Generation:
-        return await asyncio.to_thread(self._generate, messages, max_tokens, temperature)
+        return await asyncio.to_thread(
+            self._generate, messages, max_tokens, temperature, tools, tool_choice
+        )
 
     def _generate(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[ToolFunction],
+        tool_choice: ToolChoice,
     ) -> Generation:
-        payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+        constrained = bool(tools) and tool_choice != "none"
+        payload: list[Any] = prompt_messages(messages, tools, tool_choice)
+        grammar = tool_grammar(tools, tool_choice, self.max_tool_calls) if constrained else None
         with self._lock:
             # llama-cpp-python reuses the KV cache of a matching prompt prefix and then
             # re-evaluates only the last token; that changes the float path enough to flip
@@ -62,7 +120,11 @@ class LlamaCppBackend:
             self._llama.reset()
             try:
                 result: Any = self._llama.create_chat_completion(
-                    messages=payload, max_tokens=max_tokens, temperature=temperature
+                    messages=payload,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    repeat_penalty=self.repeat_penalty,
+                    grammar=grammar,
                 )
             except ValueError as exc:
                 # Raised for a prompt longer than the context window.
@@ -71,9 +133,23 @@ class LlamaCppBackend:
                 raise BackendFailure(f"llama.cpp failed: {exc!r}") from exc
         choice = result["choices"][0]
         usage = result["usage"]
+        text = choice["message"]["content"] or ""
+        finish: FinishReason = "length" if choice.get("finish_reason") == "length" else "stop"
+        if not constrained:
+            return Generation(
+                text=text,
+                prompt_tokens=int(usage["prompt_tokens"]),
+                completion_tokens=int(usage["completion_tokens"]),
+                finish_reason=finish,
+            )
+        # Call ids derived from the prompt: the same prompt gives the same ids, as greedy
+        # output is a function of the prompt (the prompt cache and replays rely on it).
+        prefix = "call_" + hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:12]
+        answer, calls = parse_output(text, prefix)
         return Generation(
-            text=choice["message"]["content"] or "",
+            text=answer,
             prompt_tokens=int(usage["prompt_tokens"]),
             completion_tokens=int(usage["completion_tokens"]),
-            finish_reason=choice.get("finish_reason"),
+            finish_reason="tool_calls" if calls else finish,
+            tool_calls=calls,
         )

@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 
 from clawstream.inference.backends.base import Generation
-from clawstream.inference.protocol import ChatMessage
+from clawstream.inference.protocol import ChatMessage, ToolCall, ToolChoice, ToolFunction
 
 SIMULATED_MODEL_ID = "simulated-echo"
 
@@ -27,9 +27,20 @@ _VOCABULARY = tuple(_WORDS.split())
 _TEMPLATE_TOKENS_PER_MESSAGE = 4
 
 
-def _approx_tokens(text: str) -> int:
+def approx_tokens(text: str) -> int:
     """About one token per four characters, the usual rule of thumb for English BPE."""
     return max(1, (len(text) + 3) // 4)
+
+
+def approx_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
+    """What a chat template would make of ``messages``, roughly: content, tool calls and a
+    few tokens of role markers per message."""
+    total = 0
+    for message in messages:
+        total += approx_tokens(message.content) + _TEMPLATE_TOKENS_PER_MESSAGE
+        for call in message.tool_calls or ():
+            total += approx_tokens(call.name + call.arguments)
+    return total
 
 
 def prompt_digest(messages: Sequence[ChatMessage]) -> bytes:
@@ -38,6 +49,11 @@ def prompt_digest(messages: Sequence[ChatMessage]) -> bytes:
         hasher.update(message.role.encode())
         hasher.update(b"\x00")
         hasher.update(message.content.encode())
+        # Tool fields only when present, so plain prompts keep the digest they always had.
+        for call in message.tool_calls or ():
+            hasher.update(f"\x02{call.id}\x00{call.name}\x00{call.arguments}".encode())
+        if message.tool_call_id is not None:
+            hasher.update(f"\x03{message.tool_call_id}".encode())
         hasher.update(b"\x01")
     return hasher.digest()
 
@@ -52,14 +68,37 @@ class SimulatedBackend:
         self.delay_ms = delay_ms
 
     async def generate(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[ToolFunction] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> Generation:
-        # temperature is accepted for interface parity and deliberately ignored: load tests
-        # need repeatable output regardless of sampling parameters.
+        """With ``tool_choice="required"`` it calls one of ``tools`` (picked from the prompt's
+        digest) with empty arguments; otherwise it answers text. temperature is accepted for
+        interface parity and deliberately ignored: load tests need repeatable output
+        regardless of sampling parameters."""
         digest = prompt_digest(messages)
         await asyncio.sleep(self.delay_ms / 1000.0)
         self._inject_faults(digest)
+        if tools and tool_choice == "required":
+            return self.call_tool(messages, tools, digest)
         return self.answer(messages, max_tokens, digest)
+
+    @staticmethod
+    def call_tool(
+        messages: Sequence[ChatMessage], tools: Sequence[ToolFunction], digest: bytes
+    ) -> Generation:
+        tool = tools[digest[0] % len(tools)]
+        call = ToolCall(id=f"call_{digest.hex()[:12]}", name=tool.name, arguments="{}")
+        return Generation(
+            text="",
+            prompt_tokens=approx_prompt_tokens(messages),
+            completion_tokens=approx_tokens(call.name + call.arguments),
+            finish_reason="tool_calls",
+            tool_calls=(call,),
+        )
 
     def _inject_faults(self, digest: bytes) -> None:
         """Hook for a configurable fault rate (raise BackendFailure / Overloaded); none yet."""
@@ -74,12 +113,9 @@ class SimulatedBackend:
         completion_tokens = rng.randint(max(1, max_tokens // 4), max_tokens)
         words = [rng.choice(_VOCABULARY) for _ in range(completion_tokens)]
         text = f"[simulated {digest.hex()[:8]}] " + " ".join(words)
-        prompt_tokens = sum(
-            _approx_tokens(m.content) + _TEMPLATE_TOKENS_PER_MESSAGE for m in messages
-        )
         return Generation(
             text=text,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=approx_prompt_tokens(messages),
             completion_tokens=completion_tokens,
             finish_reason="length" if completion_tokens == max_tokens else "stop",
         )

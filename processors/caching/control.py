@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from clawstream.schemas import records
+
 TRUTHY = {"1", "true", "yes", "on"}
 NO_CACHE_OPTIONS = ("no_cache", "no-cache")
 MAX_AGE_OPTIONS = ("max_cache_age_s", "max-cache-age-s")
@@ -30,7 +32,7 @@ class CacheControl:
         return cls(bool(record.get("enabled", True)), record.get("max_age_s"),
                    record.get("ttl_s"))
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> records.CacheControl:
         return {"enabled": self.enabled, "max_age_s": self.max_age_s, "ttl_s": self.ttl_s}
 
 
@@ -39,7 +41,7 @@ def _first(options: Mapping[str, str], names: tuple[str, ...]) -> str | None:
 
 
 def control_for_request(options: Mapping[str, str] | None, ttl_s: float | None = None
-                        ) -> dict[str, Any]:
+                        ) -> records.CacheControl:
     """The step command's ``cache`` record for a request; a garbled max age is ignored
     (the request is still served, just with the default freshness)."""
     options = options or {}

@@ -8,10 +8,10 @@ off (the benchmark's baseline run).
 
 from __future__ import annotations
 
+import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clawstream.config import Settings
@@ -27,9 +27,8 @@ from clawstream.processors.caching.results import (
 )
 from clawstream.processors.caching.store import CacheStore
 from clawstream.processors.pricing import cost_usd
-from clawstream.processors.records import Output
-from clawstream.schemas.names import AGENT_EVENT
-from clawstream.streams.topics import EVENTS
+from clawstream.processors.records import Output, Subject, event
+from clawstream.schemas.records import FunctionCall, ModelCall, StepCommand, Usage
 
 
 @dataclass
@@ -38,13 +37,15 @@ class StepOutcome:
 
     output: str
     cache_hit: bool
-    usage: dict[str, Any]
+    usage: Usage
     model: str | None = None
     backend: str | None = None
+    tool_calls: list[FunctionCall] = field(default_factory=list)
+    finish_reason: str | None = None
 
 
 def usage_record(report: CacheReport, prompt_tokens: int = 0, completion_tokens: int = 0,
-                 cost: float = 0.0) -> dict[str, Any]:
+                 cost: float = 0.0) -> Usage:
     """Tokens and USD billed by this step, plus everything its cache hits saved."""
     layers = report.layers.values()
     return {"prompt_tokens": prompt_tokens + sum(s.spent_tokens for s in layers),
@@ -68,7 +69,7 @@ class Caches:
                                          settings.embedding_cache_ttl_s)
         self._last_outage_event: dict[str, float] = {}
 
-    async def model_step(self, call: Mapping[str, Any], control: CacheControl,
+    async def model_step(self, call: ModelCall, control: CacheControl,
                          report: CacheReport,
                          generate: Callable[[], Awaitable[GenerationResult]],
                          served_model: str | None = None) -> StepOutcome:
@@ -80,19 +81,23 @@ class Caches:
             hit = await self.prompt.lookup(self.prompt.key(call, model_id), control)
             if hit is not None:
                 return StepOutcome(hit.output, True, usage_record(report), hit.model,
-                                   hit.backend)
+                                   hit.backend, json.loads(hit.tool_calls_json),
+                                   "tool_calls" if hit.tool_calls_json != "[]" else "stop")
         gen = await generate()
+        calls: list[FunctionCall] = [{"id": c.id, "name": c.name, "arguments_json": c.arguments}
+                                     for c in gen.tool_calls]
         self.models.note("generation", gen.model)
         cost = cost_usd(self.settings.prices, gen.model, gen.prompt_tokens,
                         gen.completion_tokens)
         if use_cache:
             entry = CachedResult(gen.text, self.prompt.now_ms(), gen.prompt_tokens,
-                                 gen.completion_tokens, cost, gen.model, gen.backend)
+                                 gen.completion_tokens, cost, gen.model, gen.backend,
+                                 json.dumps(calls))
             await self.prompt.save(self.prompt.key(call, gen.model), entry,
                                    self.prompt.ttl(control))
         return StepOutcome(gen.text, False, usage_record(report, gen.prompt_tokens,
                                                          gen.completion_tokens, cost),
-                           gen.model, gen.backend)
+                           gen.model, gen.backend, calls, gen.finish_reason)
 
     async def tool_step(self, tool: CacheableTool, arguments: Mapping[str, Any],
                         control: CacheControl, report: CacheReport,
@@ -112,7 +117,7 @@ class Caches:
             await self.tools.save(key, entry, self.tools.ttl(tool))
         return StepOutcome(output, False, usage)
 
-    def outage_events(self, cmd: Mapping[str, Any], report: CacheReport, worker: str,
+    def outage_events(self, cmd: StepCommand, report: CacheReport, worker: str,
                       now_ms: int) -> list[Output]:
         """``cache_unavailable`` audit events for the layers that failed in this step, at
         most one per layer per ``cache_outage_event_interval_s`` (an outage is not a flood)."""
@@ -123,13 +128,11 @@ class Caches:
             if last is not None and now_ms - last < interval_ms:
                 continue
             self._last_outage_event[fault.layer] = now_ms
-            events.append(Output(EVENTS.name, cmd["conversation_id"], AGENT_EVENT, {
-                "event_id": uuid.uuid4().hex, "event_type": "cache_unavailable",
-                "at_ms": now_ms, "request_id": cmd["request_id"],
-                "conversation_id": cmd["conversation_id"], "trace_id": cmd["trace_id"],
-                "step_id": cmd["step_id"], "agent": None, "agent_version": None,
-                "worker": worker,
-                "detail": {"layer": fault.layer, "op": fault.op, "error": fault.error,
-                           "degraded_to": "miss"},
-            }))
+            subject: Subject = {"conversation_id": cmd["conversation_id"],
+                                "request_id": cmd["request_id"], "trace_id": cmd["trace_id"],
+                                "agent": None}
+            events.append(event("cache_unavailable", now_ms, subject, step_id=cmd["step_id"],
+                                worker=worker,
+                                detail={"layer": fault.layer, "op": fault.op,
+                                        "error": fault.error, "degraded_to": "miss"}))
         return events

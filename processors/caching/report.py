@@ -13,9 +13,10 @@ import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import Counter
+
+from clawstream.schemas.records import CacheUsage
 
 LAYERS = ("prompt", "tool", "embedding")
 
@@ -78,7 +79,7 @@ class CacheReport:
         self.faults.append(CacheFault(layer, op, f"{type(exc).__name__}: {exc}"[:300]))
         ERRORS.labels(layer, op).inc()
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[CacheUsage]:
         """Avro ``CacheUsage`` records, one per layer that was consulted."""
         return [{"layer": name, "hits": s.hits, "misses": s.misses,
                  "saved_tokens": s.saved_tokens, "saved_cost_usd": s.saved_cost_usd}
@@ -105,13 +106,14 @@ def collecting() -> Iterator[CacheReport]:
         _current.reset(token)
 
 
-def merge_records(total: list[dict[str, Any]], more: list[dict[str, Any]]
-                  ) -> list[dict[str, Any]]:
+def merge_records(total: list[CacheUsage], more: list[CacheUsage]) -> list[CacheUsage]:
     """Add ``CacheUsage`` records layer by layer (a request's totals over its steps)."""
-    merged = {r["layer"]: dict(r) for r in total}
+    merged: dict[str, CacheUsage] = {r["layer"]: {**r} for r in total}
     for r in more:
         into = merged.setdefault(r["layer"], {"layer": r["layer"], "hits": 0, "misses": 0,
                                               "saved_tokens": 0, "saved_cost_usd": 0.0})
-        for k in ("hits", "misses", "saved_tokens", "saved_cost_usd"):
-            into[k] += r[k]
+        into["hits"] += r["hits"]
+        into["misses"] += r["misses"]
+        into["saved_tokens"] += r["saved_tokens"]
+        into["saved_cost_usd"] += r["saved_cost_usd"]
     return [merged[k] for k in sorted(merged)]

@@ -17,6 +17,7 @@ from clawstream.processors.caching.control import CacheControl
 from clawstream.processors.caching.report import current
 from clawstream.processors.caching.store import CacheStore
 from clawstream.processors.keys import prompt_cache_key, tool_cache_key
+from clawstream.schemas.records import ModelCall
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class CachedResult:
     cost_usd: float = 0.0
     model: str | None = None
     backend: str | None = None
+    tool_calls_json: str = "[]"
+    """A model's calls of tools, when that was its answer."""
 
     @property
     def tokens(self) -> int:
@@ -79,13 +82,14 @@ class PromptCache(ResultCache):
 
     layer = "prompt"
 
-    def eligible(self, call: Mapping[str, Any], control: CacheControl) -> bool:
+    def eligible(self, call: ModelCall, control: CacheControl) -> bool:
         threshold = self.settings.prompt_cache_max_temperature
-        return control.enabled and float(call.get("temperature", 0.0)) <= threshold
+        return control.enabled and call["temperature"] <= threshold
 
-    def key(self, call: Mapping[str, Any], model_id: str) -> str:
+    def key(self, call: ModelCall, model_id: str) -> str:
         params = {"pool": call["model"], "max_tokens": call["max_tokens"],
-                  "temperature": float(call.get("temperature", 0.0))}
+                  "temperature": float(call["temperature"]), "tools": call["tools"],
+                  "tool_choice": call["tool_choice"]}
         messages = [{"role": m["role"], "content": m["content"]} for m in call["messages"]]
         return prompt_cache_key(call["prompt_version"], model_id, params, messages)
 

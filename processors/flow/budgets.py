@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from clawstream.config import Settings
+from clawstream.processors.state import Spent
+from clawstream.schemas.records import Usage
 
 
 @dataclass(frozen=True)
@@ -31,18 +32,19 @@ def conversation_budget(settings: Settings, options: Mapping[str, str]) -> Budge
                   lowered("token_budget", settings.conversation_token_budget))
 
 
-def spent_tokens(usage: Mapping[str, Any]) -> int:
-    return int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+NOTHING_SPENT: Spent = {"steps": 0, "tokens": 0}
 
 
-def exhausted(spent: Mapping[str, int], budget: Budget) -> str | None:
-    """The reason the conversation may not take another step, or None.
+def spent_tokens(usage: Usage) -> int:
+    return usage["prompt_tokens"] + usage["completion_tokens"]
 
-    ``spent`` counts ``steps`` and ``tokens`` already used by the conversation."""
-    if spent.get("steps", 0) >= budget.max_steps:
-        return (f"conversation step budget exhausted: {spent.get('steps', 0)} of "
+
+def exhausted(spent: Spent, budget: Budget) -> str | None:
+    """The reason the conversation may not take another step, or None."""
+    if spent["steps"] >= budget.max_steps:
+        return (f"conversation step budget exhausted: {spent['steps']} of "
                 f"{budget.max_steps} steps used")
-    if spent.get("tokens", 0) >= budget.token_budget:
-        return (f"conversation token budget exhausted: {spent.get('tokens', 0)} of "
+    if spent["tokens"] >= budget.token_budget:
+        return (f"conversation token budget exhausted: {spent['tokens']} of "
                 f"{budget.token_budget} tokens used")
     return None

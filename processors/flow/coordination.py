@@ -15,119 +15,118 @@ so the coordinator's own rules stay unaware of flags:
   synthesized result from worker ``flow-control`` (so it shows in the timeline) and the
   request's answer is marked ``degraded`` with the reasons;
 - answered exchanges are archived for the recall tool.
+
+The boundary: :func:`route_and_cut` is pure (the decision, a snapshot of the flags, the
+settings and the time in; the routed decision and the exchanges to archive out), like the
+coordinator's rules, so a replay routes the same way. Only :func:`gate` (Redis buckets and
+spend windows) and :func:`archive` (the recall archive in Redis) do I/O, and the
+coordinator calls them around the pure part.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
 
 from clawstream.config import Settings
-from clawstream.processors.agents import get_agent
-from clawstream.processors.conversation import Decision, on_result
+from clawstream.processors.conversation import Decision, Rules, on_result
 from clawstream.processors.failopen import fail_open
-from clawstream.processors.flow import budgets, limits, recall, runtime
+from clawstream.processors.flow import budgets, limits, recall
 from clawstream.processors.flow.buckets import TokenBuckets
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.flow.pools import NoPoolAvailable, route
-from clawstream.processors.policy import Policy
-from clawstream.processors.records import Output, answer, event
-from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT, STEP_COMMAND
+from clawstream.processors.records import Output
+from clawstream.processors.state import ActiveRequest, Conversation, Exchange
+from clawstream.schemas.records import (
+    AgentAnswer,
+    AgentRequest,
+    StepCommand,
+    StepResult,
+    empty_usage,
+)
 from clawstream.streams.topics import INFERENCE_REQUESTS, inference_topic
 
-Record = dict[str, Any]
 FLOW_WORKER = "flow-control"
 
 
-def _event(kind: str, req: Record, detail: dict[str, str]) -> Output:
-    return event(kind, int(time.time() * 1000), req, detail=detail)
-
-
-def rejection_outputs(req: Record, rejection: limits.Rejection) -> list[Output]:
-    """A ``rejected`` answer with the reason and retry hint, and its audit event."""
-    now = int(time.time() * 1000)
-    return [answer({"request": req}, "rejected", "", rejection.reason, now, "none",
-                   reason_kind=rejection.kind, retry_after_s=rejection.retry_after_s),
-            _event("request_rejected", req, {"reason": rejection.reason, "kind": rejection.kind,
-                                             "retry_after_s": f"{rejection.retry_after_s:.3f}"})]
-
-
-async def gate(req: Record, conv: Record | None, settings: Settings) -> limits.Rejection | None:
-    """Entrance checks for a request that is not a duplicate."""
-    flags = runtime.flags()
-    spent = (conv or {}).get("flow_spent", {})
-    reason = budgets.exhausted(spent, budgets.conversation_budget(settings, req.get("options")
-                                                                  or {}))
+async def gate(req: AgentRequest, conv: Conversation | None, settings: Settings,
+               flags: FlagView, redis: aioredis.Redis) -> limits.Rejection | None:
+    """Entrance checks for a request that is not a duplicate (I/O: Redis)."""
+    spent = conv.get("flow_spent", budgets.NOTHING_SPENT) if conv else budgets.NOTHING_SPENT
+    reason = budgets.exhausted(spent, budgets.conversation_budget(settings, req["options"]))
     if reason is not None:
         return limits.Rejection("conversation_budget", reason, 0.0)
-    return await fail_open("entrance", _redis_gate(req, settings, flags), None)
+    return await fail_open("entrance", _redis_gate(req, settings, flags, redis), None)
 
 
-async def _redis_gate(req: Record, settings: Settings, flags: FlagView
-                      ) -> limits.Rejection | None:
-    redis = runtime.redis()
+async def _redis_gate(req: AgentRequest, settings: Settings, flags: FlagView,
+                      redis: aioredis.Redis) -> limits.Rejection | None:
     rejection = await limits.check_entrance(TokenBuckets(redis), settings, flags,
-                                            req["tenant_id"], req.get("user_id", "anonymous"))
+                                            req["tenant_id"], req["user_id"])
     return rejection or await limits.check_tenant_budget(redis, settings, flags,
                                                         req["tenant_id"])
 
 
-def _cut_reason(conv: Record, cmd: Record, flags: FlagView, settings: Settings) -> str | None:
-    budget = budgets.conversation_budget(settings,
-                                         conv["active"]["request"].get("options") or {})
-    reason = budgets.exhausted(conv.get("flow_spent", {}), budget)
+def _cut_reason(conv: Conversation, active: ActiveRequest, cmd: StepCommand,
+                flags: FlagView, settings: Settings, rules: Rules) -> str | None:
+    budget = budgets.conversation_budget(settings, active["request"]["options"])
+    reason = budgets.exhausted(conv.get("flow_spent", budgets.NOTHING_SPENT), budget)
     if reason is not None:
         return reason
-    tool = cmd.get("tool_call")
+    tool = cmd["tool_call"]
     if tool is None:
         return None
     if flags.tool_killed(tool["name"]):
         return f"tool {tool['name']} is switched off"
-    if flags.degrade and _expensive(conv, cmd):
+    if flags.degrade and _expensive(active, cmd, rules):
         return f"degrade: expensive tool {tool['name']} skipped"
     return None
 
 
-def _expensive(conv: Record, cmd: Record) -> bool:
+def _expensive(active: ActiveRequest, cmd: StepCommand, rules: Rules) -> bool:
     """The agent's plan marks the step expensive."""
-    agent = get_agent(conv["active"]["request"]["agent"])
+    agent = rules.catalog.agent(active["request"]["agent"])
+    plan = agent.plan if agent else None
     index = cmd["step_index"]
-    return bool(agent and index < len(agent.plan) and agent.plan[index].expensive)
+    return bool(plan and index < len(plan) and plan[index].expensive)
 
 
-def _skipped_result(cmd: Record, reason: str) -> Record:
-    now = int(time.time() * 1000)
+def _skipped_result(cmd: StepCommand, reason: str, now: int) -> StepResult:
     return {"step_id": cmd["step_id"], "step_index": cmd["step_index"],
             "step_type": cmd["step_type"], "attempt": cmd["attempt"],
             "request_id": cmd["request_id"], "conversation_id": cmd["conversation_id"],
             "trace_id": cmd["trace_id"], "status": "ok", "output": "", "error": None,
             "worker": FLOW_WORKER, "issued_at_ms": cmd["issued_at_ms"], "started_at_ms": now,
             "finished_at_ms": now, "cache_hit": False, "model": None, "backend": None,
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
-                      "saved_tokens": 0, "saved_cost_usd": 0.0}}
+            "usage": empty_usage(), "cache": [], "tool_calls": [], "finish_reason": None}
 
 
-def count_result(conv: Record | None, res: Record) -> None:
-    """Add a worker's step result to the conversation's lifetime spend (budgets)."""
-    pending = (conv or {}).get("active", {}) or {}
-    pending = pending.get("pending") or {}
-    if conv is None or res.get("worker") == FLOW_WORKER or (
-            pending.get("step_id"), pending.get("attempt")) != (res["step_id"], res["attempt"]):
+def count_result(conv: Conversation | None, res: StepResult) -> None:
+    """Add a worker's step result to the conversation's lifetime spend (budgets): every
+    result of the running request, also a late or repeated attempt's, since its work was
+    done."""
+    active = conv["active"] if conv else None
+    if (conv is None or active is None or res["worker"] == FLOW_WORKER
+            or active["request"]["request_id"] != res["request_id"]):
         return
     spent = conv.setdefault("flow_spent", {"steps": 0, "tokens": 0})
     spent["steps"] += 1
-    spent["tokens"] += budgets.spent_tokens(res.get("usage") or {})
+    spent["tokens"] += budgets.spent_tokens(res["usage"])
 
 
-def _route_model(conv: Record, cmd: Record, out: Output, settings: Settings,
-                 flags: FlagView) -> Output | str:
-    agent = get_agent(cmd.get("agent") or conv["active"]["request"]["agent"])
+def _route_model(conv: Conversation, active: ActiveRequest, cmd: StepCommand, out: Output,
+                 settings: Settings, flags: FlagView, rules: Rules) -> Output | str:
+    agent = rules.catalog.agent(active["request"]["agent"])
     task_class = agent.task_class if agent else "chat"
     try:
         chosen = route(task_class, settings, flags)
     except NoPoolAvailable as exc:
         return str(exc)
-    cmd["model_call"]["model"] = chosen.pool
+    call = cmd["model_call"]
+    assert call is not None
+    call["model"] = chosen.pool
     if chosen.degraded_reason:
         _note_degraded(conv, cmd["request_id"], chosen.degraded_reason)
     topic = inference_topic(cmd["lane"]).name if out.topic == INFERENCE_REQUESTS.name \
@@ -135,7 +134,7 @@ def _route_model(conv: Record, cmd: Record, out: Output, settings: Settings,
     return Output(topic, out.key, out.schema, cmd)
 
 
-def _note_degraded(conv: Record, request_id: str, reason: str) -> None:
+def _note_degraded(conv: Conversation, request_id: str, reason: str) -> None:
     notes = conv.setdefault("flow_degraded", {}).setdefault(request_id, [])
     if reason not in notes:
         notes.append(reason)
@@ -143,64 +142,70 @@ def _note_degraded(conv: Record, request_id: str, reason: str) -> None:
 
 def _fix_event(out: Output, cmd_pool: dict[str, str]) -> Output:
     """``step_issued`` events name the pool the step was routed to."""
-    rec = out.record
-    if rec.get("event_type") == "step_issued" and rec.get("step_id") in cmd_pool:
-        rec["detail"] = {**rec["detail"], "name": cmd_pool[rec["step_id"]],
-                         "pool": cmd_pool[rec["step_id"]]}
+    rec = out.event
+    if rec and rec["event_type"] == "step_issued" and rec["step_id"] in cmd_pool:
+        pool = cmd_pool[rec["step_id"]]
+        rec["detail"] = {**rec["detail"], "name": pool, "pool": pool}
     return out
 
 
-async def apply(decision: Decision, policy: Policy, settings: Settings) -> Decision:
-    """Route, cut and mark the decision's outputs (see the module docstring)."""
+@dataclass
+class Routed:
+    """The decision to send, and the answered exchanges to archive for the recall tool."""
+
+    decision: Decision
+    archive: list[tuple[str, Exchange]] = field(default_factory=list)
+
+
+def route_and_cut(decision: Decision, rules: Rules, settings: Settings, flags: FlagView,
+                  now: int) -> Routed:
+    """Route, cut and mark the decision's outputs (see the module docstring). Pure."""
     conv = decision.conversation
     if conv is None:
-        return decision
-    flags = runtime.flags()
+        return Routed(decision)
     queue = list(decision.outputs)
     final: list[Output] = []
+    archive = list(decision.archive)
     pools: dict[str, str] = {}
     while queue:
         out = queue.pop(0)
-        if out.schema == STEP_COMMAND and conv.get("active"):
-            cmd = out.record
-            reason = _cut_reason(conv, cmd, flags, settings)
+        cmd = out.command
+        active = conv["active"]
+        if cmd is not None and active is not None:
+            reason = _cut_reason(conv, active, cmd, flags, settings, rules)
             routed = None if reason else (
-                _route_model(conv, cmd, out, settings, flags) if cmd.get("model_call")
-                else out)
+                _route_model(conv, active, cmd, out, settings, flags, rules)
+                if cmd["model_call"] else out)
             if isinstance(routed, str):
                 reason = routed
             if reason is not None:
                 _note_degraded(conv, cmd["request_id"], reason)
-                cut = on_result(conv, _skipped_result(cmd, reason), int(time.time() * 1000),
-                                policy)
+                cut = on_result(conv, _skipped_result(cmd, reason, now), now, rules)
                 conv = cut.conversation if cut.conversation is not None else conv
                 queue = cut.outputs + queue
+                archive += cut.archive
                 continue
             assert routed is not None and not isinstance(routed, str)
-            if cmd.get("model_call"):
+            if cmd["model_call"]:
                 pools[cmd["step_id"]] = cmd["model_call"]["model"]
             final.append(routed)
             continue
-        if out.schema == AGENT_ANSWER:
-            await _finish_answer(conv, out.record)
-        final.append(_fix_event(out, pools) if out.schema == AGENT_EVENT else out)
-    return Decision(conv, final, decision.dedup)
+        if out.answer is not None:
+            _mark_degraded(conv, out.answer)
+        final.append(_fix_event(out, pools))
+    return Routed(Decision(conv, final, decision.dedup), archive)
 
 
-async def _finish_answer(conv: Record, answer: Record) -> None:
+def _mark_degraded(conv: Conversation, answer: AgentAnswer) -> None:
+    """An answer of a request that flow control cut or rerouted says so, and why."""
     notes = conv.get("flow_degraded", {}).pop(answer["request_id"], None)
     if notes and answer["status"] in ("ok", "failed"):
         answer["status"] = "degraded"
         answer["reason"] = "; ".join(notes)
-    if answer["status"] in ("ok", "degraded") and answer["text"]:
-        await fail_open("recall_archive", recall.archive_exchange(
-            runtime.redis(), answer["conversation_id"], {
-                "request_id": answer["request_id"], "user": _question(conv, answer),
-                "assistant": answer["text"]}), None)
 
 
-def _question(conv: Record, answer: Record) -> str:
-    for ex in reversed(conv.get("exchanges", [])):
-        if ex.get("request_id") == answer["request_id"]:
-            return str(ex["user"])
-    return ""
+async def archive(redis: aioredis.Redis, exchanges: Iterable[tuple[str, Exchange]]) -> None:
+    """Append answered exchanges to their conversations' recall archives (I/O: Redis)."""
+    for conversation_id, exchange in exchanges:
+        await fail_open("recall_archive",
+                        recall.archive_exchange(redis, conversation_id, exchange), None)

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from clawstream.processors.flow.scheduler import LaneScheduler, Pending
+from clawstream.schemas.records import StepResult
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Admission(Protocol):
         """0 when ``item`` may run now (and is charged), else seconds to wait."""
         ...
 
-    async def release(self, item: Pending, result: dict[str, Any] | None) -> None:
+    async def release(self, item: Pending, result: StepResult | None) -> None:
         """After the run: reconcile with the result's usage, or refund (``None``: not run)."""
         ...
 
@@ -57,7 +58,7 @@ class Unlimited:
     async def admit(self, item: Pending) -> float:
         return 0.0
 
-    async def release(self, item: Pending, result: dict[str, Any] | None) -> None:
+    async def release(self, item: Pending, result: StepResult | None) -> None:
         return None
 
 
@@ -157,5 +158,5 @@ class Dispatcher:
         finally:
             self._inflight[item.lane if item.lane in self._inflight else "batch"] -= 1
             self._wake.set()
-        await self._admission.release(item, getattr(output, "record", None))
+        await self._admission.release(item, getattr(output, "result", None))
         await self._finish(item, output)

@@ -28,6 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from clawstream.schemas import DecodeError, decode_as
 from clawstream.schemas.names import CONTROL_FLAG
+from clawstream.schemas.records import ControlFlag
 from clawstream.streams.publisher import Publisher
 from clawstream.streams.topics import CONTROL_FLAGS
 
@@ -156,20 +157,20 @@ def _consumer(bootstrap: str) -> Consumer:
                      "auto.offset.reset": "earliest"})
 
 
-def set_flag(bootstrap: str, name: str, value: str, by: str = "cli") -> dict[str, object]:
+def set_flag(bootstrap: str, name: str, value: str, by: str = "cli") -> ControlFlag:
     """Validate and publish one flag (acked by the broker before returning)."""
     validate(name, value)
-    record = {"name": name, "value": value, "updated_at_ms": int(time.time() * 1000),
+    record: ControlFlag = {"name": name, "value": value, "updated_at_ms": int(time.time() * 1000),
               "updated_by": by}
     publisher = Publisher(bootstrap)
     publisher.publish(CONTROL_FLAGS.name, name, CONTROL_FLAG, record)
     return record
 
 
-def read_flags(bootstrap: str, timeout_s: float = 10.0) -> dict[str, dict[str, object]]:
+def read_flags(bootstrap: str, timeout_s: float = 10.0) -> dict[str, ControlFlag]:
     """Every flag's latest record: the topic read from the beginning to its end."""
     consumer = _consumer(bootstrap)
-    latest: dict[str, dict[str, object]] = {}
+    latest: dict[str, ControlFlag] = {}
     try:
         tp = TopicPartition(CONTROL_FLAGS.name, 0, OFFSET_BEGINNING)
         _, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)

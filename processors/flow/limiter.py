@@ -25,6 +25,7 @@ from clawstream.processors.flow.limits import record_tenant_usage
 from clawstream.processors.flow.pools import pool_rate, smallest_pool
 from clawstream.processors.flow.scheduler import Pending
 from clawstream.processors.keys import admissions_key, bucket_key
+from clawstream.schemas.records import StepResult, empty_usage
 
 ADMISSION_LOG_MAX = 5000
 
@@ -63,13 +64,13 @@ class PoolAdmission:
         item.extra["rate"] = rate
         return 0.0
 
-    async def release(self, item: Pending, result: dict[str, Any] | None) -> None:
+    async def release(self, item: Pending, result: StepResult | None) -> None:
         await fail_open("pool_release", self._release(item, result), None)
 
-    async def _release(self, item: Pending, result: dict[str, Any] | None) -> None:
+    async def _release(self, item: Pending, result: StepResult | None) -> None:
         rate, capacity = self._rate(item.pool)
-        usage = (result or {}).get("usage") or {}
-        actual = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+        usage = result["usage"] if result else empty_usage()
+        actual = usage["prompt_tokens"] + usage["completion_tokens"]
         settle = await self._buckets.adjust(bucket_key("pool", item.pool), rate, capacity,
                                             actual - item.cost)
         if result is None:
@@ -84,7 +85,7 @@ class PoolAdmission:
             pipe.ltrim(key, -ADMISSION_LOG_MAX, -1)
             await pipe.execute()
         await record_tenant_usage(self._redis, self._settings, item.tenant, actual,
-                                  float(usage.get("cost_usd", 0.0)), time.time())
+                                  usage["cost_usd"], time.time())
 
 
 def measured_rate(entries: list[dict[str, Any]]) -> float:

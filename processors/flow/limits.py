@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -19,31 +18,24 @@ from clawstream.config import Settings
 from clawstream.processors.flow.buckets import TokenBuckets
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import bucket_key, tenant_budget_key
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why a request may not start now, and after how long it may (None: not in this window
-    of anything the client controls)."""
-
-    kind: str
-    reason: str
-    retry_after_s: float
+from clawstream.processors.validation import Rejection
+from clawstream.schemas.records import ReasonKind
 
 
 async def check_entrance(buckets: TokenBuckets, settings: Settings, flags: FlagView,
                          tenant_id: str, user_id: str) -> Rejection | None:
     """Take one token from the user's bucket, then the tenant's; the first empty one rejects."""
-    checks = (
-        ("user", user_id, settings.user_rate_per_s, settings.user_burst),
-        ("tenant", tenant_id, settings.tenant_rate_per_s, settings.tenant_burst),
+    checks: tuple[tuple[str, ReasonKind, str, float, float], ...] = (
+        ("user", "user_rate_limit", user_id, settings.user_rate_per_s, settings.user_burst),
+        ("tenant", "tenant_rate_limit", tenant_id, settings.tenant_rate_per_s,
+         settings.tenant_burst),
     )
-    for kind, name, rate, burst in checks:
+    for kind, reason_kind, name, rate, burst in checks:
         rate, burst = flags.pair(f"limit.{kind}.{name}") or (rate, burst)
         take = await buckets.take(bucket_key(kind, name), rate, burst)
         if not take.allowed:
             return Rejection(
-                f"{kind}_rate_limit",
+                reason_kind,
                 f"{kind} {name} is over its limit of {rate:g} requests/s (burst {burst:g}); "
                 f"retry after {take.retry_after_s:.2f} s",
                 take.retry_after_s)

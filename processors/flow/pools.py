@@ -7,10 +7,12 @@ pool, the limiter charges that pool's bucket, events show it) even with one mode
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clawstream.config import Settings
 from clawstream.processors.flow.flags import FlagView
+from clawstream.schemas.records import Message
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def pool_rate(pool: str, settings: Settings, flags: FlagView) -> float:
     return capacity * (1.0 - settings.pool_headroom)
 
 
-def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
+def estimate_tokens(messages: Sequence[Message], max_tokens: int) -> int:
     """Admission cost before the call: ~4 characters per prompt token plus a few per
     message for the chat template, plus the whole output allowance (the worst case; the
     result's actual usage is reconciled afterwards)."""

@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from clawstream.processors.keys import recall_key
+from clawstream.processors.state import Exchange
 from clawstream.processors.tools.base import ToolContext, ToolSpec
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -30,7 +31,7 @@ def words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
 
 
-def search(exchanges: Sequence[dict[str, Any]], query: str, k: int) -> list[dict[str, Any]]:
+def search(exchanges: Sequence[Exchange], query: str, k: int) -> list[dict[str, Any]]:
     """The ``k`` exchanges sharing most words with ``query`` (ties: the most recent first)."""
     wanted = words(query)
     scored = []
@@ -43,12 +44,12 @@ def search(exchanges: Sequence[dict[str, Any]], query: str, k: int) -> list[dict
 
 
 async def archive_exchange(redis: aioredis.Redis, conversation_id: str,
-                           exchange: dict[str, Any]) -> None:
+                           exchange: Exchange) -> None:
     """Append an exchange; a redelivered answer may append twice, :func:`older` dedups."""
     await redis.rpush(recall_key(conversation_id), json.dumps(exchange))
 
 
-async def older(redis: aioredis.Redis, conversation_id: str, kept: int) -> list[dict[str, Any]]:
+async def older(redis: aioredis.Redis, conversation_id: str, kept: int) -> list[Exchange]:
     """The archived exchanges that are no longer in the prompt (all but the last ``kept``)."""
     seen: set[str] = set()
     out = []
@@ -67,7 +68,16 @@ class Recall:
     still in the prompt, left out of the search; default settings.context_exchanges)."""
 
     # Reads an archive that grows every turn: a cached answer would miss the latest exchange.
-    spec = ToolSpec(name="recall", version="1", cache_ttl_s=0)
+    spec = ToolSpec(
+        name="recall", version="1", cache_ttl_s=0,
+        description="Find earlier exchanges of this conversation that fell out of the "
+                    "context, by words they share with a query.",
+        parameters_json=json.dumps({
+            "type": "object", "required": ["conversation_id", "query"],
+            "properties": {"conversation_id": {"type": "string"},
+                           "query": {"type": "string"},
+                           "k": {"type": "integer", "minimum": 1, "default": 2}}},
+            sort_keys=True))
 
     def __init__(self, redis: aioredis.Redis, kept_default: int) -> None:
         self._redis = redis

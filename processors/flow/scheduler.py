@@ -14,6 +14,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from clawstream.schemas.records import StepCommand
+
 LANES = ("interactive", "batch")
 
 
@@ -21,7 +23,7 @@ LANES = ("interactive", "batch")
 class Pending:
     """A fetched step command waiting for admission; ``event`` is acked once it is done."""
 
-    cmd: dict[str, Any]
+    cmd: StepCommand
     event: Any = None
     cost: int = 0
     pool: str = ""

@@ -26,6 +26,10 @@ class ToolSpec:
     are never cached whatever this says."""
     cache_params: tuple[str, ...] | None = None
     """The arguments that decide the result (the cache key); None = all of them."""
+    description: str = ""
+    """What the tool does, for the model choosing among tools."""
+    parameters_json: str | None = None
+    """The JSON schema of the tool's arguments (an object), for the model; None = any."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class ToolContext:
     """The step's idempotency key: a mutating tool passes it on to the system it changes."""
     attempt: int
     timeout_s: float
+    arguments_json: str = "{}"
+    """The call's arguments as sent (the ledger and caches key on the parsed ones)."""
 
 
 class ToolError(Exception):
@@ -44,6 +50,16 @@ class ToolError(Exception):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+
+
+INVALID_ARGUMENTS = "ToolArgumentsInvalid"
+"""The error class of a call whose arguments do not fit: the coordinator hands its message
+back to a deciding model as the call's result instead of failing the request."""
+
+
+class ToolArgumentsInvalid(ValueError):
+    """The arguments do not fit the tool's declared types: never retried, and a model that
+    made the call gets this message back as the tool's result, to correct itself."""
 
 
 class Tool(Protocol):

@@ -39,7 +39,15 @@ class Retriever:
     """Top-k documents by cosine similarity of MiniLM embeddings."""
 
     # The corpus ships with the code: results change only with the query, k or a release.
-    spec = ToolSpec(name="retrieve", version="1", cache_params=("query", "k"))
+    spec = ToolSpec(
+        name="retrieve", version="1", cache_params=("query", "k"),
+        description="Search the clawstream documentation (Kafka, Faust, Redis, Ray, lanes, "
+                    "retries) for passages about a question.",
+        parameters_json=json.dumps({
+            "type": "object", "required": ["query"], "additionalProperties": False,
+            "properties": {"query": {"type": "string", "description": "What to look for."},
+                           "k": {"type": "integer", "minimum": 1, "maximum": 5,
+                                 "default": 2}}}, sort_keys=True))
 
     def __init__(self, embeddings: EmbeddingCache) -> None:
         self._embeddings = embeddings

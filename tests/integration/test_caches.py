@@ -78,7 +78,8 @@ class Model:
 def _call(question: str, **overrides: Any) -> dict[str, Any]:
     call = {"model": "default", "prompt_version": "p1", "max_tokens": 8, "temperature": 0.0,
             "messages": [{"role": "system", "content": "Answer briefly."},
-                         {"role": "user", "content": question}]}
+                         {"role": "user", "content": question}],
+            "tools": [], "tool_choice": None}
     call.update(overrides)
     return call
 

@@ -1,5 +1,5 @@
 """The reliability contracts on the real stack, proven by breaking things: fault-injecting
-tools (processors/tools/faults.py), a model app told to fail (inference/faults.py), real
+tools (fixtures/faults.py), a model app told to fail (inference/faults.py), real
 SIGKILL and SIGTERM of the worker process."""
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from clawstream.cli.dlq import read_letters, redrive, select
 from clawstream.config import Settings
 from clawstream.deploy.local import worker as worker_proc
 from clawstream.processors.policy import jitter_fraction
-from clawstream.processors.tools import faults
 from clawstream.schemas import encode
 from clawstream.schemas.names import STEP_COMMAND
 from clawstream.streams.publisher import Publisher
 from clawstream.streams.topics import ANSWERS, RESULTS, TOOL_REQUESTS
+from fixtures import faults
 from tests.integration.flow import (
     Record,
     answer_to,
@@ -64,7 +64,7 @@ def test_a_tool_failing_always_is_dead_lettered_and_answered(worker: Settings) -
                    tenant_id="tenant-dlq", options=_args(args0=args))
     answer = answer_to(worker, request)
     assert answer["status"] == "failed"
-    assert "fault.flaky step failed after 2 attempt(s)" in answer["reason"]
+    assert "fault_flaky step failed after 2 attempt(s)" in answer["reason"]
     [letter] = select(read_letters(worker.bootstrap_servers),
                       {"conversation_id": conversation})
     assert letter["dlq_id"] in answer["reason"]

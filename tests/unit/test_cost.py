@@ -108,3 +108,19 @@ def test_key_functions_separate_their_parts() -> None:
     assert base.startswith("pc:p1:m:")
     assert base != prompt_cache_key("p1", "m", {"t": 0}, [{"role": "user", "content": "q "}])
     assert tool_cache_key("t", "1", {"a": 1, "b": 2}) == tool_cache_key("t", "1", {"b": 2, "a": 1})
+
+
+def test_spend_that_came_after_its_answer_is_reported_apart() -> None:
+    late = {"event_id": "e", "event_type": "step_ignored", "at_ms": NOW - 1_000,
+            "request_id": "r", "conversation_id": "c", "trace_id": "t", "step_id": "s",
+            "agent": None, "agent_version": None, "worker": "w",
+            "detail": {"counted_in_answer": "false", "prompt_tokens": "40",
+                       "completion_tokens": "10", "cost_usd": "0.00030000",
+                       "saved_tokens": "0", "saved_cost_usd": "0.0"}}
+    counted = {**late, "detail": {**late["detail"], "counted_in_answer": "true"}}
+    report = summarise([], since_ms=NOW - 60_000, events=[late, counted])  # type: ignore[list-item]
+    assert (report.late.interactions, report.late.prompt_tokens) == (1, 40)
+    assert report.late.cost_usd == pytest.approx(0.0003)
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    assert "$0.000300" in console.export_text()

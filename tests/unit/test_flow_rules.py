@@ -47,8 +47,9 @@ def test_routing_by_task_class_degrade_and_kill_switches() -> None:
     assert route("interface", settings, FlagView({"degrade": "on"})).degraded_reason is None
     killed = route("report", settings, FlagView({"kill.pool.large": "on"}))
     assert killed.pool == "small" and "switched off" in (killed.degraded_reason or "")
+    # every pool off (the test stack's settings add an upstream pool, ``remote``)
     with pytest.raises(NoPoolAvailable):
-        route("report", settings, FlagView({"kill.pool.large": "on", "kill.pool.small": "on"}))
+        route("report", settings, FlagView({f"kill.pool.{name}": "on" for name in settings.pools}))
 
 
 def test_pool_rate_is_under_capacity_unless_a_flag_says() -> None:

@@ -19,9 +19,16 @@ from clawstream.inference.client import (
     InferenceBackendError,
     InferenceClient,
     InferenceOverloaded,
+    InferenceTimeout,
     InferenceValidationError,
 )
-from clawstream.inference.errors import BackendFailure, InputRejected, NotReady, Overloaded
+from clawstream.inference.errors import (
+    BackendFailure,
+    GenerationTimeout,
+    InputRejected,
+    NotReady,
+    Overloaded,
+)
 from clawstream.inference.protocol import (
     ComponentHealth,
     EmbeddingResult,
@@ -30,6 +37,7 @@ from clawstream.inference.protocol import (
     GenerationResult,
     HealthReport,
 )
+from clawstream.inference.scripted import Script
 
 DEFAULT_MAX_TOKENS = 12
 
@@ -49,7 +57,9 @@ class FakeGateway:
         if self.fail_with is not None:
             raise self.fail_with
         max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
-        out = await self.backend.generate(request.messages, max_tokens, request.temperature)
+        out = await self.backend.generate(
+            request.messages, max_tokens, request.temperature, request.tools, request.tool_choice
+        )
         return GenerationResult(
             text=out.text,
             model=self.backend.model_id,
@@ -57,6 +67,7 @@ class FakeGateway:
             prompt_tokens=out.prompt_tokens,
             completion_tokens=out.completion_tokens,
             finish_reason=out.finish_reason,
+            tool_calls=list(out.tool_calls),
             replica="fake#0",
             queue_ms=0.0,
             run_ms=0.1,
@@ -135,6 +146,7 @@ async def test_embed_invalid_body_is_400(http: httpx.AsyncClient) -> None:
         (BackendFailure("llama.cpp failed"), 500, "backend"),
         (RuntimeError("unclassified"), 500, "backend"),
         (Overloaded("queue full", retry_after_s=1.2), 503, "overloaded"),
+        (GenerationTimeout("upstream silent"), 504, "timeout"),
     ],
 )
 async def test_failures_map_to_status_and_kind(
@@ -186,3 +198,43 @@ async def test_client_validates_before_sending(
     with pytest.raises(InferenceValidationError):
         await client.embed([])
     assert gateway.seen == []
+
+
+async def test_timeout_reaches_the_client_as_retryable(
+    client: InferenceClient, gateway: FakeGateway
+) -> None:
+    gateway.fail_with = GenerationTimeout("upstream silent")
+    with pytest.raises(InferenceTimeout) as timed_out:
+        await client.generate([{"role": "user", "content": "x"}])
+    assert timed_out.value.retryable
+    assert timed_out.value.status == 504
+
+
+async def test_client_sends_tools_and_reads_tool_calls(
+    client: InferenceClient, gateway: FakeGateway
+) -> None:
+    tool = {"name": "lookup", "description": "Find a thing.",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    result = await client.generate(
+        [{"role": "user", "content": "find it"}], tools=[tool], tool_choice="required"
+    )
+    sent = gateway.seen[0]
+    assert [t.name for t in sent.tools] == ["lookup"] and sent.tool_choice == "required"
+    assert result.finish_reason == "tool_calls"
+    assert [(c.name, c.arguments) for c in result.tool_calls] == [("lookup", "{}")]
+
+
+async def test_script_route_exists_only_when_given(gateway: FakeGateway) -> None:
+    scripts: list[Script] = []
+
+    async def add_script(script: Script) -> None:
+        scripts.append(script)
+
+    body = {"marker": "mark-1234", "turns": [{"text": "hi"}]}
+    for add, status in ((None, 404), (add_script, 204)):
+        transport = httpx.ASGITransport(app=create_api(gateway, None, add))
+        async with httpx.AsyncClient(transport=transport, base_url="http://i") as http:
+            assert (await http.post("/script", json=body)).status_code == status
+            bad = await http.post("/script", json={"marker": "mark-1234", "turns": [{}]})
+            assert bad.status_code == (404 if add is None else 400)
+    assert [s.marker for s in scripts] == ["mark-1234"]

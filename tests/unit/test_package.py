@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -116,9 +117,12 @@ def test_no_import_cycles() -> None:
 
 @pytest.mark.timeout(180)
 def test_an_install_ships_one_top_level_package(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy: the build writes build/ beside the sources
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", ".clawstream*", "__pycache__", ".*_cache"))
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(REPO)],
+                    "--no-build-isolation", "--target", str(target), str(source)],
                    check=True, cwd=tmp_path)
     top = {p.name for p in target.iterdir() if not p.name.endswith(".dist-info")}
     assert top - {"bin"} == {ROOT}

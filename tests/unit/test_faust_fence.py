@@ -1,7 +1,9 @@
-"""The gapless consumer (processors/gapless.py): a fetched record that is not delivered is
-fetched again; a hole in what Faust delivers of one of our topics restarts the worker
-instead of being committed as done, unless retention removed the records; compacted
-topics keep Faust's rule. Faust's consumer state is stood in for by plain attributes."""
+"""The Faust fence (processors/faust_fence.py): it refuses any other Faust, or one without
+the private attributes the patches use; and the gapless consumer: a fetched record that is
+not delivered is fetched again; a hole in what Faust delivers of one of our topics
+restarts the worker instead of being committed as done, unless retention removed the
+records; compacted topics keep Faust's rule. Faust's consumer state is stood in for by
+plain attributes."""
 
 from __future__ import annotations
 
@@ -12,12 +14,46 @@ from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 import pytest
+from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from clawstream.processors import gapless
+from clawstream.config import Settings
+from clawstream.processors import faust_fence as gapless
+from clawstream.processors.app import create_app
 from clawstream.streams.topics import CONTROL_FLAGS, REQUESTS_INTERACTIVE
+
+
+def test_the_fence_passes_on_the_pinned_faust() -> None:
+    assert faust.__version__ == gapless.FAUST_VERSION
+    gapless.check()
+    gapless.install()
+    assert faust_kafka.Transport.Consumer is gapless.GaplessConsumer
+
+
+def test_any_other_faust_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faust, "__version__", "0.15.4")
+    with pytest.raises(gapless.FenceError, match=r"0\.15\.4 is installed"):
+        gapless.install()
+
+
+def test_a_missing_private_attribute_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    owner = next(c for c in faust_kafka.Consumer.__mro__ if "_add_gap" in vars(c))
+    monkeypatch.delattr(owner, "_add_gap")
+    with pytest.raises(gapless.FenceError, match=r"Consumer\._add_gap"):
+        gapless.check()
+
+
+def test_the_live_app_has_what_the_patches_read(tmp_path: Any) -> None:
+    gapless.install()
+    app = create_app(Settings(state_dir=tmp_path), "worker-fence")
+    gapless.check_app(app)
+    assert isinstance(app.consumer, gapless.GaplessConsumer)
+    assert list(gapless.acked_offsets(app, ("t", 0))) == []
+    assert gapless.recovery_marker(app) == []
+    assert gapless.recovered(app) is False
 
 
 def _consumer(earliest: int) -> Any:

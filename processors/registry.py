@@ -1,0 +1,148 @@
+"""The agents and tools a worker runs: built-in examples plus the modules a team names.
+
+A worker loads ``settings.agent_modules`` (``CLAWSTREAM_AGENT_MODULES=myco.agents,...``)
+and the modules of the ``clawstream.agents`` entry-point group. A module either has a
+``register(registry)`` function that adds its agents and tools, or defines
+:class:`~clawstream.processors.api.Agent` and ``@tool`` objects at module level, which are
+registered as found (an agent's tool objects with it). The
+coordinator's rules read only the declarations (:class:`Catalog`: agent specs and tool
+specs, no clients); the tool executor builds the implementations once, from factories,
+with the worker's shared resources. Declarations are checked when the registry is
+complete, so a plan that names a missing tool fails the worker's start, not a request.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import ModuleType
+
+import redis.asyncio as aioredis
+
+from clawstream.config import Settings
+from clawstream.processors.agents import AgentSpec, ToolStep
+from clawstream.processors.api import Agent
+from clawstream.processors.caching.embeddings import EmbeddingCache
+from clawstream.processors.tools.base import Tool, ToolSpec
+from clawstream.processors.tools.functions import NAME, FunctionTool
+
+
+class RegistryError(ValueError):
+    """A module or declaration the worker cannot run with; raised at start-up."""
+
+
+@dataclass(frozen=True)
+class ToolResources:
+    """What a tool implementation may use; built once per worker process."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    embeddings: EmbeddingCache
+
+
+ToolFactory = Callable[[ToolResources], Tool]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentSpec] = {}
+        self._tools: dict[str, tuple[ToolSpec, ToolFactory]] = {}
+
+    def add_agent(self, spec: AgentSpec) -> None:
+        if spec.name in self._agents:
+            raise RegistryError(f"agent {spec.name!r} is registered twice")
+        self._agents[spec.name] = spec
+
+    def add_tool(self, spec: ToolSpec, factory: ToolFactory) -> None:
+        if spec.name in self._tools:
+            raise RegistryError(f"tool {spec.name!r} is registered twice")
+        self._tools[spec.name] = (spec, factory)
+
+    def add(self, thing: Agent | Tool) -> None:
+        """An agent (with the tool objects it names) or a ready tool object."""
+        if isinstance(thing, Agent):
+            for tool in thing.tool_objects:
+                self._add_ready(tool)
+            self.add_agent(thing.spec())
+        else:
+            self._add_ready(thing)
+
+    def _add_ready(self, tool: Tool) -> None:
+        known = self._tools.get(tool.spec.name)
+        if known is not None and known[0] == tool.spec:
+            return  # the same tool, named by two agents
+        self.add_tool(tool.spec, lambda _resources: tool)
+
+    def agent(self, name: str) -> AgentSpec | None:
+        return self._agents.get(name)
+
+    def tool_spec(self, name: str) -> ToolSpec | None:
+        entry = self._tools.get(name)
+        return entry[0] if entry else None
+
+    @property
+    def agent_names(self) -> list[str]:
+        return sorted(self._agents)
+
+    def build_tools(self, resources: ToolResources) -> dict[str, Tool]:
+        return {name: factory(resources) for name, (_, factory) in self._tools.items()}
+
+    def check(self) -> None:
+        """Every tool an agent names, and every compensation, is registered."""
+        missing = [f"agent {a.name!r} uses unknown tool {name!r}"
+                   for a in self._agents.values()
+                   for name in [*a.tools, *(s.tool for s in a.plan or ()
+                                            if isinstance(s, ToolStep))]
+                   if name not in self._tools]
+        missing += [f"agent {a.name!r} offers tool {name!r} to its model, but models take "
+                    "only names of letters, digits, _ and - (at most 64)"
+                    for a in self._agents.values() if a.plan is None for name in a.tools
+                    if not NAME.match(name)]
+        missing += [f"tool {spec.name!r} names unknown compensation {spec.compensation!r}"
+                    for spec, _ in self._tools.values()
+                    if spec.compensation and spec.compensation not in self._tools]
+        if missing:
+            raise RegistryError("; ".join(missing))
+
+
+def register_module(registry: Registry, module: ModuleType) -> None:
+    register = getattr(module, "register", None)
+    if callable(register):
+        register(registry)
+        return
+    found = [v for v in vars(module).values() if isinstance(v, Agent | FunctionTool)]
+    if not found:
+        raise RegistryError(f"agent module {module.__name__!r} defines no Agent or @tool and "
+                            "has no register(registry) function")
+    for thing in found:
+        registry.add(thing)
+
+
+def register_all(registry: Registry, module_names: Iterable[str]) -> Registry:
+    for name in module_names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise RegistryError(f"cannot import agent module {name!r}: {exc}") from exc
+        register_module(registry, module)
+    registry.check()
+    return registry
+
+
+ENTRY_POINT_GROUP = "clawstream.agents"
+
+
+def entry_point_modules() -> list[str]:
+    """Modules named by installed packages in the ``clawstream.agents`` entry-point group."""
+    return [ep.value.split(":")[0] for ep in importlib.metadata.entry_points(
+        group=ENTRY_POINT_GROUP)]
+
+
+def load_registry(settings: Settings) -> Registry:
+    """The built-in examples, then the entry points', then the modules named in settings."""
+    modules = ["clawstream.processors.builtin", *entry_point_modules(),
+               *settings.agent_modules]
+    return register_all(Registry(), list(dict.fromkeys(modules)))
+

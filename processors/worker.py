@@ -1,0 +1,69 @@
+"""The composition root: one worker process, built in one place.
+
+Everything a worker holds (the Faust app, its topics and tables, Redis and inference
+clients, caches, the agent and tool registry, the flag reader, the coordinator and the
+step executors) is made here and handed to whoever needs it; no processor module creates
+state at import. So a module can be imported without side effects, tests can build two
+workers in one process, and the pure rules get their registries passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+import redis.asyncio as aioredis
+
+from clawstream.config import Settings
+from clawstream.inference.client import InferenceClient
+from clawstream.processors import faust_fence
+from clawstream.processors.app import add_pages, create_app, create_tables, create_topics
+from clawstream.processors.caching import Caches
+from clawstream.processors.conversation import Rules
+from clawstream.processors.coordinator import Coordinator
+from clawstream.processors.emit import Emitter
+from clawstream.processors.executors import StepExecutors
+from clawstream.processors.flow.flags import FlagReader
+from clawstream.processors.flow.limiter import PoolAdmission
+from clawstream.processors.ledger import EffectLedger
+from clawstream.processors.policy import Policy
+from clawstream.processors.registry import Registry, ToolResources, load_registry
+
+
+@dataclass(frozen=True)
+class Worker:
+    name: str
+    settings: Settings
+    app: faust.App
+    registry: Registry
+    flag_reader: FlagReader
+    coordinator: Coordinator
+    executors: StepExecutors
+
+
+def build_worker(settings: Settings, name: str, registry: Registry | None = None) -> Worker:
+    """A worker named ``name``; ``registry`` defaults to the built-ins plus
+    ``settings.agent_modules``. Creates clients (they connect lazily) and no threads: the
+    flag reader starts with :meth:`FlagReader.start`, the app with a Faust worker."""
+    faust_fence.install()
+    registry = registry or load_registry(settings)
+    app = create_app(settings, name)
+    topics = create_topics(app)
+    tables = create_tables(app, settings)
+    add_pages(app, name, lambda: faust_fence.recovered(app))
+    emitter = Emitter(app)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    flag_reader = FlagReader(settings.bootstrap_servers, settings.flag_poll_s)
+    inference = InferenceClient(settings.serve_url, timeout=settings.batch_step_timeout_s)
+    caches = Caches(settings, inference)
+    rules = Rules(Policy.from_settings(settings), registry)
+    coordinator = Coordinator(worker_name=name, settings=settings, rules=rules, tables=tables,
+                              emitter=emitter, redis=redis, flags=flag_reader.view)
+    executors = StepExecutors(
+        worker_name=name, settings=settings, emitter=emitter, inference=inference,
+        caches=caches, ledger=EffectLedger(redis),
+        tools=registry.build_tools(ToolResources(settings, redis, caches.embeddings)),
+        admission=PoolAdmission(redis, settings, flag_reader.view), flags=flag_reader.view)
+    coordinator.install(app, topics)
+    executors.install(app, topics)
+    return Worker(name, settings, app, registry, flag_reader, coordinator, executors)

@@ -5,11 +5,21 @@ does not use, and refusing them would break unchanged clients)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import json
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from clawstream.inference.protocol import (
+    MAX_TOOL_ARGUMENTS_CHARS,
+    MAX_TOOL_CALL_ID_CHARS,
+    MAX_TOOL_CALLS,
+    MAX_TOOLS,
+    ToolFunction,
+    ToolName,
+)
 from clawstream.processors.caching.control import MAX_AGE_OPTIONS, NO_CACHE_OPTIONS
+from clawstream.schemas.records import FunctionCall, FunctionSpec, Message, message
 
 AgentName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 ConversationName = Annotated[
@@ -32,11 +42,46 @@ class TextPart(BaseModel):
     text: str
 
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: ToolName
+    arguments: Annotated[str, StringConstraints(max_length=MAX_TOOL_ARGUMENTS_CHARS)] = "{}"
+
+
+class MessageToolCall(BaseModel):
+    """A tool call an assistant message made (the client sends it back with the results)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TOOL_CALL_ID_CHARS)]
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class ToolDefinition(BaseModel):
+    """A tool the client offers the model (OpenAI's ``{"type": "function", "function"}``);
+    checked as the inference app will check it, so a bad one is a 400 here."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: ToolFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Role
     content: str | list[TextPart] | None = None
     name: Annotated[str, StringConstraints(max_length=64)] | None = None
+    tool_calls: list[MessageToolCall] | None = Field(default=None, max_length=MAX_TOOL_CALLS)
+    tool_call_id: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_TOOL_CALL_ID_CHARS)] | None = None
+
+    @model_validator(mode="after")
+    def _role_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only assistant messages carry tool_calls, not {self.role}")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -86,7 +131,14 @@ class ChatCompletionBody(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+
+    @model_validator(mode="after")
+    def _unique_tools(self) -> ChatCompletionBody:
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(names) != len(set(names)):
+            raise ValueError("tools: each tool name once")
+        return self
 
 
 def last_user_text(messages: list[ChatMessage]) -> tuple[str, int]:
@@ -99,3 +151,37 @@ def last_user_text(messages: list[ChatMessage]) -> tuple[str, int]:
         if messages[index].role == "user":
             return messages[index].text(), index
     raise ValueError("no user message")
+
+
+ROLES = {"developer": "system", "function": "tool"}
+"""Roles the model's API does not have, as the ones it does."""
+
+
+def record_messages(messages: list[ChatMessage]) -> list[Message]:
+    """The client's chat as the request event carries it (a governed model call sends it to
+    the model as it is)."""
+    out = []
+    for m in messages:
+        calls: list[FunctionCall] = [
+            {"id": c.id, "name": c.function.name, "arguments_json": c.function.arguments}
+            for c in m.tool_calls or ()]
+        role = ROLES.get(m.role, m.role)
+        out.append(message(role, m.text(), tool_calls=calls,
+                           tool_call_id=m.tool_call_id if role == "tool" else None,
+                           name=m.name or None))
+    return out
+
+
+def record_tools(tools: list[ToolDefinition] | None) -> list[FunctionSpec]:
+    return [{"name": t.function.name, "description": t.function.description,
+             "parameters_json": json.dumps(t.function.parameters, separators=(",", ":"))}
+            for t in tools or ()]
+
+
+def question_text(messages: list[ChatMessage]) -> str:
+    """A governed call's request text (what logs, caches and budgets name it by): the last
+    user message, else the last message with any text."""
+    try:
+        return last_user_text(messages)[0]
+    except ValueError:
+        return next((m.text() for m in reversed(messages) if m.text().strip()), "")

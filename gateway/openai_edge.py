@@ -5,9 +5,12 @@ its final answer as the assistant message. Streaming sends OpenAI's
 ``chat.completion.chunk`` events: the role chunk as soon as the coordinator took the
 request (a rejection still becomes a real 429 before any chunk), the answer's text when
 it is there, then the finish chunk, the usage chunk (``stream_options.include_usage``) and
-``[DONE]``. Token deltas of the model step will feed :func:`_content_chunks` instead of
-the final text, and other ``model`` values will be governed pass-through model calls;
-both keep these shapes.
+``[DONE]``. Any other known ``model`` (a pool, or a pool's model id) is a governed
+pass-through call: the client's messages and tools go through the event flow as one model
+step (lanes, limits, budgets, caches, retries, cost) and the model's tool calls come back
+unchanged (``finish_reason: "tool_calls"``, ``message.tool_calls`` or ``delta.tool_calls``).
+Token deltas of the model step will feed :func:`_content_chunks` instead of the final text,
+in the same shapes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ from pydantic import TypeAdapter
 
 from clawstream.gateway.auth import CallerDep, GatewayDep
 from clawstream.gateway.errors import ApiError, bad_request, not_found
-from clawstream.gateway.models import ChatCompletionBody, ConversationName, last_user_text
+from clawstream.gateway.models import (
+    ChatCompletionBody,
+    ConversationName,
+    last_user_text,
+    question_text,
+    record_messages,
+    record_tools,
+)
 from clawstream.gateway.native import SSE_HEADERS, IdempotencyKey, check_text
 from clawstream.gateway.service import (
     Accepted,
@@ -33,6 +43,7 @@ from clawstream.gateway.service import (
     answer_error,
     deadline_error,
 )
+from clawstream.processors.agents import PASSTHROUGH_PREFIX
 from clawstream.processors.keys import short_hash
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -44,32 +55,38 @@ CREATED = 1_700_000_000
 _CONVERSATION: TypeAdapter[str] = TypeAdapter(ConversationName)
 
 
-def _agent_of(gw: Gateway, model: str) -> str:
-    if not model.startswith(AGENT_PREFIX):
-        raise not_found(f"the model {model!r} does not exist: use agent/<name> "
-                        f"({', '.join(AGENT_PREFIX + a for a in gw.agent_names())})",
-                        code="model_not_found", param="model")
-    agent = model.removeprefix(AGENT_PREFIX)
-    if not gw.has_agent(agent):
-        raise not_found(f"the model {model!r} does not exist", code="model_not_found",
-                        param="model")
-    return agent
+def _target(gw: Gateway, model: str) -> tuple[str, bool]:
+    """The agent a ``model`` names, and whether it is a governed pass-through model call:
+    ``agent/<name>`` is a clawstream agent; a pool or a pool's model id is one model step
+    over the client's chat on that pool (the ``model/<pool>`` pass-through agent)."""
+    if model.startswith(AGENT_PREFIX) and gw.has_agent(model.removeprefix(AGENT_PREFIX)):
+        return model.removeprefix(AGENT_PREFIX), False
+    pool = gw.model_pools().get(model)
+    if pool is not None:
+        return PASSTHROUGH_PREFIX + pool, True
+    known = [AGENT_PREFIX + a for a in gw.agent_names()] + sorted(gw.model_pools())
+    raise not_found(f"the model {model!r} does not exist: use one of {', '.join(known)}",
+                    code="model_not_found", param="model")
 
 
-def _model_card(name: str) -> Record:
-    return {"id": AGENT_PREFIX + name, "object": "model", "created": CREATED,
-            "owned_by": "clawstream"}
+def _model_card(model_id: str) -> Record:
+    return {"id": model_id, "object": "model", "created": CREATED, "owned_by": "clawstream"}
+
+
+def _model_ids(gw: Gateway) -> list[str]:
+    return [AGENT_PREFIX + name for name in gw.agent_names()] + sorted(gw.model_pools())
 
 
 @router.get("/models")
 async def list_models(gw: GatewayDep, _caller: CallerDep) -> JSONResponse:
-    return JSONResponse({"object": "list",
-                         "data": [_model_card(name) for name in gw.agent_names()]})
+    """The agents (``agent/<name>``) and the pools and model ids of governed model calls."""
+    return JSONResponse({"object": "list", "data": [_model_card(m) for m in _model_ids(gw)]})
 
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, gw: GatewayDep, _caller: CallerDep) -> JSONResponse:
-    return JSONResponse(_model_card(_agent_of(gw, model)))
+    _target(gw, model)
+    return JSONResponse(_model_card(model))
 
 
 def _conversation(body: ChatCompletionBody, header: str | None) -> str | None:
@@ -106,19 +123,29 @@ async def chat_completions(
         str | None, Header(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")] = None,
     x_clawstream_deadline_s: Annotated[float | None, Header(gt=0, le=86_400)] = None,
 ) -> JSONResponse | StreamingResponse:
-    """Run ``agent/<name>`` on the last user message. Headers: ``Idempotency-Key``,
-    ``X-Clawstream-Conversation`` (else ``prompt_cache_key``), ``X-Clawstream-User``
-    (else ``user``), ``X-Clawstream-Deadline-S`` (else the lane's default)."""
-    agent = _agent_of(gw, body.model)
-    try:
-        text, index = last_user_text(body.messages)
-    except ValueError:
-        raise bad_request("no user message", param="messages") from None
-    check_text(gw, text, f"messages[{index}].content")
+    """Run ``agent/<name>`` on the last user message, or make a governed model call (any
+    other known ``model``: the client's messages and tools, one model step, tool calls
+    returned as they are). Headers: ``Idempotency-Key``, ``X-Clawstream-Conversation``
+    (else ``prompt_cache_key``), ``X-Clawstream-User`` (else ``user``),
+    ``X-Clawstream-Deadline-S`` (else the lane's default)."""
+    agent, passthrough = _target(gw, body.model)
+    if passthrough:
+        text = check_text(gw, question_text(body.messages), "messages")
+        messages, tools = record_messages(body.messages), record_tools(body.tools)
+        limit = body.max_completion_tokens or body.max_tokens
+        options = {"max_tokens": str(limit)} if limit else {}
+    else:
+        try:
+            text, index = last_user_text(body.messages)
+        except ValueError:
+            raise bad_request("no user message", param="messages") from None
+        check_text(gw, text, f"messages[{index}].content")
+        messages, tools, options = [], [], {}
     accepted = await gw.submit(Ask(
         tenant_id=caller.tenant_id, user_id=body.user or caller.user_id, agent=agent,
         text=text, conversation=_conversation(body, x_clawstream_conversation),
-        deadline_s=x_clawstream_deadline_s, idempotency_key=idempotency_key))
+        deadline_s=x_clawstream_deadline_s, idempotency_key=idempotency_key,
+        options=options, messages=messages, tools=tools))
     try:
         if body.stream:
             return await _start_stream(gw, accepted, body)
@@ -136,13 +163,27 @@ async def chat_completions(
     return JSONResponse(_completion(accepted, body.model, answer), headers=_headers(accepted))
 
 
+def _tool_calls(answer: Record) -> list[Record]:
+    """The model's tool calls, in OpenAI's shape, unchanged (ids, names, arguments)."""
+    return [{"id": c["id"], "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments_json"]}}
+            for c in answer.get("tool_calls") or ()]
+
+
+def _finish_reason(answer: Record) -> str:
+    return "tool_calls" if answer.get("tool_calls") else "stop"
+
+
 def _completion(accepted: Accepted, model: str, answer: Record) -> Record:
+    message: Record = {"role": "assistant", "content": answer["text"], "refusal": None}
+    calls = _tool_calls(answer)
+    if calls:
+        message.update(content=answer["text"] or None, tool_calls=calls)
     return {"id": f"chatcmpl-{accepted.request_id}", "object": "chat.completion",
             "created": int(accepted.request.get("created_at_ms", 0)) // 1000, "model": model,
             "system_fingerprint": None,
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": answer["text"],
-                                     "refusal": None}}],
+            "choices": [{"index": 0, "finish_reason": _finish_reason(answer),
+                         "logprobs": None, "message": message}],
             "usage": _usage(answer)}
 
 
@@ -220,9 +261,14 @@ async def _chunks(gw: Gateway, accepted: Accepted, model: str,
         if error is not None:
             yield _error_event(error)
             return
-        for piece in _content_chunks(answer["text"]):
-            yield _chunk(accepted, model, {"content": piece}, None, include_usage)
-        yield _chunk(accepted, model, {}, "stop", include_usage)
+        calls = _tool_calls(answer)
+        if answer["text"] or not calls:
+            for piece in _content_chunks(answer["text"]):
+                yield _chunk(accepted, model, {"content": piece}, None, include_usage)
+        if calls:
+            yield _chunk(accepted, model, {"tool_calls": [
+                {"index": i, **call} for i, call in enumerate(calls)]}, None, include_usage)
+        yield _chunk(accepted, model, {}, _finish_reason(answer), include_usage)
         if include_usage:
             usage = {"id": f"chatcmpl-{accepted.request_id}", "object": "chat.completion.chunk",
                      "created": int(accepted.request.get("created_at_ms", 0)) // 1000,

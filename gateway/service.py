@@ -24,6 +24,7 @@ from clawstream.gateway.store import RequestStore
 from clawstream.processors.keys import short_hash, tenant_conversation_id
 from clawstream.processors.registry import load_registry
 from clawstream.schemas.names import AGENT_REQUEST
+from clawstream.schemas.records import FunctionSpec, Message
 from clawstream.streams.publisher import AsyncPublisher, PublishError, new_request
 from clawstream.streams.topics import request_topic
 
@@ -51,11 +52,15 @@ class Ask:
     options: dict[str, str] = field(default_factory=dict)
     deadline_s: float | None = None
     idempotency_key: str | None = None
+    messages: list[Message] = field(default_factory=list)
+    """A governed model call's chat, sent to the model as it is."""
+    tools: list[FunctionSpec] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         """What must match when an Idempotency-Key comes again."""
         return short_hash({"agent": self.agent, "text": self.text, "lane": self.lane,
-                           "conversation": self.conversation, "options": self.options})
+                           "conversation": self.conversation, "options": self.options,
+                           "messages": self.messages, "tools": self.tools})
 
 
 @dataclass
@@ -111,7 +116,18 @@ class Gateway:
         return self.registry.agent_names
 
     def has_agent(self, name: str) -> bool:
-        return self.registry.agent(name) is not None
+        spec = self.registry.agent(name)
+        return spec is not None and not spec.passthrough
+
+    def model_pools(self) -> dict[str, str]:
+        """Model ids a client may call through a governed pass-through call -> their pool:
+        each pool by name, and the backend model id serving it where one is set."""
+        pools = {pool: pool for pool in self.registry.pools}
+        for pool in self.registry.pools:
+            spec = self.settings.pools.get(pool)
+            if spec is not None and spec.backend_model:
+                pools.setdefault(spec.backend_model, pool)
+        return pools
 
     async def authenticate(self, key: str) -> KeyInfo | None:
         return await self.keys.lookup(key)
@@ -133,7 +149,7 @@ class Gateway:
             agent=ask.agent, conversation_id=tenant_conversation_id(ask.tenant_id, conversation),
             text=ask.text, idempotency_key=ask.idempotency_key, tenant_id=ask.tenant_id,
             user_id=ask.user_id, lane=ask.lane, deadline_s=ask.deadline_s,
-            options=dict(ask.options)))
+            options=dict(ask.options)), messages=ask.messages, tools=ask.tools)
         if ask.idempotency_key:
             replay = await self._replay(ask, request)
             if replay is not None:

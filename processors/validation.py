@@ -18,7 +18,7 @@ from clawstream.schemas.records import AgentRequest, ReasonKind
 MAX_ID_CHARS = 256
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 FALSY = frozenset({"0", "false", "no", "off", ""})
-POSITIVE_INT_OPTIONS = ("max_steps", "token_budget")
+POSITIVE_INT_OPTIONS = ("max_steps", "token_budget", "max_tokens")
 NON_NEGATIVE_OPTIONS = ("max_cache_age_s", "max-cache-age-s")
 SWITCH_OPTIONS = ("no-cache", "no_cache")
 RESERVED_OPTIONS = ("run",)

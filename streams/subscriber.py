@@ -9,11 +9,12 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from clawstream.schemas import DecodeError, decode, decode_as
 from clawstream.schemas.names import AGENT_ANSWER
-from clawstream.schemas.records import AgentAnswer, WireRecord
+from clawstream.schemas.records import AgentAnswer, AgentRequest, WireRecord
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +147,50 @@ def read_topic(
         consumer.close()
 
 
+ANSWER_CLOCK_SLACK_MS = 5_000
+"""How far before ``since_ms`` an answer is still looked for: the coordinator stamps answers
+with its own clock, which may lag the caller's a little."""
+
+
+def key_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner puts ``key`` on: the publisher and
+    Faust both use it, so a conversation's requests and answers share one partition."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def answer_since(request: AgentRequest) -> int | None:
+    """Where :func:`wait_for_answer` may start for ``request``: its creation time when its
+    idempotency key is its own (new_request's default: it cannot be a repeat); None when the
+    caller gave the key, which may be an old request's."""
+    if request["idempotency_key"] == request["request_id"]:
+        return request["created_at_ms"]
+    return None
+
+
 def wait_for_answer(bootstrap: str, answers_topic: str, *, idempotency_key: str,
-                    conversation_id: str, timeout_s: float = 120.0) -> AgentAnswer | None:
-    """The first answer for ``idempotency_key``: a repeat of a request gets no new answer
-    event, so this reads the conversation's history from the beginning."""
+                    conversation_id: str, timeout_s: float = 120.0,
+                    since_ms: int | None = None) -> AgentAnswer | None:
+    """The first answer for ``idempotency_key``, read from the conversation's one partition
+    only, from ``since_ms`` on (the request's ``created_at_ms`` for a request just
+    published: its answer can only come later) found with the broker's time index, not by
+    reading the topic from the start. ``since_ms`` None is for a key that may be a repeat
+    of an old request (a repeat gets no new answer event): the conversation's partition is
+    then read from its beginning."""
     deadline = time.monotonic() + timeout_s
     consumer = _consumer(bootstrap)
     try:
         metadata = consumer.list_topics(answers_topic, timeout=10.0).topics[answers_topic]
-        consumer.assign([TopicPartition(answers_topic, p, OFFSET_BEGINNING)
-                         for p in metadata.partitions])
+        partition = key_partition(conversation_id, len(metadata.partitions))
+        start = TopicPartition(answers_topic, partition, OFFSET_BEGINNING)
+        if since_ms is not None:
+            # The end first: if nothing is that recent yet, the answer comes after it.
+            _low, high = consumer.get_watermark_offsets(start, timeout=10.0)
+            found = consumer.offsets_for_times(
+                [TopicPartition(answers_topic, partition,
+                                max(0, since_ms - ANSWER_CLOCK_SLACK_MS))], timeout=10.0)[0]
+            start = TopicPartition(answers_topic, partition,
+                                   found.offset if found.offset >= 0 else high)
+        consumer.assign([start])
         while time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is None or msg.error():

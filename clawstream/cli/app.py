@@ -99,7 +99,7 @@ def ask(
 ) -> None:
     """Publish a request and wait for its answer (a repeated key returns the first answer)."""
     from clawstream.streams.publisher import Publisher, new_request, publish_request
-    from clawstream.streams.subscriber import wait_for_answer
+    from clawstream.streams.subscriber import answer_since, wait_for_answer
     from clawstream.streams.topics import ANSWERS
 
     settings = _settings()
@@ -114,7 +114,8 @@ def ask(
     publish_request(publisher, request)
     answer = wait_for_answer(settings.bootstrap_servers, ANSWERS.name,
                              idempotency_key=request["idempotency_key"],
-                             conversation_id=request["conversation_id"], timeout_s=timeout)
+                             conversation_id=request["conversation_id"], timeout_s=timeout,
+                             since_ms=answer_since(request))
     if answer is None:
         console.print(f"[red]no answer within {timeout:.0f}s[/] (request "
                       f"{request['request_id']}); is the worker running? `clawstream status`")

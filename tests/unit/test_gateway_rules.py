@@ -22,6 +22,9 @@ from clawstream.gateway.models import (
     OptionName,
     RequestBody,
     last_user_text,
+    question_text,
+    record_messages,
+    record_tools,
 )
 from clawstream.gateway.openai_edge import _content_chunks
 from clawstream.gateway.service import answer_error
@@ -78,6 +81,37 @@ def test_chat_body_accepts_unknown_openai_fields_and_reads_the_last_user_message
     assert last_user_text(body.messages) == ("second", 2)
     with pytest.raises(ValidationError):
         ChatCompletionBody.model_validate({"model": "m", "n": 2,
+                                           "messages": [{"role": "user", "content": "x"}]})
+
+
+def test_a_governed_calls_chat_and_tools_become_the_request_events_fields() -> None:
+    body = ChatCompletionBody.model_validate({
+        "model": "small",
+        "tools": [{"type": "function", "function": {
+            "name": "get_weather", "parameters": {"type": "object", "properties": {}}}}],
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [{
+                "id": "c1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "3 C"}]})
+    messages = record_messages(body.messages)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
+    assert messages[2]["tool_calls"] == [{"id": "c1", "name": "get_weather",
+                                          "arguments_json": '{"city":"Oslo"}'}]
+    assert messages[3]["tool_call_id"] == "c1" and messages[3]["content"] == "3 C"
+    assert record_tools(body.tools) == [{"name": "get_weather", "description": "",
+                                         "parameters_json": '{"type":"object","properties":{}}'}]
+    assert question_text(body.messages) == "Weather?"
+    for bad in ([{"role": "tool", "content": "no id"}],
+                [{"role": "user", "content": "x", "tool_calls": [
+                    {"id": "c", "function": {"name": "f"}}]}]):
+        with pytest.raises(ValidationError):
+            ChatCompletionBody.model_validate({"model": "small", "messages": bad})
+    twice = {"type": "function", "function": {"name": "f"}}
+    with pytest.raises(ValidationError, match="each tool name once"):
+        ChatCompletionBody.model_validate({"model": "small", "tools": [twice, twice],
                                            "messages": [{"role": "user", "content": "x"}]})
 
 

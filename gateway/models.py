@@ -34,40 +34,41 @@ OptionValue = Annotated[str, StringConstraints(max_length=64)]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
-class TextPart(BaseModel):
-    """A content part; only text is understood (images and audio are refused, by field)."""
+class Lenient(BaseModel):
+    """An OpenAI-shaped object: fields this edge does not read are dropped, not refused."""
 
     model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(Lenient):
+    """A content part; only text is understood (images and audio are refused, by field)."""
+
     type: Literal["text"]
     text: str
 
 
-class CalledFunction(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class CalledFunction(Lenient):
     name: ToolName
     arguments: Annotated[str, StringConstraints(max_length=MAX_TOOL_ARGUMENTS_CHARS)] = "{}"
 
 
-class MessageToolCall(BaseModel):
+class MessageToolCall(Lenient):
     """A tool call an assistant message made (the client sends it back with the results)."""
 
-    model_config = ConfigDict(extra="ignore")
     id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TOOL_CALL_ID_CHARS)]
     type: Literal["function"] = "function"
     function: CalledFunction
 
 
-class ToolDefinition(BaseModel):
+class ToolDefinition(Lenient):
     """A tool the client offers the model (OpenAI's ``{"type": "function", "function"}``);
     checked as the inference app will check it, so a bad one is a 400 here."""
 
-    model_config = ConfigDict(extra="ignore")
     type: Literal["function"]
     function: ToolFunction
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ChatMessage(Lenient):
     role: Role
     content: str | list[TextPart] | None = None
     name: Annotated[str, StringConstraints(max_length=64)] | None = None
@@ -112,15 +113,13 @@ class RequestBody(BaseModel):
         return self
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class StreamOptions(Lenient):
     include_usage: bool | None = None
 
 
-class ChatCompletionBody(BaseModel):
+class ChatCompletionBody(Lenient):
     """``POST /v1/chat/completions``, the fields this edge reads."""
 
-    model_config = ConfigDict(extra="ignore")
     model: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
     stream: bool | None = False

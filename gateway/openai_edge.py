@@ -131,6 +131,10 @@ async def chat_completions(
     agent, passthrough = _target(gw, body.model)
     if passthrough:
         text = check_text(gw, question_text(body.messages), "messages")
+        for index, m in enumerate(body.messages):
+            if len(m.text()) > gw.settings.gateway_max_text_chars:
+                raise bad_request(f"longer than {gw.settings.gateway_max_text_chars} "
+                                  "characters", param=f"messages[{index}].content")
         messages, tools = record_messages(body.messages), record_tools(body.tools)
         limit = body.max_completion_tokens or body.max_tokens
         options = {"max_tokens": str(limit)} if limit else {}

@@ -14,7 +14,13 @@ from clawstream.processors.records import answer
 from clawstream.schemas import encode
 from clawstream.schemas.names import AGENT_ANSWER
 from clawstream.streams.publisher import new_request, now_ms, producer_config
-from clawstream.streams.subscriber import answer_since, consumer, key_partition, wait_for_answer
+from clawstream.streams.subscriber import (
+    ANSWER_CLOCK_SLACK_MS,
+    answer_since,
+    consumer,
+    key_partition,
+    wait_for_answer,
+)
 from clawstream.streams.topics import ANSWERS
 
 pytestmark = pytest.mark.integration
@@ -39,14 +45,16 @@ def test_wait_for_answer_starts_at_the_request_time_on_the_conversations_partiti
                          partition=partition, timestamp=at_ms)
         assert producer.flush(10) == 0
 
-    since = now_ms()
-    send("stale: an answer of an hour ago under the same key", mine, since - 3_600_000)
+    send("stale: an answer of an hour ago under the same key", mine, now_ms() - 3_600_000)
+    # A request made a little later than anything already on the partition (so no earlier
+    # record falls inside the clock slack before its time).
+    since = now_ms() + ANSWER_CLOCK_SLACK_MS + 1_000
     send("decoy: not the conversation's partition", (mine + 1) % partitions, since)
     # Neither is the answer to a request made now: nothing is found ...
     assert wait_for_answer(stack.bootstrap_servers, ANSWERS.name,
                            idempotency_key=request["idempotency_key"],
                            conversation_id=conversation, timeout_s=3, since_ms=since) is None
-    send("fresh", mine, now_ms())
+    send("fresh", mine, since)
     # ... until its answer comes.
     found = wait_for_answer(stack.bootstrap_servers, ANSWERS.name,
                             idempotency_key=request["idempotency_key"],

@@ -22,10 +22,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_ENV = {
     **isolated_env(REPO_ROOT / ".clawstream-bench", {
         "kafka_port": 39092, "kafka_controller_port": 39093, "redis_port": 36379,
-        "ray_port": 36390, "serve_http_port": 38000, "worker_web_port": 36066}),
+        "ray_port": 36390, "serve_http_port": 38000, "worker_web_port": 36066,
+        "gateway_port": 38080}),
     "CLAWSTREAM_INFERENCE_BACKEND": "simulated",
 }
 console = Console()
+# Flow-control limits out of the way: benchmarks of something else (caches, the gateway)
+# must not be paced by the entrance buckets or the tokens/s limiter.
+UNLIMITED = {
+    "CLAWSTREAM_USER_RATE_PER_S": "10000", "CLAWSTREAM_USER_BURST": "10000",
+    "CLAWSTREAM_TENANT_RATE_PER_S": "10000", "CLAWSTREAM_TENANT_BURST": "10000",
+    "CLAWSTREAM_POOLS": json.dumps({"small": {"capacity_tokens_per_s": 1e7, "rank": 0},
+                                    "large": {"capacity_tokens_per_s": 1e7, "rank": 1}}),
+}
 
 
 def pct(values: list[float], q: float) -> float:

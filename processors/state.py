@@ -15,6 +15,7 @@ from clawstream.schemas.records import (
     CacheUsage,
     FunctionCall,
     Message,
+    ReasonKind,
     StepCommand,
     TimelineEntry,
     Usage,
@@ -51,6 +52,7 @@ class Failure(TypedDict):
 
     status: AnswerStatus
     reason: str
+    reason_kind: NotRequired[ReasonKind]
 
 
 class StepRun(TypedDict):

@@ -12,6 +12,8 @@ caller at one broker round trip per message.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -39,6 +41,10 @@ class PublishError(RuntimeError):
     """The broker did not take the message."""
 
 
+class PublisherBusy(PublishError):
+    """The producer's local queue is full: the broker is not keeping up (back off)."""
+
+
 Delivery = Future[None]
 """Settles when the broker acknowledged the record (result ``None``) or gave up on it
 (:class:`PublishError`); ``.result(timeout)`` waits for the ack."""
@@ -51,7 +57,8 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def producer_config(bootstrap: str, linger_ms: int = 2) -> dict[str, Any]:
+def producer_config(bootstrap: str, linger_ms: int = 2,
+                    delivery_timeout_ms: int | None = None) -> dict[str, Any]:
     """The one producer configuration: acks from every replica, idempotent, and Java's
     (and aiokafka's) partitioner: requests must land on the same partition as the results
     Faust produces for that conversation, or co-partitioning breaks."""
@@ -62,6 +69,7 @@ def producer_config(bootstrap: str, linger_ms: int = 2) -> dict[str, Any]:
         "linger.ms": linger_ms,
         "message.max.bytes": get_settings().kafka_max_message_bytes,
         "partitioner": "murmur2_random",
+        **({} if delivery_timeout_ms is None else {"message.timeout.ms": delivery_timeout_ms}),
     }
 
 
@@ -73,8 +81,10 @@ class Publisher:
     room instead of failing.
     """
 
-    def __init__(self, bootstrap: str, *, linger_ms: int = 2) -> None:
-        self._producer = Producer(producer_config(bootstrap, linger_ms))
+    def __init__(self, bootstrap: str, *, linger_ms: int = 2,
+                 delivery_timeout_ms: int | None = None, wait_for_room: bool = True) -> None:
+        self._producer = Producer(producer_config(bootstrap, linger_ms, delivery_timeout_ms))
+        self._wait_for_room = wait_for_room
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve_reports, daemon=True,
                                         name="clawstream-publisher")
@@ -119,7 +129,9 @@ class Publisher:
             try:
                 self._producer.produce(topic, key=key, value=value, on_delivery=report)
                 return delivery
-            except BufferError:
+            except BufferError as exc:
+                if not self._wait_for_room:
+                    raise PublisherBusy("the producer's queue is full") from exc
                 self._producer.poll(_POLL_S)  # queue full: serve reports, then retry
 
     def flush(self, timeout_s: float = DEFAULT_ACK_TIMEOUT_S) -> None:
@@ -144,6 +156,29 @@ class Publisher:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class AsyncPublisher:
+    """The producer for servers: ``publish`` awaits the broker's ack without blocking the
+    event loop, so one process keeps many requests in flight; a full local queue raises
+    :class:`PublisherBusy` at once (the server answers "overloaded") instead of waiting."""
+
+    def __init__(self, bootstrap: str, linger_ms: int = 1,
+                 delivery_timeout_ms: int = 10_000) -> None:
+        self._publisher = Publisher(bootstrap, linger_ms=linger_ms,
+                                    delivery_timeout_ms=delivery_timeout_ms,
+                                    wait_for_room=False)
+
+    async def publish(self, topic: str, key: str, schema: str, record: Mapping[str, Any]
+                      ) -> None:
+        """Encode (raises on a record that does not fit the schema), send, await the ack."""
+        await asyncio.wrap_future(self._publisher.publish(topic, key, schema, record))
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        # Every publish was awaited by the request that made it, which answered its client
+        # with the failure: nothing left to report at shutdown.
+        with contextlib.suppress(PublishError):
+            self._publisher.close(timeout_s)
 
 
 def _default_deadline_s(lane: str) -> float:

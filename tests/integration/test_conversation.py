@@ -10,7 +10,7 @@ import pytest
 from clawstream.config import Settings
 from clawstream.deploy.local import worker as worker_proc
 from clawstream.streams.publisher import Publisher, new_request, publish_request
-from clawstream.streams.subscriber import read_topic, wait_for_answer
+from clawstream.streams.subscriber import answer_since, read_topic, wait_for_answer
 from clawstream.streams.topics import ANSWERS, DLQ, EVENTS, INFERENCE_REQUESTS, REQUESTS_INTERACTIVE
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,8 @@ def _ask(settings: Settings, conversation: str, text: str, key: str | None = Non
         publish_request(publisher, request).result()
     answer = wait_for_answer(settings.bootstrap_servers, ANSWERS.name,
                              idempotency_key=request["idempotency_key"],
-                             conversation_id=conversation, timeout_s=180)
+                             conversation_id=conversation, timeout_s=180,
+                             since_ms=answer_since(request))
     assert answer is not None, f"no answer for {request['request_id']}"
     return answer
 

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     worker = build_worker(settings, args.name)
     worker.flag_reader.start()
+    worker.canary_watcher.start()
     (settings.state_dir / "faust" / args.name).mkdir(parents=True, exist_ok=True)
     ClawstreamWorker(
         worker.app, settings=settings,

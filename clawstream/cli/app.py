@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from clawstream.cli.canary_cli import app as canary_app
 from clawstream.cli.cost_cli import cost as cost_command
 from clawstream.cli.dlq import dlq_app
 from clawstream.cli.flags_cli import app as flags_app
@@ -21,6 +22,7 @@ from clawstream.schemas.records import AgentAnswer, AgentEvent
 app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(flags_app, name="flags")
+app.add_typer(canary_app, name="canary")
 console = Console()
 app.command(name="cost")(cost_command)
 

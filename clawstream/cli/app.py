@@ -13,6 +13,7 @@ from rich.table import Table
 from clawstream.cli.canary_cli import app as canary_app
 from clawstream.cli.cost_cli import cost as cost_command
 from clawstream.cli.dlq import dlq_app
+from clawstream.cli.eval_cli import eval_command
 from clawstream.cli.flags_cli import app as flags_app
 from clawstream.cli.render import decisions_table, print_answer
 from clawstream.config import Settings
@@ -25,6 +26,7 @@ app.add_typer(flags_app, name="flags")
 app.add_typer(canary_app, name="canary")
 console = Console()
 app.command(name="cost")(cost_command)
+app.command(name="eval")(eval_command)
 
 
 def _settings() -> Settings:

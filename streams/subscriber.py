@@ -55,6 +55,18 @@ def read_topic(
         consumer.close()
 
 
+def poll_answer(consumer: Consumer, timeout_s: float) -> AgentAnswer | None:
+    """The next answer the consumer reads within ``timeout_s``; None for nothing, an error
+    or a record that is not an answer."""
+    msg = consumer.poll(timeout_s)
+    if msg is None or msg.error():
+        return None
+    try:
+        return decode_as(AGENT_ANSWER, msg.value())
+    except DecodeError:
+        return None
+
+
 def wait_for_answer(bootstrap: str, answers_topic: str, *, idempotency_key: str,
                     conversation_id: str, timeout_s: float = 120.0) -> AgentAnswer | None:
     """The first answer for ``idempotency_key``: a repeat of a request gets no new answer
@@ -66,12 +78,8 @@ def wait_for_answer(bootstrap: str, answers_topic: str, *, idempotency_key: str,
         consumer.assign([TopicPartition(answers_topic, p, OFFSET_BEGINNING)
                          for p in metadata.partitions])
         while time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            try:
-                record = decode_as(AGENT_ANSWER, msg.value())
-            except DecodeError:
+            record = poll_answer(consumer, 0.2)
+            if record is None:
                 continue
             if (record["conversation_id"] == conversation_id
                     and record["idempotency_key"] == idempotency_key):
@@ -107,12 +115,8 @@ class AnswerCollector:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                msg = self._consumer.poll(0.2)
-                if msg is None or msg.error():
-                    continue
-                try:
-                    record = decode_as(AGENT_ANSWER, msg.value())
-                except DecodeError:
+                record = poll_answer(self._consumer, 0.2)
+                if record is None:
                     continue
                 with self._ready:
                     self._answers.setdefault(record["idempotency_key"], record)

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from clawstream.cli.eval_run import latest_pass_rates
 from clawstream.config import Settings
 from clawstream.processors.canary.rule import Route, parse_route, route_flag
 from clawstream.processors.canary.stats import VersionStats, by_version
@@ -135,14 +136,17 @@ def rollback(agent: str, reason: str = "by hand", by: str = "cli") -> None:
     console.print(f"route.agent.{agent} = {route.rolled_back().format()}")
 
 
-def stats_table(stats: dict[str, VersionStats], route: Route) -> Table:
-    """Per version, side by side: status mix, degraded rate, latency, tokens, cost, cache."""
+def stats_table(stats: dict[str, VersionStats], route: Route,
+                eval_rates: dict[str, float] | None = None) -> Table:
+    """Per version, side by side: status mix, degraded rate, latency, tokens, cost, cache,
+    and the pass rate of its latest stored eval (``clawstream eval --version``)."""
+    rates = eval_rates or {}
     table = Table("version", "role", "requests", "ok", "degraded", "failed",
                   "failed+degraded", "p50 ms", "p95 ms", "tokens / req", "USD / req",
-                  "cache hit rate", title="answers since the rule was set",
+                  "cache hit rate", "eval pass rate", title="answers since the rule was set",
                   title_justify="left")
     order = [v for v in (route.current, route.candidate) if v] + sorted(
-        v for v in stats if v not in (route.current, route.candidate))
+        v for v in {*stats, *rates} if v not in (route.current, route.candidate))
     for version in order:
         s = stats.get(version, VersionStats())
         role = ("candidate" if version == route.candidate else
@@ -152,7 +156,8 @@ def stats_table(stats: dict[str, VersionStats], route: Route) -> Table:
                       str(s.statuses["degraded"]), str(s.statuses["failed"]),
                       f"{s.bad_rate:.1%}", f"{s.p(0.5):.0f}", f"{s.p(0.95):.0f}",
                       f"{s.tokens_per_interaction:.1f}", f"{s.cost_per_interaction:.6f}",
-                      "-" if hit is None else f"{hit:.0%}")
+                      "-" if hit is None else f"{hit:.0%}",
+                      f"{rates[version]:.0%}" if version in rates else "-")
     return table
 
 
@@ -183,7 +188,8 @@ def status(agent: str,
         settings.bootstrap_servers, ANSWERS.name, timeout_s=idle) if n == AGENT_ANSWER)
     stats = by_version(answers, agent, since_ms=route.since_ms,
                        exclude_tenant=settings.eval_tenant)
-    console.print(stats_table(stats, route))
+    console.print(stats_table(stats, route,
+                              latest_pass_rates(settings.state_dir / "evals", agent)))
     everything = (cast(AgentEvent, r) for n, r in read_topic(
         settings.bootstrap_servers, EVENTS.name, timeout_s=idle) if n == AGENT_EVENT)
     events = [e for e in everything

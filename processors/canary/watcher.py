@@ -34,9 +34,8 @@ from clawstream.processors.canary.rule import Route, routes_from
 from clawstream.processors.canary.stats import Thresholds, VersionStats, rollback_reason
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import canary_rollback_key
-from clawstream.schemas import DecodeError, decode_as
-from clawstream.schemas.names import AGENT_ANSWER
 from clawstream.schemas.records import AgentAnswer
+from clawstream.streams.subscriber import poll_answer
 from clawstream.streams.topics import ANSWERS
 
 log = logging.getLogger(__name__)
@@ -144,12 +143,8 @@ class CanaryWatcher:
             if not watched:
                 self._stop.wait(until - time.monotonic())
                 return
-            msg = consumer.poll(min(0.5, max(0.0, until - time.monotonic())))
-            if msg is None or msg.error():
-                continue
-            try:
-                answer = decode_as(AGENT_ANSWER, msg.value())
-            except DecodeError:
+            answer = poll_answer(consumer, min(0.5, max(0.0, until - time.monotonic())))
+            if answer is None:
                 continue
             canary = watched.get(answer["agent"])
             if (canary is not None and answer["answered_at_ms"] >= canary.route.since_ms

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
 import time
 import uuid
@@ -27,6 +28,18 @@ import httpx
 from clawstream.cli.eval_set import EvalSet, Scenario, Turn, cosine, failures, tokens_of
 from clawstream.config import Settings
 from clawstream.schemas.records import AgentAnswer
+
+RATE_LIMIT_RETRIES = 5
+_RETRY_AFTER = re.compile(r"retry after ([0-9.]+) s")
+
+
+def retry_after(answer: AgentAnswer | None) -> float | None:
+    """Seconds to wait when the entrance limits rejected the request (the eval tenant sent
+    faster than its bucket): the runner sends the turn again instead of failing it."""
+    if answer is None or answer["status"] != "rejected":
+        return None
+    found = _RETRY_AFTER.search(answer.get("reason") or "")
+    return min(60.0, float(found.group(1))) if found else None
 
 
 @dataclass
@@ -173,12 +186,18 @@ class Runner:
         marker = f"eval-script-{uuid.uuid4().hex}"
         for turn in scenario.turns:
             text = self._scripted(turn, marker) if turn.script else turn.user
-            request = new_request(agent=agent, conversation_id=conversation, text=text,
-                                  tenant_id=self.settings.eval_tenant, user_id=conversation,
-                                  lane="batch", options=dict(options))
-            publish_request(publisher, request)
-            answer = collector.wait(request["idempotency_key"],
-                                    self.settings.eval_answer_timeout_s)
+            for _ in range(RATE_LIMIT_RETRIES + 1):
+                request = new_request(agent=agent, conversation_id=conversation, text=text,
+                                      tenant_id=self.settings.eval_tenant,
+                                      user_id=conversation, lane="batch",
+                                      options=dict(options))
+                publish_request(publisher, request)
+                answer = collector.wait(request["idempotency_key"],
+                                        self.settings.eval_answer_timeout_s)
+                wait_s = retry_after(answer)
+                if wait_s is None:
+                    break
+                time.sleep(wait_s)  # the eval tenant's entrance limit: not a verdict
             if answer is None:
                 turns.append(TurnResult(turn.user, "none", "", [
                     f"no answer within {self.settings.eval_answer_timeout_s:.0f} s"],

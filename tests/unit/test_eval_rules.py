@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from clawstream.cli.eval_run import EvalReport, ScenarioResult, TurnResult, latest_pass_rates
+from clawstream.cli.eval_run import (
+    EvalReport,
+    ScenarioResult,
+    TurnResult,
+    latest_pass_rates,
+    retry_after,
+)
 from clawstream.cli.eval_set import EvalSet, Expect, SetError, cosine, failures, load_set
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,3 +108,11 @@ def test_the_report_adds_up_and_the_latest_pass_rate_per_version_is_kept(
 def test_a_set_without_an_agent_takes_it_from_the_command_line() -> None:
     assert EvalSet.model_validate({"scenarios": [{"name": "a", "turns": [{"user": "x"}]}]
                                    }).agent is None
+
+
+def test_a_rate_limited_turn_is_sent_again_after_the_wait_it_was_told() -> None:
+    limited = {**_answer(status="rejected"), "reason": "tenant eval over its limit; "
+               "retry after 1.25 s"}
+    assert retry_after(limited) == 1.25
+    assert retry_after({**limited, "reason": "unknown agent 'x'"}) is None
+    assert retry_after(_answer()) is None and retry_after(None) is None

@@ -34,22 +34,15 @@ def _settings() -> Settings:
 
 
 @app.command()
-def up(workers: Annotated[bool, typer.Option(help="Start the Faust worker too.")] = True) -> None:
-    """Start the local stack (Kafka, Redis, Ray Serve + model, worker); idempotent."""
+def up(workers: Annotated[bool, typer.Option(help="Start the Faust workers too.")] = True
+       ) -> None:
+    """Start the local stack (Kafka, Redis, Ray Serve + model, topics, workers); idempotent."""
     from clawstream.deploy.local import RichProgress, StackError
     from clawstream.deploy.local import up as stack_up
-    from clawstream.deploy.local import worker as worker_proc
-    from clawstream.streams.admin import ensure_topics
 
     settings = _settings()
     try:
-        stack_up(settings, with_workers=False, progress=RichProgress(console))
-        created = ensure_topics(settings.bootstrap_servers, settings.partitions,
-                               settings.app_id)
-        if created:
-            console.print(f"created topics: {', '.join(created)}")
-        if workers:
-            worker_proc.start(settings, 0)
+        stack_up(settings, with_workers=workers, progress=RichProgress(console))
     except StackError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
@@ -107,8 +100,8 @@ def ask(
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    publisher = Publisher(settings.bootstrap_servers)
-    publish_request(publisher, request)
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result(timeout)  # acked before we wait
     answer = wait_for_answer(settings.bootstrap_servers, ANSWERS.name,
                              idempotency_key=request["idempotency_key"],
                              conversation_id=request["conversation_id"], timeout_s=timeout)

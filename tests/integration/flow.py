@@ -4,7 +4,9 @@ timeout fails the test); nothing sleeps."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -20,7 +22,8 @@ Record = dict[str, Any]
 
 def send(settings: Settings, **fields: Any) -> Record:
     request = new_request(**fields)
-    publish_request(Publisher(settings.bootstrap_servers), request)
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result()
     return request
 
 
@@ -91,3 +94,16 @@ def same_partition_ids(prefix: str, partitions: int, count: int) -> list[str]:
     ids = [f"{prefix}-{i}" for i in range(count * partitions * 8)]
     target = partition(ids[0])
     return [i for i in ids if partition(i) == target][:count]
+
+
+def await_in_file(path: Path, offset: int, text: str, timeout_s: float = 30) -> None:
+    """Follow a log file past ``offset`` until ``text`` appears (the worker logs it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.is_file():
+            with path.open("rb") as f:
+                f.seek(offset)
+                if text.encode() in f.read():
+                    return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in {path}")

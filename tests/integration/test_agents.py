@@ -94,9 +94,9 @@ def test_a_validation_error_goes_back_to_the_model_which_corrects_its_call(
 
 def test_max_steps_ends_the_loop_degraded_with_what_the_agent_has(worker: Settings) -> None:
     marker = _marker()
-    # different calls each turn: the same calls again would be stopped as a loop first
-    loop = [_calls(("shout", {"text": f"again {n}"})) for n in range(5)]
-    _script(worker, marker, {**loop[0], "text": "still working"}, *loop[1:])
+    # Different arguments each turn: the same calls again would be stopped as a loop.
+    turns = [_calls(("shout", {"text": f"again {n}"})) for n in range(5)]
+    _script(worker, marker, {**turns[0], "text": "still working"}, *turns[1:])
     answer = ask(worker, agent="team-helpdesk", conversation_id=f"max-{uuid.uuid4().hex[:8]}",
                  text=f"keep going {marker}")
     assert answer["status"] == "degraded" and "limit of 6 steps" in answer["reason"]

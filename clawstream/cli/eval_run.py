@@ -160,8 +160,8 @@ class Runner:
         run_id = uuid.uuid4().hex[:10]
         started = time.monotonic()
         started_at_ms = int(time.time() * 1000)
-        publisher = Publisher(self.settings.bootstrap_servers)
-        with AnswerCollector(self.settings.bootstrap_servers, ANSWERS.name) as collector, \
+        with Publisher(self.settings.bootstrap_servers) as publisher, \
+                AnswerCollector(self.settings.bootstrap_servers, ANSWERS.name) as collector, \
                 ThreadPoolExecutor(self.settings.eval_concurrency) as pool:
             results = list(pool.map(
                 lambda item: self._scenario(item[1], f"eval-{run_id}-{item[0]}", agent,
@@ -191,7 +191,7 @@ class Runner:
                                       tenant_id=self.settings.eval_tenant,
                                       user_id=conversation, lane="batch",
                                       options=dict(options))
-                publish_request(publisher, request)
+                publish_request(publisher, request).result()  # acked before awaiting
                 answer = collector.wait(request["idempotency_key"],
                                         self.settings.eval_answer_timeout_s)
                 wait_s = retry_after(answer)

@@ -41,5 +41,6 @@ def apply_route(bootstrap: str, agent: str, route: Route, kind: str, by: str,
     """Publish the rule (acked) and then its event."""
     flag = set_flag(bootstrap, route_flag(agent), route.format(), by)
     record = canary_event(kind, agent, route, by, int(time.time() * 1000), detail)
-    Publisher(bootstrap).publish(EVENTS.name, f"canary:{agent}", AGENT_EVENT, record)
+    with Publisher(bootstrap) as publisher:
+        publisher.publish(EVENTS.name, f"canary:{agent}", AGENT_EVENT, record).result()
     return flag, record

@@ -57,13 +57,13 @@ def _until_routed(settings: Settings, agent: str, share: float, version: str,
 def _converse(settings: Settings, agent: str, ids: list[str], tenant: str,
               text: str = "hi") -> dict[str, Record]:
     """One request in each conversation, all sent at once; their answers by conversation."""
-    publisher = Publisher(settings.bootstrap_servers)
     keys: dict[str, str] = {}
-    for cid in ids:
-        request = new_request(agent=agent, conversation_id=cid, text=text, tenant_id=tenant,
-                              user_id=cid, lane="batch")
-        publish_request(publisher, request)
-        keys[request["idempotency_key"]] = cid
+    with Publisher(settings.bootstrap_servers) as publisher:  # closing waits for the acks
+        for cid in ids:
+            request = new_request(agent=agent, conversation_id=cid, text=text,
+                                  tenant_id=tenant, user_id=cid, lane="batch")
+            publish_request(publisher, request)
+            keys[request["idempotency_key"]] = cid
     answers: dict[str, Record] = {}
 
     def collect(_name: str, record: Any) -> bool:

@@ -389,6 +389,36 @@ class Settings(BaseSettings):
         "long, so proxies keep the connection.")
     gateway_max_poll_wait_s: float = Field(
         default=60.0, gt=0, description="Longest ``?wait=`` of GET /v1/requests/{id}.")
+
+    # Safe change (issue 17): regression sets (`clawstream eval`) and canaries of agent
+    # versions (`clawstream canary`, processors/canary/).
+    eval_tenant: str = Field(
+        default="eval", description="The tenant an eval's requests run as (batch lane), kept "
+        "out of the live figures of `canary status` and of the rollback watcher.")
+    eval_concurrency: int = Field(default=8, ge=1, description="Scenarios an eval runs at once.")
+    eval_answer_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long an eval waits for one answer.")
+    eval_min_pass_rate: float = Field(
+        default=1.0, ge=0.0, le=1.0,
+        description="`clawstream eval` exits 1 when a run passes fewer scenarios than this.")
+    canary_watch: bool = Field(
+        default=True, description="Workers watch canaries and roll a failing candidate back.")
+    canary_watch_interval_s: float = Field(
+        default=2.0, gt=0, description="How often the watcher judges the canaries.")
+    canary_max_error_margin: float = Field(
+        default=0.10, ge=0.0,
+        description="Roll back when the candidate's failed+degraded rate is above the current "
+        "version's by more than this (absolute: 0.10 = ten points).")
+    canary_p95_margin: float = Field(
+        default=0.5, ge=0.0,
+        description="Roll back when the candidate's p95 latency is above the current "
+        "version's by more than this fraction (0.5 = 50 % slower) ...")
+    canary_p95_min_delta_ms: float = Field(
+        default=250.0, ge=0.0, description="... and by at least this many milliseconds.")
+    canary_min_sample: int = Field(
+        default=30, ge=1,
+        description="Requests each version must have run before the watcher judges.")
+
     # Sizes (issue 11): every record stays well under Kafka's message limit, so a large
     # request is refused at the entrance instead of breaking a state write later.
     max_request_chars: int = Field(

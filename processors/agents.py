@@ -67,6 +67,9 @@ class AgentSpec:
     task_class: str = "chat"
     """Picks the model pool (settings.task_pools): short interface messages -> small model,
     research and reports -> large."""
+    candidate: bool = False
+    """A version declared beside the live one, for a canary: it gets work only from a
+    routing rule (``clawstream canary``) or a request's ``agent_version`` option."""
 
 
 PASSTHROUGH_PREFIX = "model/"
@@ -89,6 +92,12 @@ class Catalog(Protocol):
     """What the coordinator's rules may look up: declarations only, no clients, no I/O
     (:class:`clawstream.processors.registry.Registry` is the one a worker builds)."""
 
-    def agent(self, name: str) -> AgentSpec | None: ...
+    def agent(self, name: str, version: str | None = None) -> AgentSpec | None:
+        """A version of the agent; None: its live (non-candidate) version."""
+        ...
+
+    def versions(self, name: str) -> tuple[str, ...]:
+        """The agent's versions, the live one first; empty for an unknown agent."""
+        ...
 
     def tool_spec(self, name: str) -> ToolSpec | None: ...

@@ -24,7 +24,11 @@ class Agent:
     ``model`` is the task class that picks the model pool (``chat``, ``research``, ...:
     ``CLAWSTREAM_TASK_POOLS``); ``max_steps`` and ``token_budget`` bound one request
     (past them the answer is ``degraded`` with what the agent has so far); ``plan`` makes it
-    a fixed pipeline instead of letting the model decide."""
+    a fixed pipeline instead of letting the model decide.
+
+    Several versions of one agent may be declared side by side (the same ``name``, another
+    ``version``): exactly one is live, the others say ``candidate=True`` and get work only
+    from a routing rule (``clawstream canary set``) or an eval (``--version``)."""
 
     name: str
     instructions: str
@@ -39,6 +43,7 @@ class Agent:
     step_timeout_s: float | None = None
     cache_ttl_s: float | None = None
     plan: tuple[Step, ...] | None = None
+    candidate: bool = False
     tool_objects: tuple[Tool, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -57,4 +62,4 @@ class Agent:
                          temperature=self.temperature,
                          context_exchanges=self.context_exchanges,
                          step_timeout_s=self.step_timeout_s, cache_ttl_s=self.cache_ttl_s,
-                         task_class=self.model)
+                         task_class=self.model, candidate=self.candidate)

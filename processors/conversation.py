@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from clawstream.processors import admission
 from clawstream.processors.agents import AgentSpec
 from clawstream.processors.caching.report import merge_records
+from clawstream.processors.canary.routing import route_request
 from clawstream.processors.keys import canonical_json
 from clawstream.processors.policy import Policy, retry_delay_ms
 from clawstream.processors.records import (
@@ -57,7 +58,9 @@ from clawstream.processors.tools.base import INVALID_ARGUMENTS
 from clawstream.processors.turns import (
     PlanError,
     Rules,
+    active_agent,
     context,
+    context_kept,
     deciding,
     model_turn,
     new_run,
@@ -104,7 +107,7 @@ def needs_gate(dedup: DedupEntry | None, req: AgentRequest, rules: Rules) -> boo
 
 
 def _agent(rules: Rules, active: ActiveRequest) -> AgentSpec:
-    agent = rules.catalog.agent(active["request"]["agent"])
+    agent = active_agent(rules.catalog, active)
     assert agent is not None  # checked when the request started
     return agent
 
@@ -189,24 +192,24 @@ def _duplicate(conv: Conversation, dedup: DedupEntry, req: AgentRequest, now_ms:
 
 def _start(conv: Conversation, req: AgentRequest, run: int, now_ms: int, rules: Rules
            ) -> Decision:
-    agent = rules.catalog.agent(req["agent"])
+    routed = route_request(conv, req, now_ms, rules)  # which version of the agent
+    agent = routed.agent
     if agent is None:
-        return Decision(conv, _reject_unknown_agent(req, now_ms))
+        return Decision(conv, _reject_unknown_agent(req, now_ms, routed.problem))
     active: ActiveRequest = {
         "request": req, "run": run, "step_index": 0, "steps": [],
         "transcript": context(agent, conv, req, rules.policy) if deciding(agent) else [],
         "taken": 0, "notes": None, "last_output": "", "timeline": [], "usage": empty_usage(),
-        "effects": [], "failure": None}
+        "effects": [], "failure": None, "agent_version": agent.version}
     conv["active"] = active
     if now_ms >= req["deadline_ms"]:
         return _finish(conv, active, agent, "failed", "",
-                       "deadline passed before the request started", now_ms, rules, [],
-                       reason_kind="deadline")
-    return _next_turn(conv, active, agent, now_ms, rules, [])
+                       "deadline passed before the request started", now_ms, rules,
+                       routed.outputs, reason_kind="deadline")
+    return _next_turn(conv, active, agent, now_ms, rules, routed.outputs)
 
 
-def _reject_unknown_agent(req: AgentRequest, now_ms: int) -> list[Output]:
-    reason = f"unknown agent {req['agent']!r}"
+def _reject_unknown_agent(req: AgentRequest, now_ms: int, reason: str) -> list[Output]:
     return [answer(req, "rejected", "", reason, now_ms, "none", reason_kind="unknown_agent"),
             event("request_rejected", now_ms, about(req), detail={"reason": reason})]
 
@@ -606,7 +609,7 @@ def _finish(conv: Conversation, active: ActiveRequest, agent: AgentSpec, status:
         exchange: Exchange = {"request_id": req["request_id"], "user": req["text"],
                               "assistant": text}
         archive.append((req["conversation_id"], exchange))
-        _remember(conv, exchange, agent, rules.policy)
+        _remember(conv, exchange, agent, req, rules.policy)
     conv["active"] = None
     while conv["waiting"] and conv["active"] is None:
         nxt = conv["waiting"].pop(0)
@@ -617,8 +620,8 @@ def _finish(conv: Conversation, active: ActiveRequest, agent: AgentSpec, status:
     return Decision(conv, outputs, archive=archive)
 
 
-def _remember(conv: Conversation, exchange: Exchange, agent: AgentSpec, policy: Policy
-              ) -> None:
+def _remember(conv: Conversation, exchange: Exchange, agent: AgentSpec, req: AgentRequest,
+              policy: Policy) -> None:
     """Keep the exchange for the next prompts, bounded: only as many exchanges as a prompt
     takes, each side cut to ``context_exchange_chars`` (the recall archive has it whole),
     so the conversation's state does not grow with its length."""
@@ -630,7 +633,7 @@ def _remember(conv: Conversation, exchange: Exchange, agent: AgentSpec, policy: 
     conv["exchanges"].append({"request_id": exchange["request_id"],
                               "user": cut(exchange["user"]),
                               "assistant": cut(exchange["assistant"])})
-    kept = max(policy.context_exchanges, agent.context_exchanges or 0)
+    kept = max(policy.context_exchanges, context_kept(agent, req, policy))
     del conv["exchanges"][:-kept]
 
 
@@ -732,7 +735,7 @@ def abort(conv: Conversation, reason: str, now_ms: int, rules: Rules) -> Decisio
     active["request"] = {**active["request"], "text": "", "messages": []}
     active["transcript"] = []
     active["steps"] = []
-    agent = rules.catalog.agent(active["request"]["agent"])
+    agent = active_agent(rules.catalog, active)
     if agent is None:
         return hard_abort(conv, reason, now_ms)
     outputs = [event("request_aborted", now_ms, about(active["request"]),

@@ -28,6 +28,7 @@ from faust.exceptions import PartitionsMismatch
 
 from clawstream.config import Settings
 from clawstream.processors.app import WorkerTables, WorkerTopics
+from clawstream.processors.canary.routing import with_routes
 from clawstream.processors.conversation import (
     Decision,
     Rules,
@@ -101,7 +102,7 @@ class Coordinator:
                  flags: Callable[[], FlagView]) -> None:
         self.worker_name = worker_name
         self.settings = settings
-        self.rules = rules
+        self._rules = rules
         self.conversations = tables.conversations
         self.request_dedup = tables.request_dedup
         self.emitter = emitter
@@ -113,6 +114,11 @@ class Coordinator:
         self._sweeps = 0
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
+
+    @property
+    def rules(self) -> Rules:
+        """The rules with the routing rules the flags hold now (canaries, promotions)."""
+        return with_routes(self._rules, self.flags().values)
 
     def install(self, app: faust.App, topics: WorkerTopics) -> None:
         """Register the coordinator's agents and sweep timer on ``app``."""

@@ -56,6 +56,11 @@ def admissions_key(pool: str) -> str:
     return f"clawstream:admissions:{pool}"
 
 
+def canary_rollback_key(agent: str, candidate: str, since_ms: int) -> str:
+    """Claimed by the one worker that rolls a canary back (every worker watches it)."""
+    return f"clawstream:canary:rollback:{agent}:{candidate}:{since_ms}"
+
+
 def ledger_key(step_id: str) -> str:
     """The side-effect ledger's entry for one step (all its attempts share it)."""
     return f"ledger:{step_id}"

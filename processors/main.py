@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     wait_for_broker(settings.bootstrap_servers)
     worker = build_worker(settings, args.name)
     worker.flag_reader.start()
+    worker.canary_watcher.start()
     (settings.state_dir / "faust" / args.name).mkdir(parents=True, exist_ok=True)
     ClawstreamWorker(
         worker.app, settings=settings,

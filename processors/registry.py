@@ -47,13 +47,17 @@ ToolFactory = Callable[[ToolResources], Tool]
 
 class Registry:
     def __init__(self) -> None:
-        self._agents: dict[str, AgentSpec] = {}
+        self._agents: dict[str, dict[str, AgentSpec]] = {}
+        """Agent name -> version -> declaration, in the order they were added."""
         self._tools: dict[str, tuple[ToolSpec, ToolFactory]] = {}
 
     def add_agent(self, spec: AgentSpec) -> None:
-        if spec.name in self._agents:
-            raise RegistryError(f"agent {spec.name!r} is registered twice")
-        self._agents[spec.name] = spec
+        """One version of an agent; several versions of a name may live side by side."""
+        versions = self._agents.setdefault(spec.name, {})
+        if spec.version in versions:
+            raise RegistryError(f"agent {spec.name!r} version {spec.version!r} is registered "
+                                "twice")
+        versions[spec.version] = spec
 
     def add_tool(self, spec: ToolSpec, factory: ToolFactory) -> None:
         if spec.name in self._tools:
@@ -75,8 +79,27 @@ class Registry:
             return  # the same tool, named by two agents
         self.add_tool(tool.spec, lambda _resources: tool)
 
-    def agent(self, name: str) -> AgentSpec | None:
-        return self._agents.get(name)
+    def agent(self, name: str, version: str | None = None) -> AgentSpec | None:
+        """A version of the agent; None: its live version (the one not marked candidate)."""
+        versions = self._agents.get(name)
+        if not versions:
+            return None
+        if version is not None:
+            return versions.get(version)
+        return next((s for s in versions.values() if not s.candidate),
+                    next(iter(versions.values())))
+
+    def _live(self, name: str) -> AgentSpec:
+        live = self.agent(name)
+        assert live is not None  # every name registered has a version
+        return live
+
+    def versions(self, name: str) -> tuple[str, ...]:
+        """The agent's versions, the live one first."""
+        live = self.agent(name)
+        if live is None:
+            return ()
+        return (live.version, *(v for v in self._agents[name] if v != live.version))
 
     def tool_spec(self, name: str) -> ToolSpec | None:
         entry = self._tools.get(name)
@@ -85,32 +108,50 @@ class Registry:
     @property
     def agent_names(self) -> list[str]:
         """The team's agents (the pass-through ones are listed as :attr:`pools`)."""
-        return sorted(name for name, spec in self._agents.items() if not spec.passthrough)
+        return sorted(name for name in self._agents
+                      if not self._live(name).passthrough)
 
     @property
     def pools(self) -> list[str]:
         """The model pools a client may call directly (governed pass-through calls)."""
-        return sorted(spec.task_class for spec in self._agents.values() if spec.passthrough)
+        return sorted(spec.task_class for spec in self._specs() if spec.passthrough)
 
     def build_tools(self, resources: ToolResources) -> dict[str, Tool]:
         return {name: factory(resources) for name, (_, factory) in self._tools.items()}
 
+    def _specs(self) -> list[AgentSpec]:
+        return [spec for versions in self._agents.values() for spec in versions.values()]
+
     def check(self) -> None:
-        """Every tool an agent names, and every compensation, is registered."""
+        """Every tool an agent names, and every compensation, is registered; an agent
+        declared in several versions has exactly one live version."""
         missing = [f"agent {a.name!r} uses unknown tool {name!r}"
-                   for a in self._agents.values()
+                   for a in self._specs()
                    for name in [*a.tools, *(s.tool for s in a.plan or ()
                                             if isinstance(s, ToolStep))]
                    if name not in self._tools]
         missing += [f"agent {a.name!r} offers tool {name!r} to its model, but models take "
                     "only names of letters, digits, _ and - (at most 64)"
-                    for a in self._agents.values() if a.plan is None for name in a.tools
+                    for a in self._specs() if a.plan is None for name in a.tools
                     if not NAME.match(name)]
+        missing += [_live_problem(name, list(versions.values()))
+                    for name, versions in self._agents.items()
+                    if sum(not s.candidate for s in versions.values()) != 1]
         missing += [f"tool {spec.name!r} names unknown compensation {spec.compensation!r}"
                     for spec, _ in self._tools.values()
                     if spec.compensation and spec.compensation not in self._tools]
         if missing:
             raise RegistryError("; ".join(missing))
+
+
+def _live_problem(name: str, versions: list[AgentSpec]) -> str:
+    live = [s.version for s in versions if not s.candidate]
+    if not live:
+        return (f"agent {name!r} has only candidate versions "
+                f"({', '.join(s.version for s in versions)}): declare one without "
+                "candidate=True, the version it runs when no canary says otherwise")
+    return (f"agent {name!r} has several live versions ({', '.join(live)}): mark all but "
+            "one candidate=True")
 
 
 def register_module(registry: Registry, module: ModuleType) -> None:

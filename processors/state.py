@@ -89,6 +89,8 @@ class ActiveRequest(TypedDict):
     effects: list[Effect]
     failure: Failure | None
     cache: NotRequired[list[CacheUsage]]
+    agent_version: NotRequired[str]
+    """The version of the agent this request runs (routing picked it when it started)."""
 
 
 class Spent(TypedDict):
@@ -106,6 +108,9 @@ class Conversation(TypedDict):
     flow_spent: NotRequired[Spent]
     flow_degraded: NotRequired[dict[str, list[str]]]
     """Request id -> why flow control degraded its answer (cut steps, rerouted pools)."""
+    agent_versions: NotRequired[dict[str, str]]
+    """Agent name -> the version this conversation was routed to: it stays on it while the
+    routing rule still names that version (``processors/canary/routing.py``)."""
 
 
 class DedupEntry(TypedDict):

@@ -15,7 +15,8 @@ Two kinds of agent:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from clawstream.processors.agents import (
     PASSTHROUGH_MAX_TOKENS,
@@ -25,6 +26,7 @@ from clawstream.processors.agents import (
     ToolStep,
 )
 from clawstream.processors.caching.control import control_for_request
+from clawstream.processors.canary.rule import Route
 from clawstream.processors.keys import canonical_json
 from clawstream.processors.policy import Policy
 from clawstream.processors.records import step_command
@@ -47,11 +49,14 @@ MAX_TOOL_OUTPUT_CHARS = 16_000
 @dataclass(frozen=True)
 class Rules:
     """What the rules consult besides the state, the event and the time: the retry and
-    budget policy and the catalog of agents and tools. Passed in, never read from globals,
-    so the same events replay to the same outputs on any worker."""
+    budget policy, the catalog of agents and tools, and the routing rules of the control
+    topic (which version new conversations get). Passed in, never read from globals, so
+    the same events replay to the same outputs on any worker."""
 
     policy: Policy
     catalog: Catalog
+    routes: Mapping[str, Route] = field(default_factory=dict)
+    """Agent name -> its routing rule (canary), from the flags when the event is handled."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,20 @@ class PlanError:
 def new_run(cmd: StepCommand) -> StepRun:
     return {"cmd": cmd, "retry_at_ms": None, "attempts": [], "output": None,
             "tool_calls": []}
+
+
+def active_agent(catalog: Catalog, active: ActiveRequest) -> AgentSpec | None:
+    """The version of its agent the request runs (chosen when it started); the live
+    version if that one is no longer deployed."""
+    name = active["request"]["agent"]
+    return catalog.agent(name, active.get("agent_version")) or catalog.agent(name)
+
+
+def context_kept(agent: AgentSpec, req: AgentRequest, policy: Policy) -> int:
+    """Exchanges the prompt keeps: the request's ``context_exchanges`` option (an eval
+    measuring trimming), else the agent's own setting, else the runtime's."""
+    wanted = req["options"].get("context_exchanges")
+    return int(wanted) if wanted else agent.context_exchanges or policy.context_exchanges
 
 
 def deciding(agent: AgentSpec) -> bool:
@@ -88,7 +107,7 @@ def context(agent: AgentSpec, conv: Conversation, req: AgentRequest, policy: Pol
     messages = [message("system", agent.system_prompt)]
     if req["messages"]:
         return messages + [m for m in req["messages"] if m["role"] != "system"]
-    kept = agent.context_exchanges or policy.context_exchanges
+    kept = context_kept(agent, req, policy)
     for ex in conv["exchanges"][-kept:]:
         messages += [message("user", ex["user"]), message("assistant", ex["assistant"])]
     return [*messages, message("user", req["text"])]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from clawstream.processors.canary.rule import VERSION
 from clawstream.processors.policy import Policy
 from clawstream.schemas.records import AgentRequest, ReasonKind
 
@@ -23,6 +24,9 @@ NON_NEGATIVE_OPTIONS = ("max_cache_age_s", "max-cache-age-s")
 SWITCH_OPTIONS = ("no-cache", "no_cache")
 RESERVED_OPTIONS = ("run",)
 """Set by the coordinator itself on queued requests; a client may not."""
+MAX_CONTEXT_EXCHANGES = 64
+"""The most exchanges a request may ask its prompt to keep (``context_exchanges``): each
+is kept in the conversation's state, which must stay small."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,18 @@ def request_problem(req: AgentRequest, policy: Policy) -> str | None:
     return option_problem(req["options"])
 
 
+def _version_problems(options: dict[str, str]) -> str | None:
+    """An eval's options: which version of the agent, how much context."""
+    version = options.get("agent_version")
+    if version is not None and not VERSION.match(version):
+        return f"option agent_version is not a version, got {version[:80]!r}"
+    raw = options.get("context_exchanges")
+    if raw is not None and not (raw.isdigit() and 1 <= int(raw) <= MAX_CONTEXT_EXCHANGES):
+        return (f"option context_exchanges must be an integer 1-{MAX_CONTEXT_EXCHANGES}, "
+                f"got {raw[:80]!r}")
+    return None
+
+
 def option_problem(options: dict[str, str]) -> str | None:
     for name in RESERVED_OPTIONS:
         if name in options:
@@ -76,6 +92,9 @@ def option_problem(options: dict[str, str]) -> str | None:
             if not (math.isfinite(seconds) and seconds >= 0):
                 return (f"option {name} must be a number of seconds >= 0, got "
                         f"{options[name]!r}")
+    problem = _version_problems(options)
+    if problem is not None:
+        return problem
     for name in SWITCH_OPTIONS:
         if name in options and options[name].strip().lower() not in TRUTHY | FALSY:
             return f"option {name} must be true or false, got {options[name]!r}"

@@ -19,6 +19,7 @@ from clawstream.inference.client import InferenceClient
 from clawstream.processors import faust_fence
 from clawstream.processors.app import add_pages, create_app, create_tables, create_topics
 from clawstream.processors.caching import Caches
+from clawstream.processors.canary.watcher import CanaryWatcher
 from clawstream.processors.conversation import Rules
 from clawstream.processors.coordinator import Coordinator
 from clawstream.processors.emit import Emitter
@@ -39,6 +40,8 @@ class Worker:
     flag_reader: FlagReader
     coordinator: Coordinator
     executors: StepExecutors
+    canary_watcher: CanaryWatcher
+    """Rolls a failing canary back (starts with :meth:`CanaryWatcher.start`)."""
 
 
 def inference_client(settings: Settings) -> InferenceClient:
@@ -60,7 +63,8 @@ def inference_client(settings: Settings) -> InferenceClient:
 def build_worker(settings: Settings, name: str, registry: Registry | None = None) -> Worker:
     """A worker named ``name``; ``registry`` defaults to the built-ins plus
     ``settings.agent_modules``. Creates clients (they connect lazily) and no threads: the
-    flag reader starts with :meth:`FlagReader.start`, the app with a Faust worker."""
+    flag reader and the canary watcher start with their ``start``, the app with a Faust
+    worker."""
     faust_fence.install()
     registry = registry or load_registry(settings)
     app = create_app(settings, name)
@@ -82,4 +86,5 @@ def build_worker(settings: Settings, name: str, registry: Registry | None = None
         admission=PoolAdmission(redis, settings, flag_reader.view), flags=flag_reader.view)
     coordinator.install(app, topics)
     executors.install(app, topics)
-    return Worker(name, settings, app, registry, flag_reader, coordinator, executors)
+    watcher = CanaryWatcher(settings, registry, flag_reader.view, name)
+    return Worker(name, settings, app, registry, flag_reader, coordinator, executors, watcher)

@@ -10,8 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from clawstream.cli.canary_cli import app as canary_app
 from clawstream.cli.cost_cli import cost as cost_command
 from clawstream.cli.dlq import dlq_app
+from clawstream.cli.eval_cli import eval_command
 from clawstream.cli.flags_cli import app as flags_app
 from clawstream.cli.keys_cli import app as keys_app
 from clawstream.cli.render import decisions_table, print_answer
@@ -23,8 +25,10 @@ app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_i
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(flags_app, name="flags")
 app.add_typer(keys_app, name="keys")
+app.add_typer(canary_app, name="canary")
 console = Console()
 app.command(name="cost")(cost_command)
+app.command(name="eval")(eval_command)
 
 
 def _settings() -> Settings:

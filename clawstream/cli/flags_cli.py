@@ -12,7 +12,8 @@ from rich.table import Table
 from clawstream.config import Settings
 
 app = typer.Typer(help="Runtime flags: degrade, kill.tool.*, kill.pool.*, rate.pool.*, "
-                  "limit.user.*, limit.tenant.*, budget.tenant.*", no_args_is_help=True)
+                  "limit.user.*, limit.tenant.*, budget.tenant.*, route.agent.*",
+                  no_args_is_help=True)
 console = Console()
 
 

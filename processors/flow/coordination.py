@@ -39,6 +39,7 @@ from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.flow.pools import NoPoolAvailable, route
 from clawstream.processors.records import Output
 from clawstream.processors.state import ActiveRequest, Conversation, Exchange
+from clawstream.processors.turns import active_agent
 from clawstream.schemas.records import (
     AgentAnswer,
     AgentRequest,
@@ -87,7 +88,7 @@ def _cut_reason(conv: Conversation, active: ActiveRequest, cmd: StepCommand,
 
 def _expensive(active: ActiveRequest, cmd: StepCommand, rules: Rules) -> bool:
     """The agent's plan marks the step expensive."""
-    agent = rules.catalog.agent(active["request"]["agent"])
+    agent = active_agent(rules.catalog, active)
     plan = agent.plan if agent else None
     index = cmd["step_index"]
     return bool(plan and index < len(plan) and plan[index].expensive)
@@ -118,7 +119,7 @@ def count_result(conv: Conversation | None, res: StepResult) -> None:
 
 def _route_model(conv: Conversation, active: ActiveRequest, cmd: StepCommand, out: Output,
                  settings: Settings, flags: FlagView, rules: Rules) -> Output | str:
-    agent = rules.catalog.agent(active["request"]["agent"])
+    agent = active_agent(rules.catalog, active)
     task_class = agent.task_class if agent else "chat"
     try:
         chosen = route(task_class, settings, flags)

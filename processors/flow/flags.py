@@ -13,7 +13,9 @@ Names (values are strings; ``on``/``off`` for switches):
 - ``kill.tool.<tool>`` / ``kill.pool.<pool>``: turn one tool or one model pool off;
 - ``rate.pool.<pool>``: tokens/s of a pool's limiter (overrides capacity x (1 - headroom));
 - ``limit.user.<id>`` / ``limit.tenant.<id>``: entrance bucket ``rate/burst`` (requests/s);
-- ``budget.tenant.<id>``: ``tokens/cost_usd`` a tenant may spend per budget window.
+- ``budget.tenant.<id>``: ``tokens/cost_usd`` a tenant may spend per budget window;
+- ``route.agent.<name>``: which version of an agent new conversations get, and a canary's
+  share (``processors/canary/rule.py``; ``clawstream canary`` writes it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from clawstream.processors.canary.rule import ROUTE_PREFIX, parse_route
 from clawstream.schemas import DecodeError, decode_as
 from clawstream.schemas.names import CONTROL_FLAG
 from clawstream.schemas.records import ControlFlag
@@ -54,8 +57,12 @@ def validate(name: str, value: str) -> None:
         if float(first) <= 0 or float(second) <= 0:
             raise ValueError(f"{name}: expected two positive numbers a/b, got {value!r}")
         return
+    if name.startswith(ROUTE_PREFIX) and len(name) > len(ROUTE_PREFIX):
+        parse_route(value)
+        return
     raise ValueError(f"unknown flag {name!r}: known are degrade, kill.tool.*, kill.pool.*, "
-                     "rate.pool.*, limit.user.*, limit.tenant.*, budget.tenant.*")
+                     "rate.pool.*, limit.user.*, limit.tenant.*, budget.tenant.*, "
+                     "route.agent.*")
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from clawstream.processors.agents import AgentSpec, Step
+from clawstream.processors.agents import AgentSpec, FanOut, Step, SubAgent
 from clawstream.processors.tools.base import Tool, ToolContext
 from clawstream.processors.tools.functions import FunctionTool, tool
 
-__all__ = ["Agent", "FunctionTool", "ToolContext", "tool"]
+__all__ = ["Agent", "FanOut", "FunctionTool", "SubAgent", "ToolContext", "tool"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,13 @@ class Agent:
     ``model`` is the task class that picks the model pool (``chat``, ``research``, ...:
     ``CLAWSTREAM_TASK_POOLS``); ``max_steps`` and ``token_budget`` bound one request
     (past them the answer is ``degraded`` with what the agent has so far); ``plan`` makes it
-    a fixed pipeline instead of letting the model decide."""
+    a fixed pipeline instead of letting the model decide.
+
+    ``subagents`` are the agents its model may hand tasks to (a ``delegate`` function, next
+    to its tools); each child runs as a request of its own, inside this request's deadline
+    and budget (``token_budget``, ``cost_budget_usd``), at most ``max_fanout`` at once and
+    ``max_depth`` levels deep. A plan can fan out declaratively with a
+    :class:`~clawstream.processors.agents.FanOut` step."""
 
     name: str
     instructions: str
@@ -39,6 +45,11 @@ class Agent:
     step_timeout_s: float | None = None
     cache_ttl_s: float | None = None
     plan: tuple[Step, ...] | None = None
+    description: str = ""
+    subagents: Sequence[SubAgent | str] = ()
+    max_fanout: int = 8
+    max_depth: int = 2
+    cost_budget_usd: float | None = None
     tool_objects: tuple[Tool, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -57,4 +68,8 @@ class Agent:
                          temperature=self.temperature,
                          context_exchanges=self.context_exchanges,
                          step_timeout_s=self.step_timeout_s, cache_ttl_s=self.cache_ttl_s,
-                         task_class=self.model)
+                         task_class=self.model, description=self.description,
+                         subagents=tuple(s if isinstance(s, SubAgent) else SubAgent(s)
+                                         for s in self.subagents),
+                         max_fanout=self.max_fanout, max_depth=self.max_depth,
+                         cost_budget_usd=self.cost_budget_usd)

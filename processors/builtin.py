@@ -10,6 +10,9 @@ from __future__ import annotations
 import ast
 import operator
 from collections.abc import Callable
+from typing import Annotated
+
+from pydantic import Field
 
 from clawstream.processors.agents import ModelStep, ToolArguments, ToolStep
 from clawstream.processors.api import Agent, tool
@@ -24,8 +27,13 @@ _OPERATORS: dict[type, Callable[..., float]] = {
     ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
+Arithmetic = Annotated[str, Field(pattern=r"^[0-9][0-9+*/%(). -]{0,79}$",
+                                  description="digits and + - * / // % ** ( ) only")]
+"""The grammar of the local model follows the pattern: it can only write arithmetic."""
+
+
 @tool(cache_params=("expression",), cache_ttl_s=900)
-def calculate(expression: str) -> str:
+def calculate(expression: Arithmetic) -> str:
     """Evaluate an arithmetic expression exactly: numbers, + - * / // % ** and parentheses,
     e.g. "(17 + 4) * 3". Use it for any arithmetic instead of guessing."""
 

@@ -328,6 +328,10 @@ def _turn_done(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_
     if agent.passthrough or not calls:
         return _finish(conv, active, agent, "ok", text, None, now_ms, rules, outputs,
                        tool_calls=calls if agent.passthrough else [])
+    if _repeats_last_calls(active, calls):
+        return _stop_at_limit(conv, active, agent, "the model asked for the same tool calls "
+                              "again (a loop): answering with what it has", now_ms, rules,
+                              outputs)
     active["transcript"].append(message("assistant", text, tool_calls=calls))
     limit = _limit_reached(active, agent, len(calls))
     if limit is not None:
@@ -338,6 +342,25 @@ def _turn_done(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_
     if all(run["output"] is not None for run in runs):  # every call refused at once
         return _turn_done(conv, active, agent, now_ms, rules, decision.outputs)
     return decision
+
+
+def _repeats_last_calls(active: ActiveRequest, calls: list[FunctionCall]) -> bool:
+    """The model asks for exactly the calls (tools and arguments) whose results it was just
+    given: with greedy decoding it would ask again forever."""
+    last = next((m for m in reversed(active["transcript"]) if m["role"] == "assistant"), None)
+
+    def shape(items: list[FunctionCall]) -> list[tuple[str, str]]:
+        return [(c["name"], canonical_json(_parsed(c["arguments_json"]))) for c in items]
+
+    return last is not None and bool(last["tool_calls"]) and shape(last["tool_calls"]) == \
+        shape(calls)
+
+
+def _parsed(arguments_json: str) -> object:
+    try:
+        return json.loads(arguments_json)
+    except ValueError:
+        return arguments_json
 
 
 def _decision(active: ActiveRequest, agent: AgentSpec, run: StepRun, now_ms: int) -> Output:

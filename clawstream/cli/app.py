@@ -114,8 +114,9 @@ def ask(
         raise typer.Exit(1)
     print_answer(console, answer)
     if decisions and sum(e["step_type"] == "model" for e in answer["timeline"]) > 1:
-        console.print(decisions_table(_decisions(settings, answer["conversation_id"],
-                                                 answer["request_id"])))
+        made = _decisions(settings, answer["conversation_id"], answer["request_id"])
+        if made:
+            console.print(decisions_table(made))
 
 
 def _decisions(settings: Settings, conversation_id: str, request_id: str) -> list[AgentEvent]:

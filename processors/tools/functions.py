@@ -81,7 +81,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
         tool_name = name or fn.__name__
         if not NAME.match(tool_name):
             raise ValueError(f"tool name {tool_name!r}: letters, digits, _ and -, at most 64")
-        hints = get_type_hints(fn)
+        hints = get_type_hints(fn, include_extras=True)
         fields: dict[str, Any] = {}
         context_param = None
         for param in inspect.signature(fn).parameters.values():

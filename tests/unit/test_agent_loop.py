@@ -228,3 +228,16 @@ def test_a_state_from_the_release_before_goes_on() -> None:
     assert upgraded["active"]["steps"][0]["cmd"] == run["cmd"]
     done = on_result(upgraded, _result(run["cmd"], "fine"), 5, RULES)
     assert _commands(done, ANSWERS.name)[0]["text"] == "fine"
+
+
+def test_a_model_that_repeats_its_last_calls_is_stopped_with_what_it_has() -> None:
+    decision = _start()
+    for turn in range(2):
+        [model] = _commands(decision, INFERENCE_REQUESTS.name)
+        call = _call(f"c{turn}", "add", {"b": 3, "a": 2} if turn else {"a": 2, "b": 3})
+        decision = on_result(decision.conversation, _result(model, calls=[call]), 3, RULES)
+        for cmd in _commands(decision, TOOL_REQUESTS.name):
+            decision = on_result(decision.conversation, _result(cmd, "5"), 4, RULES)
+    [answer] = _commands(decision, ANSWERS.name)
+    assert answer["status"] == "degraded" and "same tool calls again" in answer["reason"]
+    assert answer["text"] == "Partial results: 5"

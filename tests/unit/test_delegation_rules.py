@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from clawstream.processors import delegation
+from clawstream.processors.agents import FanOut, ModelStep
 from clawstream.processors.api import Agent, tool
 from clawstream.processors.conversation import (
     Decision,
@@ -39,12 +40,16 @@ LEAD = Agent(name="lead", instructions="Delegate.", tools=[note],
              subagents=["helper", "lead"], max_fanout=3, max_depth=1, token_budget=10_000)
 HELPER = Agent(name="helper", instructions="Help.", description="Answers one question.",
                tools=[note])
+PANEL = Agent(name="panel", instructions="Sum up.",
+              plan=(FanOut(("helper",), tasks=lambda req: ["first", "second"], quorum=1),
+                    ModelStep()))
 
 
 def _registry() -> Registry:
     registry = Registry()
     registry.add(LEAD)
     registry.add(HELPER)
+    registry.add(PANEL)
     registry.check()
     return registry
 
@@ -219,3 +224,17 @@ def test_the_registry_refuses_sub_agents_it_does_not_know() -> None:
     registry.add(Agent(name="orphan", instructions="x", subagents=["ghost"]))
     with pytest.raises(RegistryError, match="unknown agent 'ghost'"):
         registry.check()
+
+
+def test_a_declared_fan_out_with_a_quorum_of_one_takes_the_first_good_answer() -> None:
+    req = new_request(agent="panel", conversation_id="panel", text="q", deadline_s=60)
+    start = on_request(None, None, req, req["created_at_ms"], RULES, "t/0/1")
+    first, second = _out(start, AGENT_REQUEST)
+    assert (first["text"], second["text"]) == ("first", "second")
+    back = _answer_child(second, "the second was quicker", tokens=7)
+    decision = on_result(start.conversation, back, T0, RULES)
+    [cancel] = _out(decision, CANCEL)
+    assert cancel["request_id"] == first["request_id"]
+    [model] = _out(decision, topic=INFERENCE_REQUESTS.name)  # the plan goes on
+    prompt = " ".join(m["content"] for m in model["model_call"]["messages"])
+    assert "[helper] the second was quicker" in prompt

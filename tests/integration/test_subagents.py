@@ -8,27 +8,25 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 
 from clawstream.config import Settings
 from clawstream.deploy.local import worker as worker_proc
 from clawstream.streams.topics import ANSWERS, INFERENCE_REQUESTS
-from tests.integration.flow import answer_to, ask, events_of, has_event, records_of, send
+from tests.integration.flow import (
+    answer_to,
+    ask,
+    events_of,
+    has_event,
+    records_of,
+    script,
+    script_marker,
+    send,
+)
 
 pytestmark = pytest.mark.integration
 
 PLANNER, RESEARCHER = "team-planner", "team-researcher"
-
-
-def _marker() -> str:
-    return f"script-{uuid.uuid4().hex}"
-
-
-def _script(settings: Settings, marker: str, *turns: dict[str, Any]) -> None:
-    response = httpx.post(f"{settings.serve_url}/script",
-                          json={"marker": marker, "turns": list(turns)}, timeout=10)
-    assert response.status_code in (200, 204), response.text
 
 
 def _delegate(agent: str, task: str) -> dict[str, Any]:
@@ -44,9 +42,9 @@ def _tool_messages(settings: Settings, conversation: str, turn: int) -> list[str
 def _researchers(settings: Settings, count: int, delay_ms: float = 0) -> list[str]:
     """``count`` scripted researchers: each answers ``fact i`` after ``delay_ms``; their
     markers, which the planner puts in the tasks it hands them."""
-    markers = [_marker() for _ in range(count)]
+    markers = [script_marker() for _ in range(count)]
     for i, marker in enumerate(markers):
-        _script(settings, marker, {"text": f"fact {i}", "delay_ms": delay_ms})
+        script(settings, marker, {"text": f"fact {i}", "delay_ms": delay_ms})
     return markers
 
 
@@ -61,9 +59,9 @@ def _answers_of(settings: Settings, conversation: str) -> list[dict[str, Any]]:
 
 def test_a_fan_out_to_three_runs_them_concurrently_and_joins_with_the_trees_usage(
         worker: Settings) -> None:
-    marker, conversation = _marker(), f"fan-{uuid.uuid4().hex[:8]}"
+    marker, conversation = script_marker(), f"fan-{uuid.uuid4().hex[:8]}"
     children = _researchers(worker, 3, delay_ms=1500)
-    _script(worker, marker,
+    script(worker, marker,
             {"tool_calls": [_delegate(RESEARCHER, f"question {i} {m}")
                             for i, m in enumerate(children)]},
             {"text": "joined"})
@@ -97,16 +95,16 @@ def test_a_fan_out_to_three_runs_them_concurrently_and_joins_with_the_trees_usag
 
 def test_past_the_depth_and_width_limits_the_model_reads_a_clear_error(
         worker: Settings) -> None:
-    marker, sub, conversation = _marker(), _marker(), f"lim-{uuid.uuid4().hex[:8]}"
+    marker, sub, conversation = script_marker(), script_marker(), f"lim-{uuid.uuid4().hex[:8]}"
     children = _researchers(worker, 4)
     # The planner asks for 5 sub-agents (its max_fanout is 4): another planner and four
     # researchers; the other planner (depth 1, the limit) tries to delegate once more.
-    _script(worker, marker,
+    script(worker, marker,
             {"tool_calls": [_delegate(PLANNER, f"plan deeper {sub}"),
                             *[_delegate(RESEARCHER, f"q {m}") for m in children]]},
             {"text": "limits seen"})
     deep = _researchers(worker, 1)[0]
-    _script(worker, sub, {"tool_calls": [_delegate(RESEARCHER, f"too deep {deep}")]},
+    script(worker, sub, {"tool_calls": [_delegate(RESEARCHER, f"too deep {deep}")]},
             {"text": "could not go deeper"})
     answer = ask(worker, agent=PLANNER, conversation_id=conversation, text=f"plan {marker}")
     assert (answer["status"], answer["text"]) == ("ok", "limits seen"), answer["reason"]
@@ -121,9 +119,9 @@ def test_past_the_depth_and_width_limits_the_model_reads_a_clear_error(
 
 def test_a_failing_child_is_a_failed_step_whose_reason_the_model_reads(
         worker: Settings) -> None:
-    marker, bad, conversation = _marker(), _marker(), f"bad-{uuid.uuid4().hex[:8]}"
-    _script(worker, bad, {"text": "never", "error": {"status": 400}})
-    _script(worker, marker, {"tool_calls": [_delegate(RESEARCHER, f"fail {bad}")]},
+    marker, bad, conversation = script_marker(), script_marker(), f"bad-{uuid.uuid4().hex[:8]}"
+    script(worker, bad, {"text": "never", "error": {"status": 400}})
+    script(worker, marker, {"tool_calls": [_delegate(RESEARCHER, f"fail {bad}")]},
             {"text": "the researcher failed"})
     answer = ask(worker, agent=PLANNER, conversation_id=conversation, text=f"plan {marker}")
     assert (answer["status"], answer["text"]) == ("ok", "the researcher failed")
@@ -137,9 +135,9 @@ def test_a_failing_child_is_a_failed_step_whose_reason_the_model_reads(
 
 def test_a_worker_sigkill_mid_fan_out_answers_every_child_and_the_parent_once(
         worker: Settings) -> None:
-    marker, conversation = _marker(), f"kill-{uuid.uuid4().hex[:8]}"
+    marker, conversation = script_marker(), f"kill-{uuid.uuid4().hex[:8]}"
     children = _researchers(worker, 3, delay_ms=3000)
-    _script(worker, marker,
+    script(worker, marker,
             {"tool_calls": [_delegate(RESEARCHER, f"q{i} {m}") for i, m in enumerate(children)]},
             {"text": "survived"})
     request = send(worker, agent=PLANNER, conversation_id=conversation, text=f"go {marker}")

@@ -28,6 +28,7 @@ from clawstream.schemas import encode
 from clawstream.schemas.names import AGENT_REQUEST, CANCEL, STEP_RESULT
 from clawstream.streams.publisher import new_request
 from clawstream.streams.topics import ANSWERS, INFERENCE_REQUESTS, RESULTS
+from tests.unit.test_agent_loop import _result
 
 
 @tool
@@ -65,21 +66,6 @@ def _out(decision: Decision, schema: str | None = None, topic: str | None = None
         encode(o.schema, o.record)  # every record is valid on the wire
     return [dict(o.record) for o in outputs
             if (schema is None or o.schema == schema) and (topic is None or o.topic == topic)]
-
-
-def _result(cmd: dict[str, Any], output: str = "", *, calls: list[dict[str, str]] = (),
-            tokens: int = 10, error: dict[str, Any] | None = None) -> Any:
-    return {
-        "step_id": cmd["step_id"], "step_index": cmd["step_index"],
-        "step_type": cmd["step_type"], "attempt": cmd["attempt"],
-        "request_id": cmd["request_id"], "conversation_id": cmd["conversation_id"],
-        "trace_id": cmd["trace_id"], "status": "error" if error else "ok", "output": output,
-        "error": error, "worker": "w", "issued_at_ms": cmd["issued_at_ms"],
-        "started_at_ms": T0, "finished_at_ms": T0 + 1, "cache_hit": False, "model": "small",
-        "backend": "b", "usage": {"prompt_tokens": tokens, "completion_tokens": 5,
-                                  "cost_usd": 0.0, "saved_tokens": 0, "saved_cost_usd": 0.0},
-        "cache": [], "tool_calls": list(calls), "finish_reason": None,
-        "answer": None, "effects": []}
 
 
 def _delegate(cid: str, agent: str, task: str) -> dict[str, str]:

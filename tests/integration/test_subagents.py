@@ -1,7 +1,8 @@
 """Sub-agents on the real stack (issue 15): a planner's model delegates (the ``delegate``
 function) to researchers, each a child request run by its own conversation's coordinator,
 joined by the parent; limits and a failing child come back to the model as tool errors;
-a worker SIGKILL in the middle of a fan-out answers every child and the parent once."""
+a parent that fails cancels its running child; a worker SIGKILL in the middle of a fan-out
+answers every child and the parent once."""
 
 from __future__ import annotations
 
@@ -160,3 +161,23 @@ def test_a_worker_sigkill_mid_fan_out_answers_every_child_and_the_parent_once(
         requests = {e["request_id"] for e in events_of(worker, child)}
         assert len(requests) == 1  # no second child for a redelivered delegation
     assert len(records_of(worker, ANSWERS.name, conversation)) == 1
+
+
+def test_a_parent_that_fails_cancels_its_running_child_which_stops_between_steps(
+        worker: Settings) -> None:
+    marker, slow, conversation = script_marker(), script_marker(), f"cxl-{uuid.uuid4().hex[:8]}"
+    script(worker, slow, {"delay_ms": 5000, "tool_calls": [
+        {"name": "shout", "arguments": {"text": "never"}}]}, {"text": "never either"})
+    script(worker, marker, {"tool_calls": [
+        _delegate(RESEARCHER, f"slow {slow}"),
+        {"name": "fault_fail", "arguments": {"retryable": False, "message": "parent breaks"}}]})
+    answer = ask(worker, agent=PLANNER, conversation_id=conversation, text=f"go {marker}")
+    assert answer["status"] == "failed" and "parent breaks" in answer["reason"]
+    [entry] = _children(answer)
+    assert entry["status"] == "cancelled"
+    [child] = records_of(worker, ANSWERS.name, entry["conversation_id"],
+                         until=lambda found: bool(found))
+    assert child["status"] == "failed" and "cancelled" in child["reason"]
+    # Its model step in flight finished (if it had started); the tool it asked for never ran.
+    assert [e["step_type"] for e in child["timeline"]] in ([], ["model"])
+    assert has_event("request_cancelled")(events_of(worker, entry["conversation_id"]))

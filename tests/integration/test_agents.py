@@ -85,8 +85,9 @@ def test_a_validation_error_goes_back_to_the_model_which_corrects_its_call(
 
 def test_max_steps_ends_the_loop_degraded_with_what_the_agent_has(worker: Settings) -> None:
     marker = script_marker()
-    loop = _calls(("shout", {"text": "again"}))
-    script(worker, marker, {**loop, "text": "still working"}, loop, loop, loop, loop)
+    # Each turn asks for something new (the same calls twice in a row end as a loop).
+    loops = [_calls(("shout", {"text": f"again {turn}"})) for turn in range(5)]
+    script(worker, marker, {**loops[0], "text": "still working"}, *loops[1:])
     answer = ask(worker, agent="team-helpdesk", conversation_id=f"max-{uuid.uuid4().hex[:8]}",
                  text=f"keep going {marker}")
     assert answer["status"] == "degraded" and "limit of 6 steps" in answer["reason"]

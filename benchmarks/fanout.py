@@ -65,12 +65,17 @@ def fan_out(settings: Any, width: int, child_ms: float) -> dict[str, float]:
 
 
 def main(runs: int = 5, widths: str = "1,4,16,64", child_ms: float = 1000.0,
-         keep_stack: bool = False) -> None:
+         dispatch_concurrency: int = 64, keep_stack: bool = False) -> None:
+    """``dispatch_concurrency``: model calls in flight per worker (the setting's default,
+    4, makes 16 children run in four waves: the model pool's cap, not the fan-out's)."""
     sizes = [int(w) for w in widths.split(",")]
     results: dict[int, list[dict[str, float]]] = {w: [] for w in sizes}
-    with bench_stack(env=ENV, keep=keep_stack) as settings:
+    env = {**ENV, "CLAWSTREAM_DISPATCH_CONCURRENCY": str(dispatch_concurrency),
+           "CLAWSTREAM_INFERENCE_MAX_QUEUED_REQUESTS": "128"}
+    with bench_stack(env=env, keep=keep_stack) as settings:
         console.print(f"[bold]bench fanout[/]: widths {widths}, {runs} runs each, scripted "
-                      f"model: each child {child_ms:g} ms")
+                      f"model: each child {child_ms:g} ms; {dispatch_concurrency} model "
+                      "calls in flight per worker")
         fan_out(settings, 1, child_ms)  # warm-up: first use of every topic
         for _ in range(runs):
             for width in sizes:

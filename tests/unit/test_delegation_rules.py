@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from clawstream.processors import delegation
-from clawstream.processors.agents import FanOut, ModelStep
+from clawstream.processors.agents import FanOut, ModelStep, SubAgent
 from clawstream.processors.api import Agent, tool
 from clawstream.processors.conversation import (
     Decision,
@@ -41,6 +41,8 @@ LEAD = Agent(name="lead", instructions="Delegate.", tools=[note],
              subagents=["helper", "lead"], max_fanout=3, max_depth=1, token_budget=10_000)
 HELPER = Agent(name="helper", instructions="Help.", description="Answers one question.",
                tools=[note])
+RETRIER = Agent(name="retrier", instructions="Delegate.",
+                subagents=[SubAgent("helper", attempts=2)])
 PANEL = Agent(name="panel", instructions="Sum up.",
               plan=(FanOut(("helper",), tasks=lambda req: ["first", "second"], quorum=1),
                     ModelStep()))
@@ -51,6 +53,7 @@ def _registry() -> Registry:
     registry.add(LEAD)
     registry.add(HELPER)
     registry.add(PANEL)
+    registry.add(RETRIER)
     registry.check()
     return registry
 
@@ -224,3 +227,29 @@ def test_a_declared_fan_out_with_a_quorum_of_one_takes_the_first_good_answer() -
     [model] = _out(decision, topic=INFERENCE_REQUESTS.name)  # the plan goes on
     prompt = " ".join(m["content"] for m in model["model_call"]["messages"])
     assert "[helper] the second was quicker" in prompt
+
+
+def test_a_failed_child_is_retried_as_a_new_child_up_to_its_attempts() -> None:
+    req = new_request(agent="retrier", conversation_id="retry", text="q", deadline_s=60)
+    decision, _ = _fan_out(_delegate("a", "helper", "find x"), req=req)
+    [first] = _out(decision, AGENT_REQUEST)
+    now = first["created_at_ms"]
+    start = on_request(None, None, first, now, RULES, "t/1/1")  # type: ignore[arg-type]
+    [model] = _out(start, topic=INFERENCE_REQUESTS.name)
+    down = {"error_class": "InputRejected", "message": "no", "retryable": False,
+            "retry_after_ms": None, "infrastructure": False}
+    [back] = _out(on_result(start.conversation, _result(model, error=down), now, RULES),
+                  STEP_RESULT)
+    waiting = on_result(decision.conversation, back, now + 1, RULES)
+    assert not _out(waiting, AGENT_REQUEST) and not _out(waiting, topic=ANSWERS.name)
+    retry_at = waiting.conversation["active"]["steps"][0]["retry_at_ms"]  # type: ignore[index]
+    assert retry_at is not None
+    retried = on_wakeup(waiting.conversation, retry_at, RULES)
+    [second] = _out(retried, AGENT_REQUEST)
+    assert second["request_id"] != first["request_id"]
+    assert second["parent_step_id"] == first["parent_step_id"]
+    assert second["delegation"]["parent_attempt"] == 2
+    joined = on_result(retried.conversation, _answer_child(second, "found", 3), now + 2, RULES)
+    [again] = _out(joined, topic=INFERENCE_REQUESTS.name)
+    assert [m["content"] for m in again["model_call"]["messages"] if m["role"] == "tool"] == [
+        "found"]

@@ -41,13 +41,11 @@ def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
     from clawstream.config import get_settings
     from clawstream.deploy.local import RichProgress, down, up
     from clawstream.deploy.local import worker as worker_proc
-    from clawstream.streams.admin import ensure_topics
 
     get_settings.cache_clear()
     settings = Settings()
     down(settings, purge=True)  # a fresh stack: no topics, tables or Redis keys of a last run
     up(settings, with_workers=False, progress=RichProgress(console), redeploy=True)
-    ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id)
     for index in range(workers):
         worker_proc.start(settings, index)
     try:

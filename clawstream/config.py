@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 9093
     kafka_heap: str = "768m"
     partitions: int = 4
+    topic_retention_ms: dict[str, int] = Field(
+        default_factory=dict,
+        description="Retention per topic name in ms (-1 = forever), over the catalogue's "
+        "defaults in streams/topics.py (answers and events forever, work queues 7 days, "
+        "dead letters 90 days). Applied when topics are created, and by `up` to existing ones.")
 
     # Redis
     redis_port: int = 6379
@@ -180,6 +185,16 @@ class Settings(BaseSettings):
     worker_count: int = Field(
         default=1, description="Faust workers `up` starts; worker i serves on web port + i."
     )
+    worker_restart_backoff_s: float = Field(
+        default=0.5, description="A supervisor starts a worker that exited on a failure "
+        "again after this long, doubled for each quick failure in a row.")
+    worker_restart_backoff_cap_s: float = Field(default=30.0, description="Longest backoff.")
+    worker_restart_healthy_s: float = Field(
+        default=30.0, description="A worker that ran at least this long before it exited was "
+        "not crash-looping: the count of quick failures and the backoff start over.")
+    worker_restart_limit: int = Field(
+        default=5, ge=0, description="Quick failures in a row after which the supervisor "
+        "gives up (a crash loop); `clawstream status` shows it, `up` starts it again.")
     rocksdb_block_cache_mb: int = 8
     worker_session_timeout_s: float = Field(
         default=10.0,
@@ -190,10 +205,15 @@ class Settings(BaseSettings):
 
     worker_stall_timeout_s: float = Field(
         default=30.0, gt=0,
-        description="A partition of the coordinator's topics with records waiting and no "
-        "commit for this long means the worker is wedged: it replaces itself "
+        description="Records waiting this long on a partition of the coordinator's topics "
+        "(from when they were first seen waiting) with no progress mean the worker is "
+        "wedged: it replaces itself "
         "(processors/stall.py). Well above Faust's commit interval (2.8 s) and a rebalance.",
     )
+
+    log_repeat_interval_s: float = Field(
+        default=10.0, description="A worker logs a repeated warning or error once per this "
+        "interval, with the count of the repeats it dropped (0 = every line).")
 
     # Contracts: time budgets and retries (processors/policy.py turns them into decisions)
     interactive_step_timeout_s: float = Field(
@@ -264,6 +284,14 @@ class Settings(BaseSettings):
     user_burst: float = 10.0
     tenant_rate_per_s: float = Field(default=20.0, description="Requests/s per tenant.")
     tenant_burst: float = 40.0
+    entrance_clock_skew_s: float = Field(
+        default=5.0, ge=0, description="Entrance limits count a request at its created time; "
+        "a created time later than Redis' clock by more than this counts as that clock plus "
+        "this (a client's clock may be ahead, but cannot book future windows).")
+    entrance_reorder_s: float = Field(
+        default=120.0, gt=0, description="How far behind a client's newest admitted request "
+        "another may arrive and still be counted at its own time (after an outage partitions "
+        "catch up at different speeds); older ones count at this bound.")
     pools: dict[str, PoolSpec] = Field(
         default_factory=lambda: {
             "small": PoolSpec(capacity_tokens_per_s=1200.0, rank=0),

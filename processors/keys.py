@@ -32,8 +32,13 @@ def dedup_key(tenant_id: str, conversation_id: str, idempotency_key: str) -> str
 
 # Redis keys of flow control (processors/flow/), one prefix each.
 def bucket_key(kind: str, name: str) -> str:
-    """A token bucket: ``kind`` is user, tenant or pool (entrance limits, tokens/s)."""
+    """A token bucket: ``kind`` is pool (the tokens/s limiter)."""
     return f"clawstream:bucket:{kind}:{name}"
+
+
+def arrivals_key(kind: str, name: str) -> str:
+    """An entrance limit's log of admitted arrivals: ``kind`` is user or tenant."""
+    return f"clawstream:arrivals:{kind}:{name}"
 
 
 def tenant_budget_key(tenant_id: str, window_start_s: int) -> str:

@@ -8,18 +8,20 @@ nothing: offsets of unfinished steps were never committed, so they are redeliver
 
 From its first start a watchdog thread looks for a stall (``processors/stall.py``): a
 worker that holds partitions and no longer moves them is worse than a dead one, because
-the group does not give its partitions to anybody else.
+the group does not give its partitions to anybody else. Repeated warnings and errors are
+logged once per interval with a count (``processors/logflood.py``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 
 from clawstream.config import Settings
-from clawstream.processors import faust_fence
+from clawstream.processors import faust_fence, logflood
 from clawstream.processors.restart import restart_in_place
 from clawstream.processors.stall import StallWatchdog
 from clawstream.streams.topics import REQUESTS_INTERACTIVE, RESULTS
@@ -33,6 +35,12 @@ class ClawstreamWorker(faust_fence.DrainingWorker):
         super().__init__(app, **kwargs)
         self.settings = settings
         self.drain = drain
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """Faust has configured the root logger: repeated warnings and errors (a broker
+        outage makes ~80 a second) go out once per interval, with a count."""
+        super().on_setup_root_logger(logger, level)
+        logflood.install(logger, self.settings.log_repeat_interval_s)
 
     async def on_first_start(self) -> None:
         await super().on_first_start()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 from mode.utils.loops import get_event_loop
 
@@ -16,8 +18,15 @@ def main(argv: list[str] | None = None) -> None:
     from clawstream.config import Settings
     from clawstream.processors.lifecycle import ClawstreamWorker
     from clawstream.processors.worker import build_worker
+    from clawstream.streams.admin import wait_for_broker
 
     settings = Settings()
+    # Faust cannot bootstrap without a broker and exits: wait for one instead, so a worker
+    # started or restarted in place during a broker outage comes up when the broker is back.
+    # (Faust replaces this logging set-up with its own when it starts.)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    wait_for_broker(settings.bootstrap_servers)
     worker = build_worker(settings, args.name)
     worker.flag_reader.start()
     (settings.state_dir / "faust" / args.name).mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,12 @@ a full stream buffer) look the same from outside.
 
 The rule is Burrow's "stalled consumer", on the worker's position in each partition: the
 first record it has not handled, i.e. the committed offset moved past every record the
-agents have acked since. A partition with records waiting at or past that position, and a
-position that has not moved for ``worker_stall_timeout_s``, is stalled. The commit alone
+agents have acked since. A partition whose records have been waiting at that position for
+``worker_stall_timeout_s`` is stalled. The clock starts when records were first seen
+waiting, not at the position's last move: a partition idle for longer than the timeout is
+not stalled the moment a record arrives (timed from the last move, a quiet partition looked
+stalled unless its first new record was acked before the next check, and healthy workers
+were restarted under light load). The commit alone
 is no measure: Faust can leave the last handled record of a quiet partition uncommitted
 for longer than that. The read position is no measure either: in one ``bench recovery``
 run 20 records of a partition the worker had just taken over never reached the agent,
@@ -43,27 +47,31 @@ STALLED = "worker stalled:"  # how the log says it (bench recovery counts it)
 
 @dataclass
 class StallRule:
-    """Per partition: when the worker's position last moved; stalled past ``timeout_s``."""
+    """Per partition: the worker's position, and since when records have been waiting at
+    it (None: nothing waits); stalled once they have waited ``timeout_s``."""
 
     timeout_s: float
-    _seen: dict[Partition, tuple[int, float]] = field(default_factory=dict)
+    _seen: dict[Partition, tuple[int, float | None]] = field(default_factory=dict)
     _recovery: Any = None
 
     def observe(self, now: float, position: dict[Partition, int],
                 highwater: dict[Partition, int], recovery_marker: Any) -> list[Partition]:
-        """Partitions stalled as of ``now``. A partition newly watched, or whose position
-        moved, starts a fresh period; so does every partition when table recovery moved
-        (``recovery_marker`` changed)."""
+        """Partitions stalled as of ``now``. The period starts when records are first seen
+        waiting; it starts afresh when the position moves, and for every partition when
+        table recovery moved (``recovery_marker`` changed). A partition with nothing waiting
+        has no period running, however long ago its position last moved."""
         if recovery_marker != self._recovery:
             self._recovery = recovery_marker
-            self._seen = {tp: (offset, now) for tp, (offset, _) in self._seen.items()}
+            self._seen = {tp: (offset, None if since is None else now)
+                          for tp, (offset, since) in self._seen.items()}
         stalled = []
         for tp, offset in position.items():
+            waiting = highwater.get(tp, offset) > offset
             known = self._seen.get(tp)
-            if known is None or known[0] != offset:
-                self._seen[tp] = (offset, now)
+            if known is None or known[0] != offset or not waiting or known[1] is None:
+                self._seen[tp] = (offset, now if waiting else None)
                 continue
-            if highwater.get(tp, offset) > offset and now - known[1] >= self.timeout_s:
+            if now - known[1] >= self.timeout_s:
                 stalled.append(tp)
         for tp in set(self._seen) - position.keys():
             del self._seen[tp]  # no longer ours

@@ -1,16 +1,23 @@
 """Avro single-object encoding without a registry server.
 
 Every message is ``C3 01`` + the 8-byte little-endian CRC-64-AVRO fingerprint of the writer
-schema's parsing canonical form + the Avro body. The fingerprint index is built from the
-``.avsc`` files in ``schemas/avro`` (current) and ``schemas/history`` (every earlier
-version), so any consumer holding this folder can decode any message ever written, and
-reads it through the *current* schema (Avro schema resolution fills new fields' defaults).
+schema's parsing canonical form + the Avro body, exactly as the Avro specification's
+"Single-object encoding" says, so any reader written from the spec (Java's
+``BinaryMessageDecoder``, Rust, Go, JS) reads our records and we read theirs. The fingerprint
+index is built from the ``.avsc`` files in ``schemas/avro`` (current) and ``schemas/history``
+(every earlier version), so any consumer holding this folder can decode any message ever
+written, and reads it through the *current* schema (Avro schema resolution fills new
+fields' defaults).
+
+Records written before issue 11 carry the fingerprint byte-reversed (the hex of fastavro's
+fingerprint, already in wire order, was read as a number and packed little-endian again).
+The reader accepts that order too, so topics written back then stay readable; nothing
+writes it any more.
 """
 
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,10 +63,15 @@ def load_schema(name: str, directory: Path = AVRO_DIR) -> Schema:
 
 
 def fingerprint_of(schema: Schema) -> bytes:
-    """The 8 bytes that identify ``schema`` on the wire (little-endian, as the spec says)."""
-    canonical = to_parsing_canonical_form(schema)
-    value = int(fingerprint(canonical, "CRC-64-AVRO"), 16)
-    return struct.pack("<Q", value)
+    """The 8 bytes that identify ``schema`` on the wire: the little-endian CRC-64-AVRO of
+    its parsing canonical form. fastavro returns the hex of exactly those bytes, in wire
+    order (for ``"int"``: ``8f5c393f1ad57572``, the spec's 0x7275D51A3F395C8F)."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+def legacy_fingerprint_of(schema: Schema) -> bytes:
+    """The byte-reversed fingerprint clawstream wrote before issue 11; read, never written."""
+    return fingerprint_of(schema)[::-1]
 
 
 @dataclass(frozen=True)
@@ -73,15 +85,29 @@ def _current() -> dict[str, Schema]:
     return {name: load_schema(name) for name in EVENT_SCHEMAS}
 
 
-@lru_cache(maxsize=1)
-def _index() -> dict[bytes, _Entry]:
-    index = {fingerprint_of(s): _Entry(n, s) for n, s in _current().items()}
+def _writers() -> list[_Entry]:
+    """Every schema a record may have been written with: current first, then history."""
+    entries = [_Entry(n, s) for n, s in _current().items()]
     if HISTORY_DIR.is_dir():
         for version_dir in sorted(p for p in HISTORY_DIR.iterdir() if p.is_dir()):
-            for name in EVENT_SCHEMAS:
-                if (version_dir / f"{name}.avsc").exists():
-                    old = load_schema(name, version_dir)
-                    index.setdefault(fingerprint_of(old), _Entry(name, old))
+            entries += [_Entry(name, load_schema(name, version_dir)) for name in EVENT_SCHEMAS
+                        if (version_dir / f"{name}.avsc").exists()]
+    return entries
+
+
+@lru_cache(maxsize=1)
+def _index() -> dict[bytes, _Entry]:
+    """Fingerprint -> writer schema, in the spec's byte order and the legacy one."""
+    index: dict[bytes, _Entry] = {}
+    for entry in _writers():
+        index.setdefault(fingerprint_of(entry.writer), entry)
+    for entry in _writers():
+        legacy = legacy_fingerprint_of(entry.writer)
+        taken = index.get(legacy)
+        if taken is not None and taken.writer != entry.writer:
+            raise RuntimeError(f"legacy fingerprint of {entry.name} collides with "
+                               f"{taken.name}: the two byte orders cannot both be read")
+        index.setdefault(legacy, entry)
     return index
 
 

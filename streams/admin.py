@@ -1,34 +1,121 @@
-"""Create the catalogue's topics and the tables' changelogs idempotently at start."""
+"""Create the catalogue's topics and the tables' changelogs idempotently at start, bring the
+existing ones' retention in line with the settings, and wait for a broker to answer."""
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
-from clawstream.streams.topics import CATALOGUE, changelog_topics
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
+
+from clawstream.streams.topics import CATALOGUE, TopicSpec, changelog_topics, with_retention
+
+log = logging.getLogger(__name__)
+RETENTION = "retention.ms"
+
+
+@dataclass
+class TopicChanges:
+    """What ``ensure_topics`` did: topics created, and retention changed (name -> old, new)."""
+
+    created: list[str] = field(default_factory=list)
+    retention: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def ensure_topics(bootstrap: str, partitions: int, app_id: str,
-                  timeout_s: float = 30.0) -> list[str]:
-    """Create the catalogue's and the worker tables' topics that are missing; returns the
-    names created. Existing topics are left alone."""
-    specs = CATALOGUE + changelog_topics(app_id)
+                  retention_ms: Mapping[str, int] | None = None,
+                  timeout_s: float = 30.0) -> TopicChanges:
+    """Create the catalogue's and the worker tables' topics that are missing, with the
+    catalogue's retention overridden by ``retention_ms`` (topic name -> ms); set the
+    retention of existing topics to the same values. Nothing else of an existing topic is
+    changed (partitions cannot shrink, and more would move conversations)."""
+    specs = with_retention(CATALOGUE + changelog_topics(app_id), retention_ms or {})
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
+    changes = TopicChanges()
     wanted = [
         NewTopic(s.name, num_partitions=s.partitions(partitions), replication_factor=1,
                  config=s.config())
         for s in specs
         if s.name not in existing
     ]
-    if not wanted:
-        return []
-    created = []
-    for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
-        try:
-            future.result()
-            created.append(name)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-    return created
+    if wanted:
+        for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+            try:
+                future.result()
+                changes.created.append(name)
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    changes.retention = _align_retention(admin, [s for s in specs if s.name in existing],
+                                         timeout_s)
+    return changes
+
+
+def _align_retention(admin: AdminClient, specs: list[TopicSpec], timeout_s: float
+                     ) -> dict[str, tuple[str, str]]:
+    if not specs:
+        return {}
+    described = admin.describe_configs(
+        [ConfigResource(ResourceType.TOPIC, s.name) for s in specs],
+        request_timeout=timeout_s)
+    current = {res.name: future.result()[RETENTION].value for res, future in described.items()}
+    stale = {s.name: (current[s.name], str(s.retention_ms)) for s in specs
+             if current[s.name] != str(s.retention_ms)}
+    if not stale:
+        return {}
+    altered = admin.incremental_alter_configs(
+        [ConfigResource(ResourceType.TOPIC, name, incremental_configs=[
+            ConfigEntry(RETENTION, new, incremental_operation=AlterConfigOpType.SET)])
+         for name, (_, new) in stale.items()],
+        request_timeout=timeout_s)
+    for future in altered.values():
+        future.result()
+    return stale
+
+
+def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """True if a broker at ``bootstrap`` answers a metadata request within ``timeout_s``."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return True
+
+
+def wait_for_broker(bootstrap: str, *, base_s: float = 0.5, cap_s: float = 5.0,
+                    report_every_s: float = 30.0,
+                    sleep: Callable[[float], None] = time.sleep,
+                    clock: Callable[[], float] = time.monotonic,
+                    answers: Callable[[str], bool] = broker_answers) -> float:
+    """Block until the broker answers, retrying with backoff (``base_s`` doubling up to
+    ``cap_s``) and logging once every ``report_every_s``; returns the seconds waited.
+
+    A process that needs the broker to start (a Faust worker cannot bootstrap without one)
+    waits here instead of exiting, so a broker outage delays it rather than killing it."""
+    started = clock()
+    reported = started
+    delay = base_s
+    while not answers(bootstrap):
+        now = clock()
+        if now - reported >= report_every_s or now == started:
+            log.warning("broker %s does not answer; waiting for it (%.0f s so far)",
+                        bootstrap, now - started)
+            reported = now
+        sleep(delay)
+        delay = min(cap_s, delay * 2)
+    waited = clock() - started
+    if waited > 0:
+        log.info("broker %s answers after %.1f s", bootstrap, waited)
+    return waited

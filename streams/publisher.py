@@ -28,6 +28,7 @@ class Publisher:
     """A thin, typed producer; one per process is enough."""
 
     def __init__(self, bootstrap: str) -> None:
+        self.failed = 0
         self._producer = Producer({
             "bootstrap.servers": bootstrap,
             "acks": "all",
@@ -56,14 +57,27 @@ class Publisher:
         if errors:
             raise PublishError(str(errors[0]))
 
+    def send(self, topic: str, key: str, schema: str, record: Mapping[str, Any]) -> None:
+        """Queue a message without waiting for its ack: a client that goes on producing
+        while the broker is away (the producer retries until its message timeout, 5 min).
+        ``close`` waits for the acks; ``failed`` counts messages the broker never took."""
+        self._producer.produce(topic, key=key.encode(), value=encode(schema, record),
+                               on_delivery=self._count_failure)
+        self._producer.poll(0)
+
+    def _count_failure(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self.failed += 1
+
     def publish_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Raw bytes, for tools that redrive stored payloads (and tests of bad input)."""
         self._producer.produce(topic, key=key, value=value)
         if self._producer.flush(30.0):
             raise PublishError("raw message not acknowledged")
 
-    def close(self) -> None:
-        self._producer.flush(30.0)
+    def close(self, timeout_s: float = 30.0) -> int:
+        """Wait for the acks of what was sent; returns how many are still not acknowledged."""
+        return int(self._producer.flush(timeout_s))
 
 
 def _default_deadline_s(lane: str) -> float:
@@ -105,6 +119,8 @@ def new_request(*, agent: str, conversation_id: str, text: str,
     }
 
 
-def publish_request(publisher: Publisher, request: AgentRequest) -> None:
-    publisher.publish(request_topic(request["lane"]).name, request["conversation_id"],
-                      AGENT_REQUEST, request)
+def publish_request(publisher: Publisher, request: AgentRequest, wait: bool = True) -> None:
+    """Publish a request on its lane's topic; ``wait=False`` queues it (``Publisher.send``)."""
+    publish = publisher.publish if wait else publisher.send
+    publish(request_topic(request["lane"]).name, request["conversation_id"], AGENT_REQUEST,
+            request)

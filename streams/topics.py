@@ -2,11 +2,19 @@
 
 Conversation-scoped topics share the key (conversation_id) and the partition count, so one
 worker owns a conversation at a time and its state never leaves RocksDB + changelog.
+
+Retention is an audit decision. Answers and events are the audit trail (every decision,
+step, its tokens and cost, and the answer), so they are kept forever by default; the work
+queues (requests, step commands and results) only need to outlive a redelivery or a replay
+after an incident, 7 days; dead letters 90 days, for a redrive. Each is a default:
+``CLAWSTREAM_TOPIC_RETENTION_MS`` overrides any topic's (by name, -1 = forever), and
+``up`` applies the settings to topics that already exist.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from clawstream.schemas.records import Lane
@@ -45,12 +53,13 @@ INFERENCE_REQUESTS: Final = TopicSpec("inference.requests")
 INFERENCE_REQUESTS_BATCH: Final = TopicSpec("inference.requests.batch")
 TOOL_REQUESTS: Final = TopicSpec("tool.requests")
 RESULTS: Final = TopicSpec("agent.results")
-ANSWERS: Final = TopicSpec("agent.answers", retention_ms=30 * DAY_MS)
-EVENTS: Final = TopicSpec("agent.events", retention_ms=30 * DAY_MS)
-DLQ: Final = TopicSpec("agent.dlq", conversation_scoped=False, retention_ms=30 * DAY_MS,
+FOREVER: Final = -1
+ANSWERS: Final = TopicSpec("agent.answers", retention_ms=FOREVER)
+EVENTS: Final = TopicSpec("agent.events", retention_ms=FOREVER)
+DLQ: Final = TopicSpec("agent.dlq", conversation_scoped=False, retention_ms=90 * DAY_MS,
                        fixed_partitions=1)
 CONTROL_FLAGS: Final = TopicSpec("control.flags", conversation_scoped=False, compacted=True,
-                                 retention_ms=-1, fixed_partitions=1)
+                                 retention_ms=FOREVER, fixed_partitions=1)
 
 CATALOGUE: Final = (
     REQUESTS_INTERACTIVE,
@@ -75,8 +84,20 @@ def changelog_topics(app_id: str) -> tuple[TopicSpec, ...]:
     race to create them, and one whose metadata still lacks a changelog fails every write
     to that table (PartitionsMismatch: "the changelog topic has 0 partitions"); seen in
     ``bench recovery``, where it dead-lettered every request of a run."""
-    return tuple(TopicSpec(f"{app_id}-{table}-changelog", compacted=True, retention_ms=-1)
+    return tuple(TopicSpec(f"{app_id}-{table}-changelog", compacted=True, retention_ms=FOREVER)
                  for table in (CONVERSATIONS_TABLE, DEDUP_TABLE))
+
+
+def with_retention(specs: tuple[TopicSpec, ...], overrides: Mapping[str, int]
+                   ) -> tuple[TopicSpec, ...]:
+    """``specs`` with the retention ``overrides`` (topic name -> ms) applied; a name that is
+    not among them is a typo in the settings, not something to ignore."""
+    unknown = set(overrides) - {s.name for s in specs}
+    if unknown:
+        raise ValueError(f"retention set for unknown topic(s) {sorted(unknown)}; topics: "
+                         f"{sorted(s.name for s in specs)}")
+    return tuple(replace(s, retention_ms=overrides[s.name]) if s.name in overrides else s
+                 for s in specs)
 
 
 LANE_TOPICS: Final[dict[Lane, TopicSpec]] = {"interactive": REQUESTS_INTERACTIVE,

@@ -49,12 +49,10 @@ os.environ.update(TEST_ENV)
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Settings]:
     from clawstream.deploy.local import down, up
-    from clawstream.streams.admin import ensure_topics
 
     settings = Settings()
     down(settings, purge=True)
     up(settings, with_workers=False)
-    ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id)
     try:
         yield settings
     finally:

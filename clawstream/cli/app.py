@@ -30,22 +30,15 @@ def _settings() -> Settings:
 
 
 @app.command()
-def up(workers: Annotated[bool, typer.Option(help="Start the Faust worker too.")] = True) -> None:
-    """Start the local stack (Kafka, Redis, Ray Serve + model, worker); idempotent."""
+def up(workers: Annotated[bool, typer.Option(help="Start the Faust workers too.")] = True
+       ) -> None:
+    """Start the local stack (Kafka, Redis, Ray Serve + model, topics, workers); idempotent."""
     from clawstream.deploy.local import RichProgress, StackError
     from clawstream.deploy.local import up as stack_up
-    from clawstream.deploy.local import worker as worker_proc
-    from clawstream.streams.admin import ensure_topics
 
     settings = _settings()
     try:
-        stack_up(settings, with_workers=False, progress=RichProgress(console))
-        created = ensure_topics(settings.bootstrap_servers, settings.partitions,
-                               settings.app_id)
-        if created:
-            console.print(f"created topics: {', '.join(created)}")
-        if workers:
-            worker_proc.start(settings, 0)
+        stack_up(settings, with_workers=workers, progress=RichProgress(console))
     except StackError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc

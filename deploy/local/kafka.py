@@ -12,18 +12,17 @@ the broker has registered with its controller and can serve metadata.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from clawstream.config import Settings
-from clawstream.deploy.local.errors import FetchError, NotReadyError, StackError
+from clawstream.deploy.local.errors import NotReadyError, StackError
+from clawstream.deploy.local.maven import cache_root, copy_command, fetch_libs
 from clawstream.deploy.local.ports import ensure_ports_free
 from clawstream.deploy.local.process import Processes, ProcessInfo
-from clawstream.deploy.local.tools import require, require_java
+from clawstream.deploy.local.tools import require_java
 from clawstream.deploy.local.wait import wait_for
 
 NAME = "kafka"
@@ -32,78 +31,29 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
 
-def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/clawstream`` (default ``~/.cache/clawstream``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "clawstream"
-
-
 def libs_dir(version: str) -> Path:
     """Where the jars of Kafka ``version`` live once fetched."""
     return cache_root() / f"kafka-{version}" / "libs"
 
 
+def _jar(version: str) -> str:
+    return f"kafka_2.13-{version}.jar"
+
+
 def jars_present(version: str) -> bool:
     """True if the cache holds a complete jar set (the folder appears only when complete)."""
-    return (libs_dir(version) / f"kafka_2.13-{version}.jar").is_file()
+    return (libs_dir(version) / _jar(version)).is_file()
 
 
 def maven_command(mvn: str, version: str, out_dir: Path) -> list[str]:
-    return [
-        mvn,
-        "-q",
-        "-B",
-        "-f",
-        str(POM),
-        f"-Dkafka.version={version}",
-        f"-Dkafka.libs.dir={out_dir}",
-        "dependency:copy-dependencies",
-    ]
+    return copy_command(mvn, POM, {"kafka.version": version, "kafka.libs.dir": str(out_dir)})
 
 
 def ensure_jars(version: str, *, timeout: float = 900.0) -> Path:
-    """Fetch the broker's jars with Maven unless cached; return the libs folder.
-
-    Maven writes into a scratch folder that is renamed into place only when it finished,
-    under a file lock, so an interrupted fetch or two stacks starting at once never leave a
-    half-filled folder that looks complete.
-    """
-    target = libs_dir(version)
-    if jars_present(version):
-        return target
-    mvn = require("mvn")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with (target.parent / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if jars_present(version):
-            return target
-        scratch = target.parent / f"libs.partial-{os.getpid()}"
-        shutil.rmtree(scratch, ignore_errors=True)
-        try:
-            result = subprocess.run(
-                maven_command(mvn, version, scratch),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise FetchError(
-                f"mvn did not finish fetching Kafka {version} in {timeout:.0f} s"
-            ) from exc
-        if result.returncode != 0 or not (scratch / f"kafka_2.13-{version}.jar").is_file():
-            shutil.rmtree(scratch, ignore_errors=True)
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
-            raise FetchError(
-                f"mvn could not fetch org.apache.kafka:kafka_2.13:{version} (exit "
-                f"{result.returncode}). Check that the version exists on Maven Central and "
-                f"that repo.maven.apache.org is reachable (proxy settings in ~/.m2/settings.xml)."
-                f"\n{tail}"
-            )
-        shutil.rmtree(target, ignore_errors=True)
-        scratch.replace(target)
-    return target
+    """Fetch the broker's jars with Maven unless cached; return the libs folder."""
+    return fetch_libs(POM, libs_dir(version), _jar(version), {"kafka.version": version},
+                      "kafka.libs.dir", f"org.apache.kafka:kafka_2.13:{version}",
+                      timeout=timeout)
 
 
 def kafka_dir(settings: Settings) -> Path:

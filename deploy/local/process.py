@@ -73,6 +73,40 @@ def pid_alive(pid: int) -> bool:
     return not (fields is not None and fields[0] in ("Z", "X"))
 
 
+@dataclass(frozen=True)
+class Exit:
+    """How a process ended: ``code`` is its exit status (negative: the signal that killed
+    it), or None when it was not our child and nobody can tell."""
+
+    code: int | None
+
+    @property
+    def clean(self) -> bool:
+        return self.code == 0
+
+    def __str__(self) -> str:
+        if self.code is None:
+            return "exited (status unknown: not a child of this process)"
+        if self.code < 0:
+            try:
+                return f"killed by {signal.Signals(-self.code).name}"
+            except ValueError:
+                return f"killed by signal {-self.code}"
+        return f"exit code {self.code}"
+
+
+def exit_of(pid: int) -> Exit | None:
+    """None while ``pid`` runs; how it ended once it has (reaping it if it is our child)."""
+    child = _children.get(pid)
+    if child is not None:
+        code = child.poll()
+        if code is None:
+            return None
+        _children.pop(pid, None)
+        return Exit(code)
+    return None if pid_alive(pid) else Exit(None)
+
+
 def session_members(sid: int) -> list[int]:
     """Live pids whose session id is ``sid`` (Linux only; empty list elsewhere)."""
     members: list[int] = []

@@ -2,11 +2,12 @@
 
 Start order follows dependencies, not a list: Redis, the Kafka broker and the Ray head node
 need nothing from each other and start concurrently (the JVM and Ray each spend seconds
-starting, and the machine has cores to spare while they wait on I/O); the Faust workers
-start once Redis and Kafka are ready, while the Serve app deploys onto Ray (model loading
-is the slowest step, and workers do not need it to join their group). ``down`` stops the
-workers first, so they commit offsets and leave their group while the broker still runs,
-then everything else at once.
+starting, and the machine has cores to spare while they wait on I/O); once Kafka answers
+the topics are created (and existing ones get the retention the settings say); the Faust
+workers start once Redis and the topics are ready, while the Serve app deploys onto Ray
+(model loading is the slowest step, and workers do not need it to join their group).
+``down`` stops the workers first, so they commit offsets and leave their group while the
+broker still runs, then everything else at once.
 
 Every step is idempotent: ``up`` on a running stack only probes it, ``down`` on a stopped
 one does nothing. The library prints nothing; pass ``progress`` (e.g. ``RichProgress()``)
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -29,6 +31,7 @@ from clawstream.deploy.local import kafka, ray_cluster, redis, worker
 from clawstream.deploy.local.errors import StackError
 from clawstream.deploy.local.ports import port_holder, port_is_free
 from clawstream.deploy.local.process import Processes, ProcessInfo
+from clawstream.streams.admin import ensure_topics
 
 Progress = Callable[[str, str], None]
 """``progress(component, message)``: one line about one component's step."""
@@ -119,9 +122,10 @@ def up(
                 settings.ray_address,
                 lambda: ray_cluster.start(settings, note=note("ray")),
             )
+        f_topics = pool.submit(_topics_step, settings, say, f_kafka)
         f_workers: Future[None] | None = None
         if with_workers:
-            f_workers = pool.submit(_start_workers, settings, say, [f_redis, f_kafka])
+            f_workers = pool.submit(_start_workers, settings, say, [f_redis, f_kafka, f_topics])
 
         # Serve deploys from this (the main) thread: it makes this process a Ray driver,
         # and Ray expects its driver on the main thread (signal handlers).
@@ -136,7 +140,8 @@ def up(
                 except Exception as exc:
                     errors["serve"] = exc
 
-        for name, fut in (("redis", f_redis), ("kafka", f_kafka), ("workers", f_workers)):
+        for name, fut in (("redis", f_redis), ("kafka", f_kafka), ("topics", f_topics),
+                          ("workers", f_workers)):
             if fut is None:
                 continue
             try:
@@ -171,10 +176,23 @@ class _Skipped(StackError):
     """A step not run because one it depends on failed (reported there, not twice)."""
 
 
-def _start_workers(settings: Settings, say: Progress, needs: list[Future[ProcessInfo]]) -> None:
+def _topics_step(settings: Settings, say: Progress, kafka_started: Future[ProcessInfo]) -> None:
+    """Create missing topics and align the retention of existing ones with the settings,
+    before any worker starts (two fresh workers would race to create the changelogs)."""
+    if kafka_started.exception() is not None:
+        raise _Skipped("topics not checked")
+    changes = ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id,
+                            settings.topic_retention_ms)
+    if changes.created:
+        say("topics", f"created {', '.join(changes.created)}")
+    for name, (old, new) in changes.retention.items():
+        say("topics", f"retention of {name}: {old} -> {new} ms")
+
+
+def _start_workers(settings: Settings, say: Progress, needs: list[Future[Any]]) -> None:
     for dep in needs:
         if dep.exception() is not None:
-            say("workers", "skipped: Redis or Kafka failed")
+            say("workers", "skipped: Redis, Kafka or the topics failed")
             raise _Skipped("workers not started")
     count = settings.worker_count
     t = time.monotonic()
@@ -276,4 +294,8 @@ def status(settings: Settings) -> list[ComponentStatus]:
     for i in sorted(indices):
         port = worker.web_port(settings, i)
         row(worker.worker_name(i), port, f"http://127.0.0.1:{port}", _worker_probe(settings, i))
+        if worker.has_supervisor_record(settings, i):  # restarts, crash loops: say so
+            last = rows[-1]
+            rows[-1] = ComponentStatus(last.name, last.running, last.pid, last.address,
+                                       f"{last.detail}; {worker.summary(settings, i)}")
     return rows

@@ -10,6 +10,11 @@ test broker.
 
 Readiness is ``GET /ready`` answering 200 (the worker says it joined the group and
 recovered its tables), not the web port opening, which happens long before that.
+
+Each worker runs under its own supervisor (``supervisor.py``), which starts it again when
+it exits on a failure: ``start`` starts the supervisor, ``stop`` stops the supervisor
+(which stops its worker gracefully first), ``kill`` SIGKILLs only the worker, as a crash
+would, and its supervisor brings it back.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from clawstream.deploy.local.env import child_env
 from clawstream.deploy.local.errors import NotReadyError
 from clawstream.deploy.local.ports import ensure_ports_free
 from clawstream.deploy.local.process import Processes, ProcessInfo
+from clawstream.deploy.local.supervision import name as supervisor_process
+from clawstream.deploy.local.supervision import read_state
 from clawstream.deploy.local.wait import wait_for
 
 PREFIX = "worker-"
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
+SUPERVISOR_GRACE_S = 10.0  # beyond the worker's own stop timeout
 
 
 def worker_name(index: int) -> str:
@@ -59,6 +67,29 @@ def is_ready(settings: Settings, index: int, timeout: float = 1.0) -> bool:
         return False
 
 
+SUPERVISOR_MODULE = "clawstream.deploy.local.supervisor"
+
+
+def supervisor_name(index: int) -> str:
+    return supervisor_process(index)
+
+
+def supervisor_command(index: int) -> list[str]:
+    return [sys.executable, "-m", SUPERVISOR_MODULE, str(index)]
+
+
+def spawn(settings: Settings, index: int) -> ProcessInfo:
+    """Start worker ``index`` itself, detached, unless it runs (its supervisor calls this)."""
+    procs = Processes(settings.run_dir, settings.log_dir)
+    name = worker_name(index)
+    info = procs.info(name)
+    if info is not None:
+        return info
+    procs.reclaim(name)  # leftovers of a crash may hold our port
+    ensure_ports_free({"worker_web_port": web_port(settings, index)}, component=name)
+    return procs.start(name, command(name), env=worker_env(settings, index), cwd=Path.cwd())
+
+
 def start(
     settings: Settings,
     index: int = 0,
@@ -67,14 +98,14 @@ def start(
     timeout: float = READY_TIMEOUT_S,
     note: Callable[[str], None] | None = None,
 ) -> ProcessInfo:
-    """Start worker ``index`` unless it runs; with ``wait``, block until it is ready."""
+    """Start worker ``index`` under its supervisor unless that runs; with ``wait``, block
+    until the worker is ready. Returns the supervisor's process."""
     procs = Processes(settings.run_dir, settings.log_dir)
-    name = worker_name(index)
-    info = procs.info(name)
+    sup = supervisor_name(index)
+    info = procs.info(sup)
     if info is None:
-        procs.reclaim(name)  # leftovers of a crash may hold our port
-        ensure_ports_free({"worker_web_port": web_port(settings, index)}, component=name)
-        info = procs.start(name, command(name), env=worker_env(settings, index), cwd=Path.cwd())
+        info = procs.start(sup, supervisor_command(index), env=child_env(settings),
+                           cwd=Path.cwd())
     if wait:
         wait_ready(settings, index, timeout=timeout)
     return info
@@ -85,7 +116,9 @@ def wait_ready(settings: Settings, index: int, timeout: float = READY_TIMEOUT_S)
     name = worker_name(index)
 
     def died() -> str | None:
-        return None if procs.is_running(name) else f"{name} exited"
+        if procs.is_running(name) or procs.is_running(supervisor_name(index)):
+            return None
+        return f"{name} exited and its supervisor is not running ({summary(settings, index)})"
 
     reason = wait_for(lambda: is_ready(settings, index), timeout=timeout, interval=0.5, abort=died)
     if reason is not None:
@@ -93,6 +126,16 @@ def wait_ready(settings: Settings, index: int, timeout: float = READY_TIMEOUT_S)
             f"{name} (web port {web_port(settings, index)}): {reason}. "
             f"Log {procs.log_file(name)} ends with:\n{procs.tail(name)}"
         )
+
+
+def has_supervisor_record(settings: Settings, index: int) -> bool:
+    return read_state(settings, index) is not None
+
+
+def summary(settings: Settings, index: int) -> str:
+    """What the worker's supervisor says (state, restarts, last exit), for ``status``."""
+    state = read_state(settings, index)
+    return "no supervisor record" if state is None else state.summary()
 
 
 def start_many(
@@ -118,8 +161,11 @@ def index_of(name: str) -> int:
 
 
 def stop(settings: Settings, index: int, timeout: float = STOP_TIMEOUT_S) -> bool:
-    """Graceful stop (SIGTERM: Faust commits offsets and leaves the group)."""
-    return Processes(settings.run_dir, settings.log_dir).stop(worker_name(index), timeout)
+    """Graceful stop: the supervisor SIGTERMs the worker (it drains, commits offsets and
+    leaves the group) and exits; a worker without a supervisor gets the SIGTERM directly."""
+    procs = Processes(settings.run_dir, settings.log_dir)
+    supervised = procs.stop(supervisor_name(index), timeout + SUPERVISOR_GRACE_S)
+    return procs.stop(worker_name(index), timeout) or supervised
 
 
 def pid(settings: Settings, index: int) -> int | None:
@@ -137,9 +183,13 @@ def kill(settings: Settings, index: int) -> bool:
 
 
 def stop_all(settings: Settings, timeout: float = STOP_TIMEOUT_S) -> list[str]:
-    """Stop every running worker (all get SIGTERM first, then each is waited for)."""
+    """Stop every supervisor and worker (all get SIGTERM at once, then each is waited for);
+    the names of the workers that ran."""
     procs = Processes(settings.run_dir, settings.log_dir)
     names = running(settings)
-    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-        list(pool.map(lambda n: procs.stop(n, timeout), names))
+    indices = {index_of(n) for n in names} | {
+        int(n.removeprefix("supervisor-")) for n in procs.names()
+        if n.startswith("supervisor-") and n.removeprefix("supervisor-").isdigit()}
+    with ThreadPoolExecutor(max_workers=max(1, len(indices))) as pool:
+        list(pool.map(lambda i: stop(settings, i, timeout), sorted(indices)))
     return names

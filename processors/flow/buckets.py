@@ -4,7 +4,8 @@ Why Lua: read-refill-take must be one step or two replicas both see the same tok
 script also reads Redis' own clock (``TIME``), so replicas with skewed clocks agree on the
 refill. Why one script for both directions: the tokens/s limiter charges an *estimate*
 at admission and reconciles with the actual usage afterwards (a refund, or a debt that
-may take the level below zero); entrance limits use the same script with cost 1.
+may take the level below zero). Entrance limits count requests at their arrival time
+instead, in a log that tolerates out-of-order handling (:mod:`arrivals`).
 """
 
 from __future__ import annotations

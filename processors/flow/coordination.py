@@ -1,6 +1,7 @@
 """Flow control on the coordinator's side: the entrance gate and the step policy.
 
-The gate runs before a new request starts: per-user and per-tenant buckets, the tenant's
+The gate runs before a new request starts: per-user and per-tenant rates (counted at
+the request's arrival time), the tenant's
 spend window and the conversation's budgets; a request over any of them is answered
 ``rejected`` at once, with its reason and a retry hint (see :mod:`limits`).
 
@@ -34,7 +35,6 @@ from clawstream.config import Settings
 from clawstream.processors.conversation import Decision, Rules, on_result
 from clawstream.processors.failopen import fail_open
 from clawstream.processors.flow import budgets, limits, recall
-from clawstream.processors.flow.buckets import TokenBuckets
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.flow.pools import NoPoolAvailable, route
 from clawstream.processors.records import Output
@@ -64,12 +64,12 @@ async def gate(req: AgentRequest, conv: Conversation | None, settings: Settings,
 async def _redis_gate(req: AgentRequest, settings: Settings, flags: FlagView,
                       redis: aioredis.Redis) -> limits.Rejection | None:
     """A sub-agent's request is part of a request already let in: it is not a new arrival
-    for the per-user and per-tenant rate buckets (a fan-out of 16 would trip them), but
+    for the per-user and per-tenant entrance limits (a fan-out of 16 would trip them), but
     the tenant's spend window still applies."""
     rejection = None
     if req.get("delegation") is None:
-        rejection = await limits.check_entrance(TokenBuckets(redis), settings, flags,
-                                                req["tenant_id"], req["user_id"])
+        rejection = await limits.check_entrance(limits.arrival_windows(redis, settings),
+                                                settings, flags, req)
     return rejection or await limits.check_tenant_budget(redis, settings, flags,
                                                         req["tenant_id"])
 

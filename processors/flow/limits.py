@@ -1,10 +1,12 @@
-"""The entrance: per-user and per-tenant request buckets, and per-tenant spend windows.
+"""The entrance: per-user and per-tenant request rates, and per-tenant spend windows.
 
 Both are checked by the coordinator before a request starts (it is the first processor
-a request meets, and every coordinator replica shares the same Redis buckets). A request
-over a limit is answered ``rejected`` with a reason that says when to retry; it is never
-dropped or parked. Rejections by a limit do not enter the dedup table, so the client may
-retry with the same idempotency key.
+a request meets, and every coordinator replica shares the same Redis logs). Rates count
+each request at its arrival time, not when it is handled (:mod:`arrivals`), so a backlog
+after an outage on our side is not rejected. A request over a limit is answered
+``rejected`` with a reason that says when to retry; it is never dropped or parked.
+Rejections by a limit do not enter the dedup table, so the client may retry with the same
+idempotency key.
 """
 
 from __future__ import annotations
@@ -15,28 +17,37 @@ import time
 import redis.asyncio as aioredis
 
 from clawstream.config import Settings
-from clawstream.processors.flow.buckets import TokenBuckets
+from clawstream.processors.flow.arrivals import ArrivalWindows
 from clawstream.processors.flow.flags import FlagView
-from clawstream.processors.keys import bucket_key, tenant_budget_key
+from clawstream.processors.keys import arrivals_key, tenant_budget_key
 from clawstream.processors.validation import Rejection
+from clawstream.schemas.records import AgentRequest
 
 
-async def check_entrance(buckets: TokenBuckets, settings: Settings, flags: FlagView,
-                         tenant_id: str, user_id: str) -> Rejection | None:
-    """Take one token from the user's bucket, then the tenant's; the first empty one rejects."""
+def arrival_windows(redis: aioredis.Redis, settings: Settings) -> ArrivalWindows:
+    """The entrance's arrival logs, with the settings' bounds on a client's clock."""
+    return ArrivalWindows(redis, settings.entrance_clock_skew_s, settings.entrance_reorder_s)
+
+
+async def check_entrance(windows: ArrivalWindows, settings: Settings, flags: FlagView,
+                         request: AgentRequest) -> Rejection | None:
+    """Count the request at its arrival time against the user's limit, then the tenant's;
+    the first one full rejects."""
+    user_id = request["user_id"] or "anonymous"
     checks = (
         ("user", user_id, settings.user_rate_per_s, settings.user_burst),
-        ("tenant", tenant_id, settings.tenant_rate_per_s, settings.tenant_burst),
+        ("tenant", request["tenant_id"], settings.tenant_rate_per_s, settings.tenant_burst),
     )
     for kind, name, rate, burst in checks:
         rate, burst = flags.pair(f"limit.{kind}.{name}") or (rate, burst)
-        take = await buckets.take(bucket_key(kind, name), rate, burst)
-        if not take.allowed:
+        admission = await windows.admit(arrivals_key(kind, name), request["request_id"],
+                                        int(request["created_at_ms"]), rate, burst)
+        if not admission.allowed:
             return Rejection(
                 f"{kind}_rate_limit",
                 f"{kind} {name} is over its limit of {rate:g} requests/s (burst {burst:g}); "
-                f"retry after {take.retry_after_s:.2f} s",
-                take.retry_after_s)
+                f"retry after {admission.retry_after_s:.2f} s",
+                admission.retry_after_s)
     return None
 
 

@@ -4,8 +4,10 @@ timeout fails the test); nothing sleeps."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -105,3 +107,16 @@ def script(settings: Settings, marker: str, *turns: dict[str, Any]) -> None:
     response = httpx.post(f"{settings.serve_url}/script",
                           json={"marker": marker, "turns": list(turns)}, timeout=10)
     assert response.status_code in (200, 204), response.text
+
+
+def await_in_file(path: Path, offset: int, text: str, timeout_s: float = 30) -> None:
+    """Follow a log file past ``offset`` until ``text`` appears (the worker logs it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.is_file():
+            with path.open("rb") as f:
+                f.seek(offset)
+                if text.encode() in f.read():
+                    return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in {path}")

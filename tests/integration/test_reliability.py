@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +27,7 @@ from tests.integration.flow import (
     Record,
     answer_to,
     ask,
+    await_in_file,
     await_push,
     events_of,
     has_event,
@@ -218,7 +217,7 @@ def test_sigterm_drains_the_step_in_flight_before_exiting(worker: Settings) -> N
     stopped: list[bool] = []
     stopper = threading.Thread(target=lambda: stopped.append(worker_proc.stop(worker, 0)))
     stopper.start()
-    _await_in_file(log, log_size, "draining 1 in-flight step")
+    await_in_file(log, log_size, "draining 1 in-flight step")
     r.set(faults.RELEASE_KEY.format(counter=counter), "1")
     stopper.join(60)
     assert stopped == [True], "the worker did not exit after draining"
@@ -249,15 +248,3 @@ def test_a_wedged_worker_replaces_itself_and_every_request_is_answered(
     assert b"worker stalled: no progress for 8 s on " in since
     assert b"it is blocked" in since  # the report saw the blocked event loop
     assert worker_proc.pid(worker, 0) == pid  # replaced in place: the pid file stays true
-
-
-def _await_in_file(path: Path, offset: int, text: str, timeout_s: float = 30) -> None:
-    """Follow a log file past ``offset`` until ``text`` appears (the worker logs it)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with path.open("rb") as f:
-            f.seek(offset)
-            if text.encode() in f.read():
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} never appeared in {path}")

@@ -63,3 +63,21 @@ def test_purge_refuses_the_working_directory(tmp_path: Path,
     with pytest.raises(StackError, match="refusing to purge"):
         down(Settings(state_dir=tmp_path, redis_port=free_port()), purge=True)
     assert (tmp_path / "project").is_dir()
+
+
+def test_cli_up_starts_every_worker_the_settings_ask_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It started only worker-0, whatever ``worker_count`` said."""
+    from typer.testing import CliRunner
+
+    import clawstream.deploy.local as local
+    from clawstream.cli import app as cli
+
+    calls: list[tuple[bool, int]] = []
+    monkeypatch.setenv("CLAWSTREAM_WORKER_COUNT", "3")
+    monkeypatch.setattr(local, "up", lambda s, with_workers=True, **_: calls.append(
+        (with_workers, s.worker_count)))
+    monkeypatch.setattr(local, "status", lambda s: [])
+    assert CliRunner().invoke(cli, ["up"]).exit_code == 0
+    assert calls == [(True, 3)]  # the stack's up starts workers 0..count-1 (start_many)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clawstream.config import Settings
-from clawstream.deploy.local import worker
+from clawstream.deploy.local import status, worker
 from clawstream.deploy.local.env import settings_env
 from clawstream.deploy.local.errors import NotReadyError
 from clawstream.deploy.local.ports import free_port
@@ -83,29 +83,64 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
 
 
+def _fake_worker(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
+    """Workers run ``argv`` instead of Faust, also when their supervisor (a process of its
+    own) starts them: the supervisor runs through a wrapper that swaps the command."""
+    monkeypatch.setattr(worker, "command", lambda name: [*argv, name])
+    wrapper = ("import sys; from clawstream.deploy.local import supervisor, worker; "
+               f"worker.command = lambda name: {argv!r} + [name]; "
+               "sys.exit(supervisor.main(sys.argv[1:]))")
+    monkeypatch.setattr(worker, "supervisor_command",
+                        lambda index: [sys.executable, "-c", wrapper, str(index)])
+
+
 def test_start_waits_for_ready_on_its_own_port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = tmp_path / "fake_worker.py"
     script.write_text(FAKE_WORKER)
-    monkeypatch.setattr(worker, "command", lambda name: [sys.executable, str(script), name])
+    _fake_worker(monkeypatch, [sys.executable, str(script)])
     settings = Settings(state_dir=tmp_path / "state", worker_web_port=free_port())
     try:
         infos = worker.start_many(settings, 2, timeout=20.0)
         assert [i.started for i in infos] == [True, True]
         assert worker.is_ready(settings, 0) and worker.is_ready(settings, 1)
         assert worker.start(settings, 1).started is False  # idempotent
+        assert "supervisor: running, 0 restart(s)" in worker.summary(settings, 1)
     finally:
         assert worker.stop_all(settings, timeout=5.0) == ["worker-0", "worker-1"]
+    assert worker.running(settings) == []
+    assert "supervisor: stopped" in worker.summary(settings, 0)
 
 
-def test_a_worker_that_dies_fails_fast_with_its_log(
+def test_a_killed_worker_is_started_again_by_its_supervisor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    crash = [sys.executable, "-c", "print('boom: no broker'); raise SystemExit(2)"]
-    monkeypatch.setattr(worker, "command", lambda name: crash)
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    _fake_worker(monkeypatch, [sys.executable, str(script)])
     settings = Settings(state_dir=tmp_path / "state", worker_web_port=free_port())
+    try:
+        worker.start(settings, 0, timeout=20.0)
+        first = worker.pid(settings, 0)
+        assert worker.kill(settings, 0)
+        worker.wait_ready(settings, 0, timeout=20.0)
+        assert worker.pid(settings, 0) not in (None, first)
+        assert "1 restart(s), last exit killed by SIGKILL" in worker.summary(settings, 0)
+        [row] = [r for r in status(settings) if r.name == "worker-0"]
+        assert row.running and "1 restart(s), last exit killed by SIGKILL" in row.detail
+    finally:
+        worker.stop_all(settings, timeout=5.0)
+
+
+def test_a_crash_looping_worker_fails_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_worker(monkeypatch, [sys.executable, "-c",
+                               "print('boom: no broker'); raise SystemExit(2)"])
+    settings = Settings(state_dir=tmp_path / "state", worker_web_port=free_port(),
+                        worker_restart_backoff_s=0.05, worker_restart_limit=2)
     t = time.monotonic()
-    with pytest.raises(NotReadyError, match="boom: no broker"):
+    with pytest.raises(NotReadyError, match=r"(?s)supervisor: gave up.*boom: no broker"):
         worker.start(settings, 0, timeout=60.0)
-    assert time.monotonic() - t < 10.0
+    assert time.monotonic() - t < 20.0

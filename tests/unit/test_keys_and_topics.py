@@ -6,13 +6,19 @@ from hypothesis import strategies as st
 
 from clawstream.processors.keys import canonical_json, dedup_key, step_key
 from clawstream.streams.topics import (
+    ANSWERS,
     CATALOGUE,
     CONTROL_FLAGS,
     CONVERSATIONS_TABLE,
+    DAY_MS,
     DEDUP_TABLE,
     DLQ,
+    EVENTS,
+    RESULTS,
+    TOOL_REQUESTS,
     changelog_topics,
     request_topic,
+    with_retention,
 )
 
 json_values = st.recursive(st.none() | st.integers() | st.text(max_size=8),
@@ -64,3 +70,18 @@ def test_precreated_changelogs_are_the_topics_faust_writes_the_tables_to() -> No
     specs = changelog_topics("some-app")
     assert {s.name for s in specs} == faust_names
     assert all(s.compacted and s.conversation_scoped for s in specs)
+
+
+def test_the_audit_trail_is_kept_forever_by_default_and_work_queues_a_week() -> None:
+    assert ANSWERS.config()["retention.ms"] == EVENTS.config()["retention.ms"] == "-1"
+    assert TOOL_REQUESTS.retention_ms == RESULTS.retention_ms == 7 * DAY_MS
+
+
+def test_retention_settings_override_the_catalogue_by_topic_name() -> None:
+    specs = with_retention(CATALOGUE, {"agent.events": 5000, "agent.results": -1})
+    by_name = {s.name: s for s in specs}
+    assert by_name["agent.events"].config()["retention.ms"] == "5000"
+    assert by_name["agent.results"].retention_ms == -1
+    assert by_name["agent.answers"] == ANSWERS
+    with pytest.raises(ValueError, match=r"unknown topic\(s\) \['agent.event'\]"):
+        with_retention(CATALOGUE, {"agent.event": 5000})

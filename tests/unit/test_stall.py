@@ -1,5 +1,6 @@
 """The stalled-consumer rule (processors/stall.py): records waiting and no commit for the
-timeout, per partition; recovery progress and a moving commit start a fresh period."""
+timeout, per partition, timed from when they were first seen waiting; recovery progress and
+a moving commit start a fresh period."""
 
 from __future__ import annotations
 
@@ -19,6 +20,19 @@ def test_an_idle_partition_never_stalls() -> None:
     rule = StallRule(timeout_s=10)
     for now in (0, 50, 500):
         assert rule.observe(now, {P0: 9}, {P0: 9}, None) == []
+
+
+def test_a_record_arriving_on_a_long_idle_partition_is_not_a_stall() -> None:
+    """The sequence that restarted healthy workers: a partition idle for longer than the
+    timeout, then a record that the next check sees before the worker acked it."""
+    rule = StallRule(timeout_s=10)
+    assert rule.observe(0, {P0: 9}, {P0: 9}, None) == []
+    assert rule.observe(40, {P0: 9}, {P0: 9}, None) == []
+    assert rule.observe(43.75, {P0: 9}, {P0: 10}, None) == []  # a record arrived
+    assert rule.observe(47.5, {P0: 10}, {P0: 10}, None) == []  # handled: healthy
+    assert rule.observe(90, {P0: 10}, {P0: 11}, None) == []  # idle again, another record
+    assert rule.observe(99.9, {P0: 10}, {P0: 11}, None) == []
+    assert rule.observe(100, {P0: 10}, {P0: 11}, None) == [P0]  # waited 10 s: stalled
 
 
 def test_a_moving_commit_starts_a_fresh_period() -> None:

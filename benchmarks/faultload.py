@@ -1,0 +1,136 @@
+"""What the fault benchmarks (``recovery``, ``chaos``) share: a steady mixed load whose
+side effects are counted, reading its answers back, counting effects, explaining gaps.
+
+Half the requests run a mutating tool whose effect is counted in Redis per request (the
+fault fixture ``fault-effect``), half the researcher flow on the simulated model. Requests
+are queued, not awaited one by one, like a client that keeps producing while the broker is
+away (its producer retries), so an outage shows up as a backlog, not as a paused client.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+from rich.table import Table
+
+from benchmarks.common import console
+from clawstream.config import Settings
+
+Record = dict[str, Any]
+FAULT_ENV = {"CLAWSTREAM_FAULT_INJECTION": "true", "CLAWSTREAM_AGENT_MODULES": "fixtures.faults"}
+
+
+def partition_of(key: str, partitions: int) -> int:
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def load(bootstrap: str, rate: float, stop: threading.Event, sent: list[Record],
+         prefix: str = "rec") -> int:
+    """Send ``rate`` requests a second until ``stop``; returns how many the broker never
+    acknowledged (0 unless it was away longer than the producer's message timeout)."""
+    from clawstream.streams.publisher import Publisher, new_request, publish_request
+
+    publisher = Publisher(bootstrap)
+    run = uuid.uuid4().hex[:6]
+    i = 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        conversation = f"{prefix}-{run}-{i}"
+        # Many users of one tenant, each well under the entrance limits.
+        who = {"tenant_id": "bench", "user_id": f"user-{i % 50}"}
+        if i % 2:
+            request = new_request(agent="researcher", conversation_id=conversation,
+                                  text=f"Where are tool results cached? #{i}", **who)
+        else:
+            args = {"counter": conversation}
+            request = new_request(agent="fault-effect", conversation_id=conversation,
+                                  text="apply", options={"args0": json.dumps(args)}, **who)
+        publish_request(publisher, request, wait=False)
+        sent.append(dict(request))
+        i += 1
+        next_at += 1 / rate
+        stop.wait(max(0.0, next_at - time.monotonic()))
+    return publisher.close(120.0) + publisher.failed
+
+
+def collect_answers(settings: Settings, sent: list[Record]) -> dict[str, list[Record]]:
+    """Every answer to a request of ``sent`` (a list per request: more than one is a double
+    answer), read until all are answered or the last deadline has passed."""
+    from clawstream.streams.subscriber import read_topic
+    from clawstream.streams.topics import ANSWERS
+
+    wanted = {r["request_id"] for r in sent}
+    answers: dict[str, list[Record]] = defaultdict(list)
+    # Every request is answered by its deadline at the latest: wait that long, no more.
+    patience_s = max(30.0, max(q["deadline_ms"] for q in sent) / 1000 - time.time() + 15)
+    for _, answer in read_topic(settings.bootstrap_servers, ANSWERS.name,
+                                timeout_s=patience_s,
+                                until=lambda _n, a: wanted <= answers.keys()):
+        if answer["request_id"] in wanted:
+            answers[answer["request_id"]].append(dict(answer))
+    # Read on to the end, so a second answer that came after the first is seen too.
+    for _, answer in read_topic(settings.bootstrap_servers, ANSWERS.name, timeout_s=3):
+        if answer["request_id"] in wanted and answer not in answers[answer["request_id"]]:
+            answers[answer["request_id"]].append(dict(answer))
+    return answers
+
+
+def count_effects(settings: Settings, sent: list[Record]) -> list[int]:
+    """How often each ``fault-effect`` request's effect was applied (must be once each)."""
+    import redis
+
+    from fixtures.faults import EFFECTS_KEY
+
+    r = redis.Redis(port=settings.redis_port, decode_responses=True)
+    return [int(r.get(EFFECTS_KEY.format(counter=q["conversation_id"])) or 0)
+            for q in sent if q["agent"] == "fault-effect"]
+
+
+def explain_missing(bootstrap: str, missing: set[str], sent: list[Record],
+                    partitions: int) -> None:
+    """What the event log says about requests that got no answer: where they stopped."""
+    from clawstream.streams.subscriber import read_topic
+    from clawstream.streams.topics import DLQ, EVENTS, REQUESTS_INTERACTIVE
+
+    if not missing:
+        return
+    trail: dict[str, list[str]] = defaultdict(list)
+    where = {q["request_id"]: partition_of(q["conversation_id"], partitions) for q in sent
+             if q["request_id"] in missing}
+    for topic in (REQUESTS_INTERACTIVE.name, EVENTS.name, DLQ.name):
+        for name, e in read_topic(bootstrap, topic, timeout_s=5):
+            if e.get("request_id") in missing:
+                trail[e["request_id"]].append(f"{topic}:{e.get('event_type') or name}")
+    for request_id in sorted(missing):
+        console.print(f"[red]no answer[/] {request_id} (partition {where.get(request_id)}): "
+                      f"{' → '.join(trail[request_id])}")
+
+
+def integrity(sent: list[Record], answers: dict[str, list[Record]], effects: list[int]
+              ) -> dict[str, int]:
+    """The counts that must be 0 (and the missing effects: applied never though answered)."""
+    return {
+        "requests lost (must be 0)": sum(1 for q in sent if q["request_id"] not in answers),
+        "answers doubled (must be 0)": sum(len(v) - 1 for v in answers.values()),
+        "duplicate effects (must be 0)": sum(max(0, e - 1) for e in effects),
+        "missing effects": sum(e == 0 for e in effects),
+    }
+
+
+def conclude(table: Table, answers: dict[str, list[Record]], counts: dict[str, int],
+             reasons_shown: int = 8) -> None:
+    """Print the table and the commonest reasons of answers that are not ``ok``; exit with
+    an error if a request was lost or answered twice."""
+    console.print(table)
+    reasons = Counter(f"{v[0]['status']}: {(v[0]['reason'] or '')[:100]}"
+                      for v in answers.values() if v[0]["status"] != "ok")
+    for reason, count in reasons.most_common(reasons_shown):
+        console.print(f"  {count} x {reason}")
+    if counts["requests lost (must be 0)"] or counts["answers doubled (must be 0)"]:
+        raise SystemExit("requests were lost or answered twice")

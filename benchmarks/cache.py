@@ -9,7 +9,6 @@ latency of a cache hit (steps answered from the cache, and direct look-ups).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.progress import Progress
 from rich.table import Table
 
-from benchmarks.common import bench_stack, console, pct
+from benchmarks.common import UNLIMITED, bench_stack, console, pct
 from benchmarks.workload import Interaction, generate
 from clawstream.cli.cost import summarise
 from clawstream.cli.cost_cli import layers_table
@@ -85,6 +84,7 @@ def drive(bootstrap: str, workload: list[Interaction], in_flight: int, run: Run)
                 progress.advance(task)
     run.wall_s = time.monotonic() - start
     reader.close()
+    publisher.close()
 
 
 async def hit_latency(settings: Any, n: int = 500) -> list[float]:
@@ -108,16 +108,6 @@ async def hit_latency(settings: Any, n: int = 500) -> list[float]:
                 times.append((time.perf_counter() - t) * 1000)
         await caches.store.aclose()
     return times
-
-
-# Flow-control limits out of the way (both runs alike): this measures the caches, not the
-# entrance buckets or the tokens/s limiter, which would otherwise pace the uncached run.
-UNLIMITED = {
-    "CLAWSTREAM_USER_RATE_PER_S": "10000", "CLAWSTREAM_USER_BURST": "10000",
-    "CLAWSTREAM_TENANT_RATE_PER_S": "10000", "CLAWSTREAM_TENANT_BURST": "10000",
-    "CLAWSTREAM_POOLS": json.dumps({"small": {"capacity_tokens_per_s": 1e7, "rank": 0},
-                                    "large": {"capacity_tokens_per_s": 1e7, "rank": 1}}),
-}
 
 
 def run_once(enabled: bool, workload: list[Interaction], in_flight: int) -> Run:

@@ -11,7 +11,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -126,6 +126,18 @@ class Settings(BaseSettings):
     )
     inference_retry_after_s: float = Field(
         default=1.0, description="Retry-After sent with an overload (503) answer."
+    )
+    inference_transport: Literal["http", "handle"] = Field(
+        default="http",
+        description="How workers call the generator: 'http' (Serve's proxy, then the "
+        "generator's route /model/generate) or 'handle' (its DeploymentHandle; the worker "
+        "becomes a Ray driver on its first model call: ~8 ms faster per call, Ray in the "
+        "worker process; see inference/handle_client.py).",
+    )
+    inference_lazy_embedder: bool = Field(
+        default=True,
+        description="Load the embedding model on its first call instead of at deploy: "
+        "about 1 GB less while nothing embeds; the first call waits seconds for it.",
     )
     inference_repeat_penalty: float = Field(
         default=1.1, ge=1.0,
@@ -364,6 +376,40 @@ class Settings(BaseSettings):
         "child's deadline is given up (a child answers by its deadline: this only covers a "
         "lost answer).")
 
+    # HTTP gateway (gateway/): native API and the OpenAI-compatible edge
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    gateway_workers: int = Field(
+        default=1, ge=1, description="uvicorn processes behind the gateway's port; each has "
+        "its own answer index (it reads every partition) and joins the recorder group.")
+    gateway_record_ttl_s: int = Field(
+        default=86_400, gt=0, description="How long a request's record (status, answer, "
+        "events) and its idempotency key stay in Redis for late readers.")
+    gateway_max_body_bytes: int = Field(
+        default=1_000_000, gt=0, description="Larger request bodies are refused (413).")
+    gateway_max_text_chars: int = Field(
+        default=32_000, gt=0, description="Longest request text or message content.")
+    gateway_body_timeout_s: float = Field(
+        default=10.0, gt=0, description="A client that takes longer to send its body gets "
+        "408: slow clients do not hold a connection and a request slot.")
+    gateway_max_inflight: int = Field(
+        default=512, gt=0, description="Requests one gateway process waits on at once; more "
+        "are answered 503 overloaded (the client's failover or retry takes them).")
+    gateway_max_request_lag: int = Field(
+        default=2000, gt=0, description="Requests published and not yet taken by the "
+        "coordinators (consumer lag of the interactive lane) above which new requests get "
+        "503 overloaded: the workers stopped fetching (backpressure).")
+    gateway_wait_grace_s: float = Field(
+        default=2.0, ge=0, description="How long past a request's deadline the gateway waits "
+        "for the coordinator's own deadline answer before it gives up with 504.")
+    gateway_key_cache_s: float = Field(
+        default=5.0, ge=0, description="API-key lookups are cached this long per process: a "
+        "revoked key stops working within this time.")
+    gateway_keepalive_s: float = Field(
+        default=15.0, gt=0, description="SSE comment sent when a stream has been quiet this "
+        "long, so proxies keep the connection.")
+    gateway_max_poll_wait_s: float = Field(
+        default=60.0, gt=0, description="Longest ``?wait=`` of GET /v1/requests/{id}.")
     # Sizes (issue 11): every record stays well under Kafka's message limit, so a large
     # request is refused at the entrance instead of breaking a state write later.
     max_request_chars: int = Field(
@@ -393,6 +439,10 @@ class Settings(BaseSettings):
     @property
     def serve_url(self) -> str:
         return f"http://127.0.0.1:{self.serve_http_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"
 
     @property
     def ray_address(self) -> str:

@@ -23,8 +23,11 @@ from clawstream.inference.errors import (
     NotReady,
     Overloaded,
 )
-from clawstream.inference.faults import FaultPlan, FaultRule
+from clawstream.inference.faults import FaultRule
 from clawstream.inference.protocol import (
+    EMBED_PATH,
+    GENERATE_PATH,
+    UPSTREAM_GENERATE_PATH,
     EmbeddingResult,
     EmbedRequest,
     ErrorBody,
@@ -51,15 +54,9 @@ def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) 
     return JSONResponse(status_code=status, content=body.model_dump(mode="json"), headers=headers)
 
 
-AddScript = Callable[[Script], Awaitable[None]]
-
-
-def create_api(
-    gateway: ModelGateway, faults: FaultPlan | None = None, add_script: AddScript | None = None
-) -> FastAPI:
-    """``faults``: the test stack's fault plan, exposed as POST /faults; ``add_script``: the
-    scripted fixture's registration, POST /script; both None in production."""
-    api = FastAPI(title="clawstream inference", docs_url=None, redoc_url=None)
+def install_error_contract(api: FastAPI) -> None:
+    """The status code and JSON body of every failure kind, on any of the app's HTTP
+    surfaces (the ingress and the models' own routes answer alike)."""
 
     @api.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -99,26 +96,70 @@ def create_api(
         # Anything the gateway did not classify is the backend's fault, and retryable.
         return _error(500, ErrorBody(error="backend", detail=f"{type(exc).__name__}: {exc}"))
 
-    @api.post("/generate", response_model=GenerationResult)
-    async def generate(body: GenerateRequest) -> GenerationResult:
-        if faults is not None:
-            faults.check(body)
-        return await gateway.generate(body, received_at=time.time())
 
-    @api.post("/embed", response_model=EmbeddingResult)
-    async def embed(body: EmbedRequest) -> EmbeddingResult:
-        return await gateway.embed(body)
+Generate = Callable[[GenerateRequest, float], Awaitable[GenerationResult]]
+AddFault = Callable[[FaultRule], Awaitable[None]]
+AddScript = Callable[[Script], Awaitable[None]]
+
+
+def create_model_api(generate: Generate, paths: tuple[str, ...] = ("/generate",)) -> FastAPI:
+    """POST /generate around one ``generate`` callable: a generation replica's own HTTP
+    surface, which Serve mounts under ``/model`` (the local model) or ``/upstream`` (the
+    pools' upstream models). Test fixtures are registered through the ingress, which hands
+    them to every generation deployment."""
+    api = FastAPI(title="clawstream generation", docs_url=None, redoc_url=None)
+    install_error_contract(api)
+
+    async def generate_route(body: GenerateRequest) -> GenerationResult:
+        return await generate(body, time.time())
+
+    for path in paths:
+        api.post(path, response_model=GenerationResult)(generate_route)
+    return api
+
+
+Embed = Callable[[EmbedRequest], Awaitable[EmbeddingResult]]
+
+
+def add_embed_route(api: FastAPI, embed: Embed, paths: tuple[str, ...] = ("/embed",)) -> None:
+    async def embed_route(body: EmbedRequest) -> EmbeddingResult:
+        return await embed(body)
+
+    for path in paths:
+        api.post(path, response_model=EmbeddingResult)(embed_route)
+
+
+def create_embedding_api(embed: Embed) -> FastAPI:
+    """POST /embed around one ``embed`` callable: the embedder replica's own HTTP surface,
+    which Serve mounts under ``/embedding``."""
+    api = FastAPI(title="clawstream embeddings", docs_url=None, redoc_url=None)
+    install_error_contract(api)
+    add_embed_route(api, embed)
+    return api
+
+
+def create_api(gateway: ModelGateway, add_fault: AddFault | None = None,
+               add_script: AddScript | None = None) -> FastAPI:
+    """The ingress's surface: /generate (routed by model), /embed, /health; on a test stack
+    ``add_fault`` (POST /faults) and ``add_script`` (the scripted fixture, POST /script),
+    None in production. The models' own paths (:data:`GENERATE_PATH`,
+    :data:`UPSTREAM_GENERATE_PATH`, :data:`EMBED_PATH`), which Serve routes to their
+    replicas directly, answer here too, so the in-process app serves a client unchanged."""
+    api = create_model_api(gateway.generate,
+                           paths=("/generate", GENERATE_PATH, UPSTREAM_GENERATE_PATH))
+    api.title = "clawstream inference"
+    add_embed_route(api, gateway.embed, paths=("/embed", EMBED_PATH))
 
     @api.get("/health", response_model=HealthReport)
     async def health() -> HealthReport:
         return await gateway.health()
 
-    if faults is not None:
-        plan = faults
+    if add_fault is not None:
+        on_fault = add_fault
 
         @api.post("/faults", status_code=204)
-        async def add_fault(rule: FaultRule) -> None:
-            plan.add(rule)
+        async def register_fault(rule: FaultRule) -> None:
+            await on_fault(rule)
 
     if add_script is not None:
         on_script = add_script

@@ -1,9 +1,29 @@
-"""The Ray Serve application: an HTTP ingress in front of two model deployments.
+"""The Ray Serve applications: each model on its own route, and an HTTP ingress that
+answers health, the test fixtures and the original paths (``/generate``, ``/embed``) in
+front of them.
 
-Why three deployments and not one: generation (llama.cpp, one request at a time) and
-embeddings (MiniLM, micro-batched) have different concurrency and are scaled
-separately; the ingress validates before anything queues, so a bad request costs no
-model time, and it turns Serve's back-pressure into the JSON error contract.
+Why each model is an application of its own: a model step is the hot path, and each
+Python process it crosses costs milliseconds of CPU on a small machine. Mounted under
+``/model`` (the local generator), ``/upstream`` (the pools' OpenAI-compatible upstream
+models, when a pool names one) and ``/embedding``, a call goes HTTP → Serve's proxy →
+model replica; through the ingress it is one replica more (proxy → ingress → model).
+Clients pick the route by the request's model (:func:`protocol.generate_path`), by the
+same rule the ingress routes ``/generate`` with (:func:`protocol.serves_upstream`), so
+both roads reach the same deployment. Serve's back-pressure stays Serve's: the proxy
+admits at most ``max_ongoing_requests`` per replica and queues at most
+``max_queued_requests``, then answers 503 with Retry-After (``backpressure_config``).
+
+Why generation and embeddings stay apart: llama.cpp runs one request at a time, MiniLM is
+micro-batched; upstream calls only wait on sockets. They have different concurrency and
+are scaled separately. Every surface validates before anything queues, so a bad request
+costs no model time, and the ingress turns Serve's back-pressure on its handles into the
+same JSON error contract.
+
+Test fixtures (fault injection, the scripted model) live in each generation deployment,
+so both roads to a model see them; the ingress's ``POST /faults`` and ``POST /script``
+hand a rule or a script to every generation deployment (test stacks run one replica of
+each). Both match on the prompt, so a rule or script only fires where its conversation's
+requests go.
 """
 
 from __future__ import annotations
@@ -18,8 +38,9 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.deployment import Application, Deployment
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import LoggingConfig
 
-from clawstream.inference.api import create_api
+from clawstream.inference.api import create_api, create_embedding_api, create_model_api
 from clawstream.inference.backends import make_backends
 from clawstream.inference.config import InferenceConfig
 from clawstream.inference.embeddings import Embedder
@@ -30,8 +51,15 @@ from clawstream.inference.errors import (
     NotReady,
     Overloaded,
 )
-from clawstream.inference.faults import FaultPlan
+from clawstream.inference.faults import FaultPlan, FaultRule
 from clawstream.inference.protocol import (
+    EMBEDDING_ROUTE_PREFIX,
+    GENERATOR_APP_NAME,
+    GENERATOR_DEPLOYMENT,
+    MODEL_ROUTE_PREFIX,
+    UPSTREAM_APP_NAME,
+    UPSTREAM_DEPLOYMENT,
+    UPSTREAM_ROUTE_PREFIX,
     ComponentHealth,
     EmbeddingResult,
     EmbedRequest,
@@ -43,6 +71,15 @@ from clawstream.inference.routing import LOCAL, UPSTREAM, BackendRouter, deploym
 from clawstream.inference.scripted import Script, ScriptedFixtureBackend
 
 APP_NAME = "clawstream-inference"
+EMBEDDER_APP_NAME = "clawstream-embedder"
+ALL_APP_NAMES = (GENERATOR_APP_NAME, UPSTREAM_APP_NAME, EMBEDDER_APP_NAME, APP_NAME)
+"""Every application this module may deploy (the upstream one only when a pool names an
+upstream); a redeploy removes those it no longer builds."""
+ROUTE_PREFIXES = {GENERATOR_APP_NAME: MODEL_ROUTE_PREFIX, UPSTREAM_APP_NAME: UPSTREAM_ROUTE_PREFIX,
+                  EMBEDDER_APP_NAME: EMBEDDING_ROUTE_PREFIX, APP_NAME: "/"}
+GENERATION_DEPLOYMENTS = {LOCAL: (GENERATOR_DEPLOYMENT, GENERATOR_APP_NAME),
+                          UPSTREAM: (UPSTREAM_DEPLOYMENT, UPSTREAM_APP_NAME)}
+"""(deployment, application) of each kind of generation deployment."""
 
 
 def _replica_id() -> str:
@@ -50,7 +87,8 @@ def _replica_id() -> str:
     return f"{context.deployment}#{context.replica_id.unique_id}"
 
 
-@serve.deployment(name="generator")
+@serve.deployment(name=GENERATOR_DEPLOYMENT)
+@serve.ingress()
 class GenerationDeployment:
     """The generation backends of one kind: the local model (``routing.LOCAL``), or the
     pools' OpenAI-compatible upstreams (``routing.UPSTREAM``, a deployment of its own
@@ -60,6 +98,12 @@ class GenerationDeployment:
         scripted = ScriptedFixtureBackend() if config.fault_injection else None
         self._router = BackendRouter(make_backends(config, kind), scripted)
         self._default_max_tokens = config.max_new_tokens
+        # Test stacks only; here rather than in the ingress so that both roads to the
+        # model (its own route and the ingress's) see the injected failures.
+        self._faults = FaultPlan() if config.fault_injection else None
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_model_api(self.generate)
 
     async def ready(self) -> ComponentHealth:
         backend = self._router.default
@@ -73,8 +117,15 @@ class GenerationDeployment:
             raise InputRejected("the scripted fixture is off on this stack")
         self._router.scripted.add(script)
 
+    async def add_fault(self, rule: FaultRule) -> None:
+        if self._faults is None:
+            raise InputRejected("fault injection is off on this stack")
+        self._faults.add(rule)
+
     async def generate(self, request: GenerateRequest, received_at: float) -> GenerationResult:
         started = time.time()
+        if self._faults is not None:
+            self._faults.check(request)
         backend = self._router.pick(request)
         max_tokens = request.max_tokens or self._default_max_tokens
         clock = time.perf_counter()
@@ -97,33 +148,54 @@ class GenerationDeployment:
 
 
 @serve.deployment(name="embedder")
+@serve.ingress()
 class EmbeddingDeployment:
+    """MiniLM behind ``@serve.batch``. With ``embed_lazy`` the model (torch and
+    sentence-transformers, about 1 GB resident) loads on the first call instead of at
+    start: a stack that never embeds (``chat`` only) never holds it."""
+
     def __init__(self, config: InferenceConfig) -> None:
-        self._embedder = Embedder(threads=config.embed_threads)
+        self._threads = config.embed_threads
+        self._embedder: Embedder | None = None
+        self._loading = asyncio.Lock()
         batcher: Any = self._encode_batch  # @serve.batch adds setters its typing hides
         batcher.set_max_batch_size(config.embed_max_batch_size)
         batcher.set_batch_wait_timeout_s(config.embed_batch_wait_s)
+        if not config.embed_lazy:
+            self._embedder = Embedder(threads=self._threads)
+
+    async def _loaded(self) -> Embedder:
+        async with self._loading:
+            if self._embedder is None:
+                # In a thread: health checks keep answering during the seconds it takes.
+                self._embedder = await asyncio.to_thread(Embedder, self._threads)
+        return self._embedder
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_embedding_api(self._embed_request)
+
+    async def _embed_request(self, request: EmbedRequest) -> EmbeddingResult:
+        return await self.embed(request.texts)
 
     async def ready(self) -> ComponentHealth:
-        return ComponentHealth(model=self._embedder.model_id, backend="sentence_transformers")
+        return ComponentHealth(model=Embedder.model_id, backend="sentence_transformers")
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         vectors = await self._encode_batch(texts)
-        embedder = self._embedder
-        return EmbeddingResult(model=embedder.model_id, dim=embedder.dim, vectors=vectors)
+        return EmbeddingResult(model=Embedder.model_id, dim=Embedder.dim, vectors=vectors)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _encode_batch(self, requests: list[list[str]]) -> list[list[list[float]]]:
-        """One forward pass for several requests' texts: per-call overhead dominates MiniLM."""
-        flat = [text for texts in requests for text in texts]
+        """One forward pass for several requests' texts: per-call overhead dominates MiniLM.
+
+        A text that several requests of the batch carry (one question asked in several
+        conversations at once, a corpus indexed by two workers) is encoded once."""
+        unique = list(dict.fromkeys(text for texts in requests for text in texts))
         # A thread keeps the replica's event loop (health checks, batch assembly) responsive.
-        vectors = await asyncio.to_thread(self._embedder.encode, flat)
-        out: list[list[list[float]]] = []
-        start = 0
-        for texts in requests:
-            out.append(vectors[start : start + len(texts)])
-            start += len(texts)
-        return out
+        embedder = await self._loaded()
+        vectors = dict(zip(unique, await asyncio.to_thread(embedder.encode, unique),
+                           strict=True))
+        return [[vectors[text] for text in texts] for texts in requests]
 
 
 def _original_message(exc: Exception) -> str:
@@ -133,20 +205,30 @@ def _original_message(exc: Exception) -> str:
 
 
 class HandleGateway:
-    """A :class:`clawstream.inference.api.ModelGateway` that calls the model deployments."""
+    """A :class:`clawstream.inference.api.ModelGateway` that calls the model deployments.
 
-    def __init__(
-        self,
-        generator: DeploymentHandle,
-        embedder: DeploymentHandle,
-        config: InferenceConfig,
-        upstream: DeploymentHandle | None = None,
-    ) -> None:
-        self._generator = generator
-        self._embedder = embedder
-        self._upstream = upstream
+    Each model is an application of its own (:data:`GENERATION_DEPLOYMENTS`,
+    :data:`EMBEDDER_APP_NAME`); a handle is taken on first use, once Serve has them. The
+    upstream deployment exists only when ``config.upstreams`` names a model."""
+
+    def __init__(self, config: InferenceConfig) -> None:
+        self._handles: dict[str, DeploymentHandle] = {}
         self._config = config
         self._ready: HealthReport | None = None
+
+    def _handle(self, deployment: str, app_name: str) -> DeploymentHandle:
+        handle = self._handles.get(deployment)
+        if handle is None:
+            handle = self._handles[deployment] = serve.get_deployment_handle(
+                deployment, app_name=app_name)
+        return handle
+
+    def _generation(self, kind: str) -> DeploymentHandle:
+        return self._handle(*GENERATION_DEPLOYMENTS[kind])
+
+    @property
+    def _embedder(self) -> DeploymentHandle:
+        return self._handle("embedder", EMBEDDER_APP_NAME)
 
     async def _call(self, response: Any) -> Any:
         try:
@@ -171,20 +253,23 @@ class HandleGateway:
             raise BackendFailure(f"{type(exc).__name__}: {exc}") from exc
 
     def _generation_handles(self) -> list[DeploymentHandle]:
-        return [self._generator] + ([self._upstream] if self._upstream is not None else [])
+        kinds = [LOCAL] + ([UPSTREAM] if self._config.upstreams else [])
+        return [self._generation(kind) for kind in kinds]
 
     async def generate(self, request: GenerateRequest, received_at: float) -> GenerationResult:
-        handle = self._generator
-        if self._upstream is not None and deployment_for(
-            request.model, set(self._config.upstreams)
-        ) == UPSTREAM:
-            handle = self._upstream
+        handle = self._generation(deployment_for(request.model, self._config.upstreams.keys()))
         result: GenerationResult = await self._call(handle.generate.remote(request, received_at))
         return result
 
+    async def add_fault(self, rule: FaultRule) -> None:
+        """Every generation deployment gets the rule (see the module's docstring)."""
+        await asyncio.gather(
+            *(self._call(h.add_fault.remote(rule)) for h in self._generation_handles())
+        )
+
     async def add_script(self, script: Script) -> None:
         """Every generation deployment gets the script: a marker answers whatever the
-        request's model (test stacks run one replica of each)."""
+        request's model, on whichever road the request took."""
         await asyncio.gather(
             *(self._call(h.add_script.remote(script)) for h in self._generation_handles())
         )
@@ -194,15 +279,15 @@ class HandleGateway:
         return result
 
     async def health(self) -> HealthReport:
-        # Once both models have answered, they stay loaded for the replica's lifetime (Serve
-        # restarts a dead replica, which reloads before taking traffic), so later probes
-        # need not queue behind long generations.
+        # Once both deployments have answered, they stay up for the replica's lifetime
+        # (Serve restarts a dead replica before it takes traffic; a lazy embedder loads its
+        # model on its first call), so later probes need not queue behind generations.
         if self._ready is not None:
             return self._ready
         try:
             generation, embedding, *served = await asyncio.wait_for(
                 asyncio.gather(
-                    self._generator.ready.remote(),
+                    self._generation(LOCAL).ready.remote(),
                     self._embedder.ready.remote(),
                     *(h.served.remote() for h in self._generation_handles()),
                 ),
@@ -222,21 +307,15 @@ class HandleGateway:
 @serve.deployment(name="ingress")
 @serve.ingress()
 class InferenceIngress:
-    def __init__(
-        self,
-        generator: DeploymentHandle,
-        embedder: DeploymentHandle,
-        config: InferenceConfig,
-        upstream: DeploymentHandle | None = None,
-    ) -> None:
-        self._gateway = HandleGateway(generator, embedder, config, upstream)
-        self._faults = FaultPlan() if config.fault_injection else None
+    def __init__(self, config: InferenceConfig) -> None:
+        self._gateway = HandleGateway(config)
         self._fixtures = config.fault_injection
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(
-            self._gateway, self._faults, self._gateway.add_script if self._fixtures else None
-        )
+        gateway = self._gateway
+        if not self._fixtures:
+            return create_api(gateway)
+        return create_api(gateway, gateway.add_fault, gateway.add_script)
 
 
 def _deployment(decorated: object) -> Deployment:
@@ -246,22 +325,25 @@ def _deployment(decorated: object) -> Deployment:
     return decorated
 
 
-def build_app(config: InferenceConfig) -> Application:
-    """The bound application, deployment options taken from ``config``.
+def build_apps(config: InferenceConfig) -> dict[str, Application]:
+    """The bound applications by name, deployment options taken from ``config``.
 
     Options are set here rather than in the decorators because they come from settings
     (back-pressure limits differ between the real and the simulated backend). Replicas
     get no runtime_env of their own so that Serve gives them the deploying job's (see
     :func:`clawstream.inference.deploy.job_runtime_env`): a deployment-level runtime_env would
-    replace it, py_modules included.
+    replace it, py_modules included. Per-request access logs are off: on a small machine
+    writing and shipping a log line per call costs more CPU than the call.
     """
     backpressure = BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s)
+    logging_config = LoggingConfig(enable_access_log=False, log_level="WARNING")
     generator = (
         _deployment(GenerationDeployment)
         .options(
             max_ongoing_requests=config.generate_max_ongoing_requests,
             max_queued_requests=config.max_queued_requests,
             backpressure_config=backpressure,
+            logging_config=logging_config,
             ray_actor_options={"num_cpus": config.generate_num_cpus},
         )
         .bind(config, LOCAL)
@@ -271,10 +353,11 @@ def build_app(config: InferenceConfig) -> Application:
         upstream = (
             _deployment(GenerationDeployment)
             .options(
-                name="upstream",
+                name=GENERATION_DEPLOYMENTS[UPSTREAM][0],
                 max_ongoing_requests=config.upstream_max_ongoing_requests,
                 max_queued_requests=config.max_queued_requests * 4,
                 backpressure_config=backpressure,
+                logging_config=logging_config,
                 ray_actor_options={"num_cpus": config.upstream_num_cpus},
             )
             .bind(config, UPSTREAM)
@@ -287,18 +370,24 @@ def build_app(config: InferenceConfig) -> Application:
             # drains in well under a second.
             max_queued_requests=config.max_queued_requests * 4,
             backpressure_config=backpressure,
+            logging_config=logging_config,
             ray_actor_options={"num_cpus": config.embed_num_cpus},
         )
         .bind(config)
     )
-    return (
+    ingress = (
         _deployment(InferenceIngress)
         .options(
             # The ingress only awaits handles; its own limit is a last line of defence.
             max_ongoing_requests=512,
             max_queued_requests=1024,
             backpressure_config=backpressure,
+            logging_config=logging_config,
             ray_actor_options={"num_cpus": config.ingress_num_cpus},
         )
-        .bind(generator, embedder, config, upstream)
+        .bind(config)
     )
+    apps = {GENERATOR_APP_NAME: generator, EMBEDDER_APP_NAME: embedder, APP_NAME: ingress}
+    if upstream is not None:
+        apps[UPSTREAM_APP_NAME] = upstream
+    return apps

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from clawstream.inference.protocol import (
+    EMBED_PATH,
     ChatMessage,
     EmbeddingResult,
     EmbedRequest,
@@ -26,6 +27,7 @@ from clawstream.inference.protocol import (
     ToolCall,
     ToolChoice,
     ToolFunction,
+    generate_path,
 )
 
 __all__ = [
@@ -142,6 +144,12 @@ class InferenceClient:
 
     ``timeout`` bounds a whole call. Pass ``http`` to share a pool (or a test transport);
     a client passed in is not closed by :meth:`aclose`.
+
+    ``upstream_models``: the model ids the pools' OpenAI-compatible upstreams serve
+    (:func:`clawstream.config.upstream_models` of the settings' pools). Knowing them, the
+    client sends each generation straight to its model's route (``/model/generate`` or
+    ``/upstream/generate``, no ingress hop); without them (None) a request naming a model
+    goes through the ingress, which routes it (:func:`protocol.generate_path`).
     """
 
     def __init__(
@@ -150,10 +158,12 @@ class InferenceClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         http: httpx.AsyncClient | None = None,
+        upstream_models: Collection[str] | None = None,
     ) -> None:
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self._timeout = timeout
+        self.upstream_models = None if upstream_models is None else frozenset(upstream_models)
 
     async def __aenter__(self) -> InferenceClient:
         return self
@@ -191,7 +201,12 @@ class InferenceClient:
             tools=list(tools),
             tool_choice=tool_choice,
         )
-        data = await self._post("/generate", request.model_dump(mode="json"))
+        return await self._generate(request)
+
+    async def _generate(self, request: GenerateRequest) -> GenerationResult:
+        """The call itself, for a validated request (a subclass may go another way)."""
+        path = generate_path(request.model, self.upstream_models)
+        data = await self._post(path, request.model_dump(mode="json"))
         return GenerationResult.model_validate(data)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
@@ -200,7 +215,7 @@ class InferenceClient:
     async def embed_result(self, texts: Sequence[str]) -> EmbeddingResult:
         """Like :meth:`embed`, with the model id (embedding cache keys include it)."""
         request = _validated(EmbedRequest, texts=list(texts))
-        data = await self._post("/embed", request.model_dump(mode="json"))
+        data = await self._post(EMBED_PATH, request.model_dump(mode="json"))
         return EmbeddingResult.model_validate(data)
 
     async def health(self) -> HealthReport:

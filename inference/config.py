@@ -57,6 +57,8 @@ class InferenceConfig(BaseModel):
     embed_max_batch_size: int = 16
     embed_batch_wait_s: float = 0.005
     embed_threads: int = 1
+    embed_lazy: bool = True
+    """Load MiniLM on the first embed call, not at replica start (idle footprint)."""
 
     # Ray resources: the local cluster has 2 CPUs and all three deployments must fit.
     ingress_num_cpus: float = 0.25
@@ -87,6 +89,7 @@ class InferenceConfig(BaseModel):
             retry_after_s=settings.inference_retry_after_s,
             n_threads=settings.inference_llama_threads,
             fault_injection=settings.fault_injection,
+            embed_lazy=settings.inference_lazy_embedder,
             repeat_penalty=settings.inference_repeat_penalty,
             local_max_tool_calls=settings.inference_local_max_tool_calls,
             upstreams=upstream_models(settings.pools),

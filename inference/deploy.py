@@ -51,8 +51,9 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
     """
     import ray
     from ray import serve
+    from ray.serve.schema import LoggingConfig
 
-    from clawstream.inference.app import APP_NAME, build_app
+    from clawstream.inference.app import ALL_APP_NAMES, ROUTE_PREFIXES, build_apps
 
     config = InferenceConfig.from_settings(settings)
     deadline = time.monotonic() + timeout_s
@@ -65,14 +66,23 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
         runtime_env=job_runtime_env(),
     )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": settings.serve_http_port})
-        app = build_app(config)
+        serve.start(http_options={"host": "127.0.0.1", "port": settings.serve_http_port},
+                    # The proxy and the controller: no access log line per request.
+                    logging_config=LoggingConfig(enable_access_log=False,
+                                                 log_level="WARNING"))
+        apps = build_apps(config)
         serve.run_many(
-            [serve.RunTarget(target=app, name=APP_NAME, route_prefix="/")],
+            [serve.RunTarget(target=app, name=name, route_prefix=ROUTE_PREFIXES[name])
+             for name, app in apps.items()],
             wait_for_ingress_deployment_creation=False,
             wait_for_applications_running=False,
         )
-        _wait_healthy(settings.serve_url, deadline, timeout_s)
+        # An app an earlier deploy had and this one does not (the upstream app, once no
+        # pool names an upstream) would keep its route and replicas: remove it.
+        for name in set(ALL_APP_NAMES) - set(apps):
+            if name in serve.status().applications:
+                serve.delete(name)
+        _wait_healthy(settings.serve_url, tuple(apps), deadline, timeout_s)
     finally:
         ray.shutdown()
 
@@ -90,8 +100,9 @@ def _require_cluster(address: str) -> None:
         ) from exc
 
 
-def _serve_verdict() -> str:
-    """Serve's view of the app: "RUNNING", "DEPLOYING", "DEPLOY_FAILED: why", …
+def _serve_verdict(app_names: tuple[str, ...]) -> str:
+    """Serve's view of the apps: "RUNNING" when all run, else the first that does not:
+    "DEPLOYING", "DEPLOY_FAILED: why", …
 
     Checked besides /health because on a redeploy the old version keeps answering
     /health until Serve has replaced it, and because a crashing replica should fail the
@@ -99,26 +110,26 @@ def _serve_verdict() -> str:
     """
     from ray import serve
 
-    from clawstream.inference.app import APP_NAME
-
     try:
-        app_status = serve.status().applications.get(APP_NAME)
+        applications = serve.status().applications
     except Exception as exc:
         # Right after a redeploy the controller can briefly fail to describe the old
         # version; that is "no verdict yet", not a failure.
         return f"UNKNOWN ({type(exc).__name__})"
-    if app_status is None:
-        return "NOT_FOUND"
-    status = str(getattr(app_status.status, "value", app_status.status))
-    if status == "DEPLOY_FAILED":
-        return f"DEPLOY_FAILED: {app_status.message}"
-    return status
+    for name in app_names:
+        app_status = applications.get(name)
+        if app_status is None:
+            return f"NOT_FOUND ({name})"
+        status = str(getattr(app_status.status, "value", app_status.status))
+        if status == "DEPLOY_FAILED":
+            return f"DEPLOY_FAILED: {name}: {app_status.message}"
+        if status != "RUNNING":
+            return status
+    return "RUNNING"
 
 
-def _app_status_line() -> str:
+def _app_status_line(app_names: tuple[str, ...]) -> str:
     from ray import serve
-
-    from clawstream.inference.app import APP_NAME
 
     try:
         status = serve.status()
@@ -126,26 +137,28 @@ def _app_status_line() -> str:
         return f"serve.status() failed: {exc!r}"
     proxies = ", ".join(str(getattr(p, "value", p)) for p in status.proxies.values())
     parts = [f"proxies [{proxies or 'none'}]"]
-    app_status = status.applications.get(APP_NAME)
-    if app_status is None:
-        parts.append("app not known to Serve")
-        return "; ".join(parts)
-    parts.append(f"app {getattr(app_status.status, 'value', app_status.status)}")
-    for name, dep in app_status.deployments.items():
-        dep_status = getattr(dep.status, "value", dep.status)
-        parts.append(f"{name}: {dep_status} {dep.message}".strip())
+    for app_name in app_names:
+        app_status = status.applications.get(app_name)
+        if app_status is None:
+            parts.append(f"app {app_name} not known to Serve")
+            continue
+        parts.append(f"app {app_name} {getattr(app_status.status, 'value', app_status.status)}")
+        for name, dep in app_status.deployments.items():
+            dep_status = getattr(dep.status, "value", dep.status)
+            parts.append(f"{name}: {dep_status} {dep.message}".strip())
     return "; ".join(parts)
 
 
-def _wait_healthy(base_url: str, deadline: float, timeout_s: float) -> None:
+def _wait_healthy(base_url: str, app_names: tuple[str, ...], deadline: float,
+                  timeout_s: float) -> None:
     last = "no answer yet"
     with httpx.Client(base_url=base_url, timeout=5.0) as http:
         while True:
-            verdict = _serve_verdict()
+            verdict = _serve_verdict(app_names)
             if verdict.startswith("DEPLOY_FAILED"):
                 raise InferenceDeployError(
                     f"Serve could not deploy the inference app: {verdict}; "
-                    f"{_app_status_line()[-_MAX_DETAIL_CHARS:]}"
+                    f"{_app_status_line(app_names)[-_MAX_DETAIL_CHARS:]}"
                 )
             if verdict == "RUNNING":
                 try:
@@ -158,7 +171,8 @@ def _wait_healthy(base_url: str, deadline: float, timeout_s: float) -> None:
             if time.monotonic() >= deadline:
                 raise InferenceDeployError(
                     f"inference app not healthy at {base_url}/health after {timeout_s:.0f} s; "
-                    f"last /health answer: {last}; Serve says: {_app_status_line()} (a Serve "
-                    "already running in this cluster keeps the HTTP port it was started with)"
+                    f"last /health answer: {last}; Serve says: {_app_status_line(app_names)} "
+                    "(a Serve already running in this cluster keeps the HTTP port it was "
+                    "started with)"
                 )
             time.sleep(_POLL_INTERVAL_S)

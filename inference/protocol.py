@@ -8,6 +8,7 @@ validation error (400, never retried) rather than a slow backend failure.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,6 +24,48 @@ MAX_NEW_TOKENS_LIMIT = 1024
 MAX_TEMPERATURE = 2.0
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_TEXT_CHARS = 8_192
+
+GENERATOR_APP_NAME = "clawstream-generator"
+"""The Serve application (and, in it, the deployment :data:`GENERATOR_DEPLOYMENT`) that
+generates with the local model."""
+GENERATOR_DEPLOYMENT = "generator"
+MODEL_ROUTE_PREFIX = "/model"
+"""The generation deployment's own HTTP route: Serve's proxy hands a call under it straight
+to a generator replica (no ingress replica in between)."""
+GENERATE_PATH = f"{MODEL_ROUTE_PREFIX}/generate"
+"""Where callers send generations; ``/generate`` on the app's root still answers, one hop
+longer (through the ingress replica)."""
+UPSTREAM_APP_NAME = "clawstream-upstream"
+"""The Serve application (deployment :data:`UPSTREAM_DEPLOYMENT`) that serves the pools'
+OpenAI-compatible upstream models; deployed only when a pool names an upstream."""
+UPSTREAM_DEPLOYMENT = "upstream"
+UPSTREAM_ROUTE_PREFIX = "/upstream"
+"""The upstream deployment's own route: a client sends a request for an upstream model
+there, as it sends one for the local model to :data:`GENERATE_PATH` (no ingress hop)."""
+UPSTREAM_GENERATE_PATH = f"{UPSTREAM_ROUTE_PREFIX}/generate"
+INGRESS_GENERATE_PATH = "/generate"
+"""The ingress's route: it routes by the request's model (one replica more on the way)."""
+
+
+def serves_upstream(model: str | None, upstream_models: Collection[str]) -> bool:
+    """Whether ``model`` is one of the pools' upstream models, which the upstream
+    deployment serves; every other request (null, the local model, an unknown id that the
+    local generator rejects) belongs to the local generator. The one rule the ingress and
+    the clients route by, so both roads reach the same deployment."""
+    return model is not None and model in upstream_models
+
+
+def generate_path(model: str | None, upstream_models: Collection[str] | None) -> str:
+    """Where a client sends a generation: the model's own route when the client knows the
+    pools' upstream models (``upstream_models``, from settings), else the ingress for a
+    named model (it knows them) and the local generator's route for ``null``."""
+    if upstream_models is None:
+        return GENERATE_PATH if model is None else INGRESS_GENERATE_PATH
+    return UPSTREAM_GENERATE_PATH if serves_upstream(model, upstream_models) else GENERATE_PATH
+
+EMBEDDING_ROUTE_PREFIX = "/embedding"
+"""The embedding deployment's own route, for the same reason."""
+EMBED_PATH = f"{EMBEDDING_ROUTE_PREFIX}/embed"
 
 # Tool calling. Bounds keep a request's schemas (which become a grammar on the local model,
 # and prompt tokens everywhere) small enough that a bad one is refused, not slow.

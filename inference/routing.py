@@ -12,21 +12,22 @@ model id is served by exactly one deployment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from clawstream.inference.backends.base import GenerationBackend
 from clawstream.inference.errors import InputRejected
-from clawstream.inference.protocol import ComponentHealth, GenerateRequest
+from clawstream.inference.protocol import ComponentHealth, GenerateRequest, serves_upstream
 from clawstream.inference.scripted import ScriptedFixtureBackend
 
 LOCAL = "local"
 UPSTREAM = "upstream"
 
 
-def deployment_for(model: str | None, upstream_models: Sequence[str] | set[str]) -> str:
+def deployment_for(model: str | None, upstream_models: Collection[str]) -> str:
     """``UPSTREAM`` for a model an upstream serves, else ``LOCAL`` (the local generator,
-    which also answers null and rejects ids it does not serve)."""
-    return UPSTREAM if model is not None and model in upstream_models else LOCAL
+    which also answers null and rejects ids it does not serve); clients pick the direct
+    route by the same rule (:func:`protocol.generate_path`)."""
+    return UPSTREAM if serves_upstream(model, upstream_models) else LOCAL
 
 
 class BackendRouter:

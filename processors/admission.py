@@ -72,7 +72,8 @@ def with_conflict(dedup: DedupEntry, req: AgentRequest) -> DedupEntry:
 
 def rejection_outputs(req: AgentRequest, rejection: Rejection, now_ms: int) -> list[Output]:
     """A ``rejected`` answer with the reason and retry hint, and its audit event."""
-    return [answer(req, "rejected", "", rejection.reason, now_ms, "none"),
+    return [answer(req, "rejected", "", rejection.reason, now_ms, "none",
+                   reason_kind=rejection.kind, retry_after_s=rejection.retry_after_s or None),
             event("request_rejected", now_ms, about(req),
                   detail={"reason": rejection.reason, "kind": rejection.kind,
                           "retry_after_s": f"{rejection.retry_after_s:.3f}"})]

@@ -122,6 +122,22 @@ class AgentSpec:
         return next((s for s in self.subagents if s.agent == name), None)
 
 
+PASSTHROUGH_PREFIX = "model/"
+"""Names of the pass-through agents, one per model pool: ``model/<pool>`` (a ``/`` no team
+agent's name has)."""
+PASSTHROUGH_MAX_TOKENS = 512
+"""A governed call's ``max_tokens`` is the client's (the ``max_tokens`` option), at most
+this; without one, :data:`PASSTHROUGH_DEFAULT_TOKENS`."""
+PASSTHROUGH_DEFAULT_TOKENS = 128
+
+
+def passthrough_agent(pool: str) -> AgentSpec:
+    """The governed model call on ``pool``: one model step over the client's own messages and
+    tools, routed to that pool (its task class names it), its answer returned as it is."""
+    return AgentSpec(name=PASSTHROUGH_PREFIX + pool, version="1", system_prompt="",
+                     passthrough=True, max_tokens=PASSTHROUGH_DEFAULT_TOKENS, task_class=pool)
+
+
 class Catalog(Protocol):
     """What the coordinator's rules may look up: declarations only, no clients, no I/O
     (:class:`clawstream.processors.registry.Registry` is the one a worker builds)."""

@@ -49,6 +49,7 @@ from clawstream.processors.state import (
     Conversation,
     DedupEntry,
     Exchange,
+    Failure,
     StepRun,
     empty_conversation,
 )
@@ -69,6 +70,7 @@ from clawstream.schemas.records import (
     AgentRequest,
     AnswerStatus,
     FunctionCall,
+    ReasonKind,
     StepCommand,
     StepError,
     StepResult,
@@ -208,7 +210,8 @@ def _start(conv: Conversation, req: AgentRequest, run: int, now_ms: int, rules: 
     conv["active"] = active
     if now_ms >= req["deadline_ms"]:
         return _finish(conv, active, agent, "failed", "",
-                       "deadline passed before the request started", now_ms, rules, [])
+                       "deadline passed before the request started", now_ms, rules, [],
+                       reason_kind="deadline")
     early = conv.get("cancelled", {}).pop(req["request_id"], None)
     if early is not None:
         return _finish(conv, active, agent, "failed", "", f"cancelled: {early}", now_ms,
@@ -220,7 +223,7 @@ def _start(conv: Conversation, req: AgentRequest, run: int, now_ms: int, rules: 
 
 def _reject_unknown_agent(req: AgentRequest, now_ms: int) -> list[Output]:
     reason = f"unknown agent {req['agent']!r}"
-    return [answer(req, "rejected", "", reason, now_ms, "none"),
+    return [answer(req, "rejected", "", reason, now_ms, "none", reason_kind="unknown_agent"),
             event("request_rejected", now_ms, about(req), detail={"reason": reason})]
 
 
@@ -398,11 +401,13 @@ def _limit_reached(active: ActiveRequest, agent: AgentSpec, more_steps: int) -> 
 
 
 def _stop_at_limit(conv: Conversation, active: ActiveRequest, agent: AgentSpec, reason: str,
-                   now_ms: int, rules: Rules, outputs: list[Output]) -> Decision:
+                   now_ms: int, rules: Rules, outputs: list[Output],
+                   reason_kind: ReasonKind | None = None) -> Decision:
     """Past a limit: answer ``degraded`` with the reason and what the agent has so far."""
     outputs += _drop_steps(active, reason, now_ms)
     text = so_far(active) if deciding(agent) else active["last_output"]
-    return _finish(conv, active, agent, "degraded", text, reason, now_ms, rules, outputs)
+    return _finish(conv, active, agent, "degraded", text, reason, now_ms, rules, outputs,
+                   reason_kind=reason_kind)
 
 
 # ---------------------------------------------------------------------------- results
@@ -633,11 +638,16 @@ def _drop_steps(active: ActiveRequest, reason: str, now_ms: int) -> list[Output]
 
 
 def _fail(conv: Conversation, active: ActiveRequest, agent: AgentSpec, reason: str,
-          now_ms: int, rules: Rules, outputs: list[Output]) -> Decision:
+          now_ms: int, rules: Rules, outputs: list[Output],
+          reason_kind: ReasonKind | None = None) -> Decision:
     outputs += _drop_steps(active, f"the parent request failed: {reason}", now_ms)
     if not active["effects"]:
-        return _finish(conv, active, agent, "failed", "", reason, now_ms, rules, outputs)
-    active["failure"] = {"status": "failed", "reason": reason}
+        return _finish(conv, active, agent, "failed", "", reason, now_ms, rules, outputs,
+                       reason_kind=reason_kind)
+    failure: Failure = {"status": "failed", "reason": reason}
+    if reason_kind is not None:
+        failure["reason_kind"] = reason_kind
+    active["failure"] = failure
     outputs.append(event("saga_compensating", now_ms, about(active["request"]),
                          agent_version=agent.version,
                          detail={"steps": len(active["effects"]), "reason": reason}))
@@ -652,7 +662,7 @@ def _compensate_next(conv: Conversation, active: ActiveRequest, agent: AgentSpec
     if not active["effects"]:
         active["steps"] = []
         return _finish(conv, active, agent, failure["status"], "", failure["reason"], now_ms,
-                       rules, outputs)
+                       rules, outputs, reason_kind=failure.get("reason_kind"))
     effect = active["effects"].pop()
     req = active["request"]
     spec = rules.catalog.tool_spec(effect["compensation"])
@@ -670,10 +680,11 @@ def _compensate_next(conv: Conversation, active: ActiveRequest, agent: AgentSpec
 
 def _finish(conv: Conversation, active: ActiveRequest, agent: AgentSpec, status: AnswerStatus,
             text: str, reason: str | None, now_ms: int, rules: Rules, outputs: list[Output],
-            tool_calls: list[FunctionCall] | None = None) -> Decision:
+            tool_calls: list[FunctionCall] | None = None,
+            reason_kind: ReasonKind | None = None) -> Decision:
     req = active["request"]
     reply = answer(req, status, text, reason, now_ms, agent.version, active,
-                   tool_calls=tool_calls)
+                   tool_calls=tool_calls, reason_kind=reason_kind)
     outputs.append(reply)
     assert reply.answer is not None
     to_parent = delegation.parent_result(reply.answer, active.get("started_at_ms",
@@ -753,7 +764,8 @@ def on_wakeup(conv: Conversation | None, now_ms: int, rules: Rules) -> Decision:
     for req in [w for w in conv["waiting"] if now_ms >= w["deadline_ms"]]:
         conv["waiting"].remove(req)
         outputs.append(answer(req, "failed", "", "deadline passed while queued behind an "
-                              "earlier request of the conversation", now_ms, "none"))
+                              "earlier request of the conversation", now_ms, "none",
+                              reason_kind="deadline"))
     active = conv["active"]
     if active is None:
         return Decision(conv, outputs)
@@ -766,8 +778,10 @@ def on_wakeup(conv: Conversation | None, now_ms: int, rules: Rules) -> Decision:
                              step_id=running[0] if running else None))
         reason = "deadline exceeded: the request was not answered in time"
         if deciding(agent) and so_far(active):
-            return _stop_at_limit(conv, active, agent, reason, now_ms, rules, outputs)
-        return _fail(conv, active, agent, reason, now_ms, rules, outputs)
+            return _stop_at_limit(conv, active, agent, reason, now_ms, rules, outputs,
+                                  reason_kind="deadline")
+        return _fail(conv, active, agent, reason, now_ms, rules, outputs,
+                     reason_kind="deadline")
     for run in list(active["steps"]):
         if run["output"] is not None:
             continue

@@ -96,3 +96,55 @@ def embedding_cache_key(model_id: str, text: str) -> str:
     """Embedding cache: model id + hash of the whitespace-normalised content."""
     digest = hashlib.sha256(normalise_whitespace(text).encode()).hexdigest()
     return f"emb:{model_id}:{digest}"
+
+
+# The HTTP gateway's Redis records (gateway/). Everything under one prefix; records of
+# requests expire (settings.gateway_record_ttl_s), API keys do not (volatile-lru never
+# evicts them).
+def api_key_key(key_hash: str) -> str:
+    """An API key's record, found by the SHA-256 of the key (the key itself is not kept)."""
+    return f"clawstream:gw:apikey:{key_hash}"
+
+
+def api_key_id_key(key_id: str) -> str:
+    """From the key's public id (what ``keys list`` shows) to its hash, for revoking."""
+    return f"clawstream:gw:apikey-id:{key_id}"
+
+
+def tenant_api_keys_key(tenant_id: str) -> str:
+    """The public ids of a tenant's keys."""
+    return f"clawstream:gw:apikeys:{tenant_id}"
+
+
+def request_record_key(request_id: str) -> str:
+    """A request as the gateway knows it: tenant, status, the published record, answer."""
+    return f"clawstream:gw:request:{request_id}"
+
+
+def request_events_key(request_id: str) -> str:
+    """The request's timeline events, oldest first, for late readers of its event stream."""
+    return f"clawstream:gw:events:{request_id}"
+
+
+def gateway_idempotency_key(tenant_id: str, idempotency_key: str) -> str:
+    """A tenant's Idempotency-Key header -> the request it started (hashed: any bytes)."""
+    return f"clawstream:gw:idem:{tenant_id}:{content_hash(idempotency_key)[:32]}"
+
+
+def conversation_requests_key(conversation_id: str) -> str:
+    """The requests of a (tenant-scoped) conversation, in arrival order."""
+    return f"clawstream:gw:conv:{conversation_id}"
+
+
+TENANT_SEPARATOR = "/"
+
+
+def tenant_conversation_id(tenant_id: str, conversation: str) -> str:
+    """The conversation id on the wire for a client's conversation: two tenants may pick
+    the same name, and the coordinator keeps one state per conversation id."""
+    return f"{tenant_id}{TENANT_SEPARATOR}{conversation}"
+
+
+def client_conversation_id(tenant_id: str, conversation_id: str) -> str:
+    """The client's name of a conversation (the inverse of tenant_conversation_id)."""
+    return conversation_id.removeprefix(f"{tenant_id}{TENANT_SEPARATOR}")

@@ -27,6 +27,7 @@ from clawstream.schemas.records import (
     DeadLetter,
     FunctionCall,
     ModelCall,
+    ReasonKind,
     StepCommand,
     StepResult,
     StepType,
@@ -156,9 +157,13 @@ def step_name(cmd: StepCommand) -> str:
 
 def answer(req: AgentRequest, status: AnswerStatus, text: str, reason: str | None,
            now_ms: int, agent_version: str, active: ActiveRequest | None = None,
-           tool_calls: list[FunctionCall] | None = None) -> Output:
+           tool_calls: list[FunctionCall] | None = None, *,
+           reason_kind: ReasonKind | None = None, retry_after_s: float | None = None
+           ) -> Output:
     """The request's one answer; ``active`` carries what its run spent and did (none for a
-    request answered before it ran)."""
+    request answered before it ran). ``reason_kind`` and ``retry_after_s`` are the reason
+    for machines: the gateway turns a rate-limit rejection into 429 + Retry-After and a
+    deadline into 504 without parsing the text."""
     record: AgentAnswer = {
         "request_id": req["request_id"],
         "idempotency_key": req["idempotency_key"],
@@ -170,6 +175,8 @@ def answer(req: AgentRequest, status: AnswerStatus, text: str, reason: str | Non
         "status": status,
         "text": text,
         "reason": reason,
+        "reason_kind": reason_kind,
+        "retry_after_s": retry_after_s,
         "created_at_ms": req["created_at_ms"],
         "answered_at_ms": now_ms,
         "usage": active["usage"] if active else empty_usage(),

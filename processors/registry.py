@@ -22,7 +22,7 @@ from types import ModuleType
 import redis.asyncio as aioredis
 
 from clawstream.config import Settings
-from clawstream.processors.agents import DELEGATE, AgentSpec, FanOut, ToolStep
+from clawstream.processors.agents import DELEGATE, AgentSpec, FanOut, ToolStep, passthrough_agent
 from clawstream.processors.api import Agent
 from clawstream.processors.caching.embeddings import EmbeddingCache
 from clawstream.processors.tools.base import Tool, ToolSpec
@@ -84,7 +84,13 @@ class Registry:
 
     @property
     def agent_names(self) -> list[str]:
-        return sorted(self._agents)
+        """The team's agents (the pass-through ones are listed as :attr:`pools`)."""
+        return sorted(name for name, spec in self._agents.items() if not spec.passthrough)
+
+    @property
+    def pools(self) -> list[str]:
+        """The model pools a client may call directly (governed pass-through calls)."""
+        return sorted(spec.task_class for spec in self._agents.values() if spec.passthrough)
 
     def build_tools(self, resources: ToolResources) -> dict[str, Tool]:
         return {name: factory(resources) for name, (_, factory) in self._tools.items()}
@@ -173,5 +179,8 @@ def load_registry(settings: Settings) -> Registry:
     """The built-in examples, then the entry points', then the modules named in settings."""
     modules = ["clawstream.processors.builtin", *entry_point_modules(),
                *settings.agent_modules]
-    return register_all(Registry(), list(dict.fromkeys(modules)))
+    registry = Registry()
+    for pool in settings.pools:
+        registry.add_agent(passthrough_agent(pool))
+    return register_all(registry, list(dict.fromkeys(modules)))
 

@@ -16,6 +16,7 @@ from clawstream.schemas.records import (
     Effect,
     FunctionCall,
     Message,
+    ReasonKind,
     StepCommand,
     TimelineEntry,
     Usage,
@@ -43,6 +44,7 @@ class Failure(TypedDict):
 
     status: AnswerStatus
     reason: str
+    reason_kind: NotRequired[ReasonKind]
 
 
 class ChildRun(TypedDict):

@@ -17,7 +17,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from clawstream.processors.agents import DELEGATE, AgentSpec, Catalog, ModelStep, ToolStep
+from clawstream.processors.agents import (
+    PASSTHROUGH_MAX_TOKENS,
+    DELEGATE,
+    AgentSpec,
+    Catalog,
+    ModelStep,
+    ToolStep,
+)
 from clawstream.processors.caching.control import control_for_request
 from clawstream.processors.keys import canonical_json
 from clawstream.processors.policy import Policy
@@ -173,6 +180,8 @@ def model_turn(active: ActiveRequest, agent: AgentSpec, now_ms: int, rules: Rule
     """A deciding agent's next model call, over its transcript so far."""
     req = active["request"]
     call = _model_call(agent, list(active["transcript"]), functions(agent, req, rules.catalog))
+    if agent.passthrough and "max_tokens" in req["options"]:  # the client's own, capped
+        call["max_tokens"] = min(int(req["options"]["max_tokens"]), PASSTHROUGH_MAX_TOKENS)
     limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, None)
     return step_command(req, active["run"], active["step_index"], "model", now_ms, limit,
                         call, None, cache=control_for_request(req["options"],

@@ -13,12 +13,12 @@ import math
 from dataclasses import dataclass
 
 from clawstream.processors.policy import Policy
-from clawstream.schemas.records import AgentRequest
+from clawstream.schemas.records import AgentRequest, ReasonKind
 
 MAX_ID_CHARS = 256
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 FALSY = frozenset({"0", "false", "no", "off", ""})
-POSITIVE_INT_OPTIONS = ("max_steps", "token_budget")
+POSITIVE_INT_OPTIONS = ("max_steps", "token_budget", "max_tokens")
 NON_NEGATIVE_OPTIONS = ("max_cache_age_s", "max-cache-age-s")
 SWITCH_OPTIONS = ("no-cache", "no_cache")
 RESERVED_OPTIONS = ("run",)
@@ -30,7 +30,7 @@ class Rejection:
     """Why a request may not start now, and after how long it may (None: not in this window
     of anything the client controls)."""
 
-    kind: str
+    kind: ReasonKind
     reason: str
     retry_after_s: float
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import faust
 import redis.asyncio as aioredis
 
-from clawstream.config import Settings
+from clawstream.config import Settings, upstream_models
 from clawstream.inference.client import InferenceClient
 from clawstream.processors import faust_fence
 from clawstream.processors.app import add_pages, create_app, create_tables, create_topics
@@ -41,6 +41,22 @@ class Worker:
     executors: StepExecutors
 
 
+def inference_client(settings: Settings) -> InferenceClient:
+    """The worker's model client: HTTP by default; the generation deployments' handles with
+    ``inference_transport=handle`` (imported only then: Ray stays out of an HTTP worker).
+    It knows the pools' upstream models, so each call takes its model's direct route."""
+    upstreams = upstream_models(settings.pools).keys()
+    if settings.inference_transport == "handle":
+        from clawstream.inference.handle_client import HandleInferenceClient
+
+        return HandleInferenceClient(settings.serve_url, ray_address=settings.ray_address,
+                                     retry_after_s=settings.inference_retry_after_s,
+                                     timeout=settings.batch_step_timeout_s,
+                                     upstream_models=upstreams)
+    return InferenceClient(settings.serve_url, timeout=settings.batch_step_timeout_s,
+                           upstream_models=upstreams)
+
+
 def build_worker(settings: Settings, name: str, registry: Registry | None = None) -> Worker:
     """A worker named ``name``; ``registry`` defaults to the built-ins plus
     ``settings.agent_modules``. Creates clients (they connect lazily) and no threads: the
@@ -54,7 +70,7 @@ def build_worker(settings: Settings, name: str, registry: Registry | None = None
     emitter = Emitter(app)
     redis = aioredis.Redis.from_url(settings.redis_url)
     flag_reader = FlagReader(settings.bootstrap_servers, settings.flag_poll_s)
-    inference = InferenceClient(settings.serve_url, timeout=settings.batch_step_timeout_s)
+    inference = inference_client(settings)
     caches = Caches(settings, inference)
     rules = Rules(Policy.from_settings(settings), registry)
     coordinator = Coordinator(worker_name=name, settings=settings, rules=rules, tables=tables,

@@ -14,6 +14,11 @@ Lane = Literal["interactive", "batch"]
 StepType = Literal["model", "tool", "agent"]
 StepStatus = Literal["ok", "error"]
 AnswerStatus = Literal["ok", "degraded", "failed", "rejected"]
+ReasonKind = Literal["user_rate_limit", "tenant_rate_limit", "tenant_budget",
+                     "conversation_budget", "invalid_request", "idempotency_conflict",
+                     "unknown_agent", "deadline"]
+"""An answer's reason for machines (``AgentAnswer.reason_kind``; a string on the wire, so
+a newer kind reads as an unknown string, not a decoding error)."""
 
 
 class Usage(TypedDict):
@@ -209,6 +214,8 @@ class AgentAnswer(TypedDict):
     status: AnswerStatus
     text: str
     reason: str | None
+    reason_kind: str | None
+    retry_after_s: float | None
     created_at_ms: int
     answered_at_ms: int
     usage: Usage

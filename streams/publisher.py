@@ -1,10 +1,26 @@
-"""Publishing clawstream events: acks=all, idempotent producer, Avro single-object encoding."""
+"""Publishing clawstream events: acks=all, idempotent producer, Avro single-object encoding.
+
+``publish`` does not wait: it hands the record to librdkafka (which batches records for
+``linger.ms``) and returns a :class:`Delivery`, a future that a background thread settles
+from the broker's delivery report. A caller that must know the broker took the message
+(the CLI's ``ask``, tests, a service that answers its own client only once the request is
+durable) waits on it, ``publish(...).result()``, or calls :meth:`Publisher.flush`; a
+service that publishes many records keeps going and looks at the futures (or passes
+``on_delivery``) later. Flushing after every record, as this class did, capped any
+caller at one broker round trip per message.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from types import TracebackType
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -15,69 +31,154 @@ from clawstream.schemas.names import AGENT_REQUEST
 from clawstream.schemas.records import AgentRequest
 from clawstream.streams.topics import parse_lane, request_topic
 
+log = logging.getLogger(__name__)
+
+DEFAULT_ACK_TIMEOUT_S = 30.0
+_POLL_S = 0.05
+
 
 class PublishError(RuntimeError):
     """The broker did not take the message."""
+
+
+class PublisherBusy(PublishError):
+    """The producer's local queue is full: the broker is not keeping up (back off)."""
+
+
+Delivery = Future[None]
+"""Settles when the broker acknowledged the record (result ``None``) or gave up on it
+(:class:`PublishError`); ``.result(timeout)`` waits for the ack."""
+
+OnDelivery = Callable[[PublishError | None], None]
+"""Called from the publisher's delivery thread with ``None`` (acked) or the error."""
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def producer_config(bootstrap: str, linger_ms: int = 2,
+                    delivery_timeout_ms: int | None = None) -> dict[str, Any]:
+    """The one producer configuration: acks from every replica, idempotent, and Java's
+    (and aiokafka's) partitioner: requests must land on the same partition as the results
+    Faust produces for that conversation, or co-partitioning breaks."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": linger_ms,
+        "message.max.bytes": get_settings().kafka_max_message_bytes,
+        "partitioner": "murmur2_random",
+        **({} if delivery_timeout_ms is None else {"message.timeout.ms": delivery_timeout_ms}),
+    }
+
+
 class Publisher:
-    """A thin, typed producer; one per process is enough."""
+    """A typed, non-blocking producer; one per process is enough (it is thread-safe).
 
-    def __init__(self, bootstrap: str) -> None:
-        self.failed = 0
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap,
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 2,
-            "message.max.bytes": get_settings().kafka_max_message_bytes,
-            # Java's (and aiokafka's) partitioner: requests must land on the same partition
-            # as the results Faust produces for that conversation, or co-partitioning breaks.
-            "partitioner": "murmur2_random",
-        })
+    Use it as a context manager, or call :meth:`close`: closing flushes what is still
+    queued. A full local queue (the broker is not keeping up) makes ``publish`` wait for
+    room instead of failing.
+    """
 
-    def publish(self, topic: str, key: str, schema: str, record: Mapping[str, Any],
-                timeout_s: float = 30.0) -> None:
-        """Publish and wait for the broker's ack, so a caller knows nothing was lost."""
-        errors: list[KafkaError] = []
+    def __init__(self, bootstrap: str, *, linger_ms: int = 2,
+                 delivery_timeout_ms: int | None = None, wait_for_room: bool = True) -> None:
+        self._producer = Producer(producer_config(bootstrap, linger_ms, delivery_timeout_ms))
+        self._wait_for_room = wait_for_room
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve_reports, daemon=True,
+                                        name="clawstream-publisher")
+        self._thread.start()
 
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                errors.append(err)
+    def _serve_reports(self) -> None:
+        """Delivery reports only run inside ``poll``/``flush``: this thread is the poller."""
+        while not self._closed.is_set():
+            self._producer.poll(_POLL_S)
 
-        self._producer.produce(topic, key=key.encode(), value=encode(schema, record),
-                               on_delivery=on_delivery)
+    def publish(self, topic: str, key: str, schema: str, record: Mapping[str, Any], *,
+                on_delivery: OnDelivery | None = None) -> Delivery:
+        """Encode (raises at once on a record that does not fit ``schema``) and queue;
+        the returned future settles with the broker's ack."""
+        return self._produce(topic, key.encode(), encode(schema, record), on_delivery)
+
+    def publish_raw(self, topic: str, key: bytes | None, value: bytes, *,
+                    on_delivery: OnDelivery | None = None) -> Delivery:
+        """Raw bytes, for tools that redrive stored payloads (and tests of bad input)."""
+        return self._produce(topic, key, value, on_delivery)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes,
+                 on_delivery: OnDelivery | None) -> Delivery:
+        if self._closed.is_set():
+            raise PublishError("publisher is closed")
+        delivery: Delivery = Future()
+        delivery.set_running_or_notify_cancel()
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            error = None if err is None else PublishError(str(err))
+            if error is None:
+                delivery.set_result(None)
+            else:
+                delivery.set_exception(error)
+            if on_delivery is not None:
+                try:
+                    on_delivery(error)
+                except Exception:  # it must not kill the delivery thread
+                    log.exception("on_delivery callback failed")
+
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, on_delivery=report)
+                return delivery
+            except BufferError as exc:
+                if not self._wait_for_room:
+                    raise PublisherBusy("the producer's queue is full") from exc
+                self._producer.poll(_POLL_S)  # queue full: serve reports, then retry
+
+    def flush(self, timeout_s: float = DEFAULT_ACK_TIMEOUT_S) -> None:
+        """Wait until everything published so far is acked (or failed: see the futures)."""
         remaining = self._producer.flush(timeout_s)
         if remaining:
             raise PublishError(f"{remaining} message(s) not acknowledged within {timeout_s}s")
-        if errors:
-            raise PublishError(str(errors[0]))
 
-    def send(self, topic: str, key: str, schema: str, record: Mapping[str, Any]) -> None:
-        """Queue a message without waiting for its ack: a client that goes on producing
-        while the broker is away (the producer retries until its message timeout, 5 min).
-        ``close`` waits for the acks; ``failed`` counts messages the broker never took."""
-        self._producer.produce(topic, key=key.encode(), value=encode(schema, record),
-                               on_delivery=self._count_failure)
-        self._producer.poll(0)
+    def close(self, timeout_s: float = DEFAULT_ACK_TIMEOUT_S) -> None:
+        """Flush, then stop the delivery thread; idempotent."""
+        if self._closed.is_set():
+            return
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._closed.set()
+            self._thread.join()
 
-    def _count_failure(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self.failed += 1
+    def __enter__(self) -> Publisher:
+        return self
 
-    def publish_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Raw bytes, for tools that redrive stored payloads (and tests of bad input)."""
-        self._producer.produce(topic, key=key, value=value)
-        if self._producer.flush(30.0):
-            raise PublishError("raw message not acknowledged")
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
-    def close(self, timeout_s: float = 30.0) -> int:
-        """Wait for the acks of what was sent; returns how many are still not acknowledged."""
-        return int(self._producer.flush(timeout_s))
+
+class AsyncPublisher:
+    """The producer for servers: ``publish`` awaits the broker's ack without blocking the
+    event loop, so one process keeps many requests in flight; a full local queue raises
+    :class:`PublisherBusy` at once (the server answers "overloaded") instead of waiting."""
+
+    def __init__(self, bootstrap: str, linger_ms: int = 1,
+                 delivery_timeout_ms: int = 10_000) -> None:
+        self._publisher = Publisher(bootstrap, linger_ms=linger_ms,
+                                    delivery_timeout_ms=delivery_timeout_ms,
+                                    wait_for_room=False)
+
+    async def publish(self, topic: str, key: str, schema: str, record: Mapping[str, Any]
+                      ) -> None:
+        """Encode (raises on a record that does not fit the schema), send, await the ack."""
+        await asyncio.wrap_future(self._publisher.publish(topic, key, schema, record))
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        # Every publish was awaited by the request that made it, which answered its client
+        # with the failure: nothing left to report at shutdown.
+        with contextlib.suppress(PublishError):
+            self._publisher.close(timeout_s)
 
 
 def _default_deadline_s(lane: str) -> float:
@@ -119,8 +220,7 @@ def new_request(*, agent: str, conversation_id: str, text: str,
     }
 
 
-def publish_request(publisher: Publisher, request: AgentRequest, wait: bool = True) -> None:
-    """Publish a request on its lane's topic; ``wait=False`` queues it (``Publisher.send``)."""
-    publish = publisher.publish if wait else publisher.send
-    publish(request_topic(request["lane"]).name, request["conversation_id"], AGENT_REQUEST,
-            request)
+def publish_request(publisher: Publisher, request: AgentRequest) -> Delivery:
+    """Queue ``request`` on its lane's topic; ``.result()`` on the answer waits for the ack."""
+    return publisher.publish(request_topic(request["lane"]).name, request["conversation_id"],
+                             AGENT_REQUEST, request)

@@ -2,24 +2,117 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from aiokafka.partitioner import murmur2
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from clawstream.schemas import DecodeError, decode, decode_as
 from clawstream.schemas.names import AGENT_ANSWER
-from clawstream.schemas.records import AgentAnswer, WireRecord
+from clawstream.schemas.records import AgentAnswer, AgentRequest, WireRecord
+
+log = logging.getLogger(__name__)
 
 
-def _consumer(bootstrap: str, group: str | None = None) -> Consumer:
+def consumer(bootstrap: str, group: str | None = None, **overrides: Any) -> Consumer:
+    """A consumer; without ``group`` a throw-away group id that is never committed (readers
+    that assign partitions themselves)."""
     return Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": group or f"clawstream-reader-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": group is not None,
         "auto.offset.reset": "earliest",
+        **overrides,
     })
+
+
+_consumer = consumer
+
+
+class ConsumerLoop:
+    """A consumer read in a background thread until :meth:`stop`; ``error`` says why the
+    thread died, ``alive`` whether it still reads. Subclasses say what one step is."""
+
+    def __init__(self, reader: Consumer, name: str) -> None:
+        self._consumer = reader
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.error: str | None = None
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.error is None
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._step()
+        except Exception as exc:
+            self.error = repr(exc)
+            log.exception("%s stopped", self._thread.name)
+        finally:
+            self._consumer.close()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        elif self._thread.ident is None:  # never started: nobody else closes it
+            self._consumer.close()
+
+
+class TopicTail(ConsumerLoop):
+    """Every partition of ``topics`` from the end they had at :meth:`start`, read in a
+    background thread: a server's view of what happens from now on. No group: every
+    replica of a server sees every record (each holds its own waiters), and nothing is
+    ever read again from the beginning.
+
+    ``on_message(topic, key, value)`` runs in the reader thread; it should filter cheaply
+    (by key) and hand the little it keeps to its own event loop."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str],
+                 on_message: Callable[[str, bytes | None, bytes | None], None]) -> None:
+        super().__init__(consumer(bootstrap, None, **{"fetch.wait.max.ms": 100}),
+                         "clawstream-tail")
+        self._topics = tuple(topics)
+        self._on_message = on_message
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Pin every partition at its current end (explicit offsets, so a record produced
+        after ``start`` returns is always seen), then start reading."""
+        assignment = []
+        for topic in self._topics:
+            metadata = self._consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+            if metadata.error is not None:
+                raise KafkaException(metadata.error)
+            for partition in metadata.partitions:
+                tp = TopicPartition(topic, partition)
+                _low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s)
+                assignment.append(TopicPartition(topic, partition, high))
+        self._consumer.assign(assignment)
+        self._thread.start()
+
+    def _step(self) -> None:
+        # The first record as soon as it is there, then whatever else is queued: a batch
+        # call that waits to fill (confluent-kafka before 2.13) would add its timeout.
+        first = self._consumer.poll(0.1)
+        if first is None:
+            return
+        for msg in (first, *self._consumer.consume(500, 0)):
+            if msg.error():
+                continue
+            try:
+                self._on_message(str(msg.topic()), msg.key(), msg.value())
+            except Exception:  # one bad record must not stop the tail
+                log.exception("tail handler failed on %s", msg.topic())
 
 
 def read_topic(
@@ -54,16 +147,50 @@ def read_topic(
         consumer.close()
 
 
+ANSWER_CLOCK_SLACK_MS = 5_000
+"""How far before ``since_ms`` an answer is still looked for: the coordinator stamps answers
+with its own clock, which may lag the caller's a little."""
+
+
+def key_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner puts ``key`` on: the publisher and
+    Faust both use it, so a conversation's requests and answers share one partition."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def answer_since(request: AgentRequest) -> int | None:
+    """Where :func:`wait_for_answer` may start for ``request``: its creation time when its
+    idempotency key is its own (new_request's default: it cannot be a repeat); None when the
+    caller gave the key, which may be an old request's."""
+    if request["idempotency_key"] == request["request_id"]:
+        return request["created_at_ms"]
+    return None
+
+
 def wait_for_answer(bootstrap: str, answers_topic: str, *, idempotency_key: str,
-                    conversation_id: str, timeout_s: float = 120.0) -> AgentAnswer | None:
-    """The first answer for ``idempotency_key``: a repeat of a request gets no new answer
-    event, so this reads the conversation's history from the beginning."""
+                    conversation_id: str, timeout_s: float = 120.0,
+                    since_ms: int | None = None) -> AgentAnswer | None:
+    """The first answer for ``idempotency_key``, read from the conversation's one partition
+    only, from ``since_ms`` on (the request's ``created_at_ms`` for a request just
+    published: its answer can only come later) found with the broker's time index, not by
+    reading the topic from the start. ``since_ms`` None is for a key that may be a repeat
+    of an old request (a repeat gets no new answer event): the conversation's partition is
+    then read from its beginning."""
     deadline = time.monotonic() + timeout_s
     consumer = _consumer(bootstrap)
     try:
         metadata = consumer.list_topics(answers_topic, timeout=10.0).topics[answers_topic]
-        consumer.assign([TopicPartition(answers_topic, p, OFFSET_BEGINNING)
-                         for p in metadata.partitions])
+        partition = key_partition(conversation_id, len(metadata.partitions))
+        start = TopicPartition(answers_topic, partition, OFFSET_BEGINNING)
+        if since_ms is not None:
+            # The end first: if nothing is that recent yet, the answer comes after it.
+            _low, high = consumer.get_watermark_offsets(start, timeout=10.0)
+            found = consumer.offsets_for_times(
+                [TopicPartition(answers_topic, partition,
+                                max(0, since_ms - ANSWER_CLOCK_SLACK_MS))], timeout=10.0)[0]
+            start = TopicPartition(answers_topic, partition,
+                                   found.offset if found.offset >= 0 else high)
+        consumer.assign([start])
         while time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is None or msg.error():

@@ -29,7 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_ENV = {
     **isolated_env(REPO_ROOT / ".clawstream-test", {
         "kafka_port": 29092, "kafka_controller_port": 29093, "redis_port": 26379,
-        "ray_port": 26390, "serve_http_port": 28000, "worker_web_port": 26066}),
+        "ray_port": 26390, "serve_http_port": 28000, "worker_web_port": 26066,
+        "gateway_port": 28080}),
     "CLAWSTREAM_INFERENCE_LLAMA_THREADS": "1",
     "CLAWSTREAM_CONTEXT_EXCHANGES": "4",
     "CLAWSTREAM_FAULT_INJECTION": "true",
@@ -69,6 +70,18 @@ def worker(stack: Settings) -> Iterator[Settings]:
         yield stack
     finally:
         worker_proc.stop_all(stack)
+
+
+@pytest.fixture(scope="session")
+def gateway(worker: Settings) -> Iterator[Settings]:
+    """The HTTP gateway process (SIGKILL-able), as ``clawstream up`` starts it."""
+    from clawstream.deploy.local import gateway as gateway_proc
+
+    gateway_proc.start(worker)
+    try:
+        yield worker
+    finally:
+        gateway_proc.stop(worker)
 
 
 @pytest.fixture(scope="session")

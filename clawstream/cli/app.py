@@ -13,6 +13,7 @@ from rich.table import Table
 from clawstream.cli.cost_cli import cost as cost_command
 from clawstream.cli.dlq import dlq_app
 from clawstream.cli.flags_cli import app as flags_app
+from clawstream.cli.keys_cli import app as keys_app
 from clawstream.cli.render import decisions_table, print_answer
 from clawstream.config import Settings
 from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT
@@ -21,6 +22,7 @@ from clawstream.schemas.records import AgentAnswer, AgentEvent
 app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(flags_app, name="flags")
+app.add_typer(keys_app, name="keys")
 console = Console()
 app.command(name="cost")(cost_command)
 
@@ -30,15 +32,20 @@ def _settings() -> Settings:
 
 
 @app.command()
-def up(workers: Annotated[bool, typer.Option(help="Start the Faust workers too.")] = True
+def up(workers: Annotated[bool, typer.Option(help="Start the Faust workers too.")] = True,
+       gateway: Annotated[bool, typer.Option(help="Start the HTTP gateway too.")] = True
        ) -> None:
-    """Start the local stack (Kafka, Redis, Ray Serve + model, topics, workers); idempotent."""
+    """Start the local stack (Kafka, Redis, Ray Serve + model, topics, workers, gateway);
+    idempotent."""
     from clawstream.deploy.local import RichProgress, StackError
+    from clawstream.deploy.local import gateway as gateway_proc
     from clawstream.deploy.local import up as stack_up
 
     settings = _settings()
     try:
         stack_up(settings, with_workers=workers, progress=RichProgress(console))
+        if gateway:
+            gateway_proc.start(settings)
     except StackError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
@@ -85,7 +92,7 @@ def ask(
 ) -> None:
     """Publish a request and wait for its answer (a repeated key returns the first answer)."""
     from clawstream.streams.publisher import Publisher, new_request, publish_request
-    from clawstream.streams.subscriber import wait_for_answer
+    from clawstream.streams.subscriber import answer_since, wait_for_answer
     from clawstream.streams.topics import ANSWERS
 
     settings = _settings()
@@ -96,11 +103,12 @@ def ask(
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    publisher = Publisher(settings.bootstrap_servers)
-    publish_request(publisher, request)
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result(timeout)  # acked before we wait
     answer = wait_for_answer(settings.bootstrap_servers, ANSWERS.name,
                              idempotency_key=request["idempotency_key"],
-                             conversation_id=request["conversation_id"], timeout_s=timeout)
+                             conversation_id=request["conversation_id"], timeout_s=timeout,
+                             since_ms=answer_since(request))
     if answer is None:
         console.print(f"[red]no answer within {timeout:.0f}s[/] (request "
                       f"{request['request_id']}); is the worker running? `clawstream status`")
@@ -141,7 +149,7 @@ def tail(from_beginning: bool = False, idle: float = 3600.0) -> None:
 def demo() -> None:
     """Start the stack, run a two-turn conversation through a fixed plan (a tool, then the
     model), then a question to an agent whose model decides to call a tool."""
-    up(workers=True)
+    up(workers=True, gateway=True)
     conversation = f"demo-{uuid.uuid4().hex[:8]}"
     for question in ("Where does clawstream keep its caches?",
                      "And how long are tool results kept there?"):

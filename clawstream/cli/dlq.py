@@ -61,9 +61,11 @@ def select(letters: list[DeadLetter], filters: dict[str, str]) -> list[DeadLette
 
 
 def redrive(bootstrap: str, letters: list[DeadLetter]) -> int:
-    publisher = Publisher(bootstrap)
-    for letter in letters:
-        publisher.publish_raw(letter["source_topic"], letter["key"], letter["payload"])
+    with Publisher(bootstrap) as publisher:  # closing waits for every ack
+        deliveries = [publisher.publish_raw(letter["source_topic"], letter["key"],
+                                            letter["payload"]) for letter in letters]
+    for delivery in deliveries:
+        delivery.result()  # raises the first PublishError
     return len(letters)
 
 

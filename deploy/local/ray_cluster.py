@@ -14,9 +14,9 @@ purpose, for multi-node clusters); drivers still connect with ``127.0.0.1:<ray_p
 
 Ports: the GCS listens on ``ray_port`` (6390, not Ray's 6379, which is Redis's). Ray's
 fixed-by-default auxiliary ports (client server 10001, dashboard agent 52365) are given free
-ports picked at start, so two stacks on one machine do not fight over them. The temp dir
-is ``/tmp/clawstream-ray-<ray_port>``: per cluster (logs and sockets never mix with another
-cluster's ``/tmp/ray/session_latest``) and short (Unix socket paths must stay under 108
+ports picked at start, so two stacks on one machine do not fight over them.
+The temp dir is ``/tmp/clawstream-ray-<ray_port>``: per cluster (logs and sockets never mix
+with another cluster's ``/tmp/ray/session_latest``) and short (Unix socket paths must stay under 108
 bytes, which a deep state dir would break).
 """
 
@@ -44,6 +44,16 @@ RAY_ENV = {
     # On SIGTERM, `ray start --block` first drains the node for up to 30 s so Kubernetes can
     # move Serve replicas elsewhere. A single local node has nowhere to move them to.
     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    # Serve's request path on a 2-core machine (docs/benchmarks.md, throughput): user code
+    # and the router on the replica's own event loop instead of a thread each, so a call
+    # is not handed across threads twice per process; no per-request log lines on stderr.
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    # Idle footprint: no Python workers started ahead of the first driver (the deploy
+    # driver needs none; the replicas start their own).
+    "RAY_prestart_worker_first_driver": "0",
 }
 STOP_TIMEOUT_S = 30.0
 
@@ -59,7 +69,13 @@ def _address_file(settings: Settings) -> Path:
 
 
 def command(settings: Settings, ray: str, *, client_port: int, agent_port: int) -> list[str]:
-    """The ``ray start`` command line for the head node of this stack."""
+    """The ``ray start`` command line for the head node of this stack.
+
+    Only what a local Serve cluster uses runs: no log monitor (no driver reads replica
+    logs; they stay in the session's log files), no autoscaler monitor (one fixed node),
+    no dashboard UI. The Ray Client server cannot be left out while its dependency (grpc)
+    is installed, which Serve needs: it gets a free port.
+    """
     return [
         ray,
         "start",
@@ -73,6 +89,9 @@ def command(settings: Settings, ray: str, *, client_port: int, agent_port: int) 
         str(settings.ray_object_store_mb * 1024 * 1024),
         "--include-dashboard",
         "false",
+        "--include-log-monitor",
+        "false",
+        "--no-monitor",
         "--disable-usage-stats",
         "--temp-dir",
         str(temp_dir(settings)),

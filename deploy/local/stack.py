@@ -6,8 +6,10 @@ starting, and the machine has cores to spare while they wait on I/O); once Kafka
 the topics are created (and existing ones get the retention the settings say); the Faust
 workers start once Redis and the topics are ready, while the Serve app deploys onto Ray
 (model loading is the slowest step, and workers do not need it to join their group).
-``down`` stops the workers first, so they commit offsets and leave their group while the
-broker still runs, then everything else at once.
+``down`` stops the gateway and the workers first, so they commit offsets and leave their
+group while the broker still runs, then everything else at once. The gateway itself is
+started by the caller once the topics exist (``clawstream up``), see
+``clawstream.deploy.local.gateway``.
 
 Every step is idempotent: ``up`` on a running stack only probes it, ``down`` on a stopped
 one does nothing. The library prints nothing; pass ``progress`` (e.g. ``RichProgress()``)
@@ -27,7 +29,7 @@ from typing import Any
 from rich.console import Console
 
 from clawstream.config import Settings
-from clawstream.deploy.local import kafka, ray_cluster, redis, worker
+from clawstream.deploy.local import gateway, kafka, ray_cluster, redis, worker
 from clawstream.deploy.local.errors import StackError
 from clawstream.deploy.local.ports import port_holder, port_is_free
 from clawstream.deploy.local.process import Processes, ProcessInfo
@@ -209,6 +211,8 @@ def down(settings: Settings, purge: bool = False, progress: Progress | None = No
     tables) and this stack's Ray temp dir; the Kafka jar cache outside it is kept.
     """
     say = progress or _quiet
+    if gateway.stop(settings):
+        say("gateway", "stopped")
     stopped = worker.stop_all(settings)
     if stopped:
         say("workers", f"stopped {', '.join(stopped)}")
@@ -288,6 +292,9 @@ def status(settings: Settings) -> list[ComponentStatus]:
     serve_ok = ray_up and ray_cluster.serve_is_ready(settings)
     serve_detail = "healthy" if serve_ok else ("not deployed" if ray_up else "ray is down")
     rows.append(ComponentStatus("serve", serve_ok, None, settings.serve_url, serve_detail))
+
+    row("gateway", settings.gateway_port, settings.gateway_url,
+        lambda: gateway.is_ready(settings))
 
     indices = set(range(settings.worker_count))
     indices |= {worker.index_of(n) for n in worker.running(settings)}

@@ -198,7 +198,9 @@ def route_and_cut(decision: Decision, rules: Rules, settings: Settings, flags: F
             continue
         if out.answer is not None:
             _mark_degraded(conv, out.answer)
-        final.append(_fix_event(out, pools))
+        final.append(out)
+    # A step's ``step_issued`` event comes before its command: named once all are routed.
+    final = [_fix_event(out, pools) for out in final]
     return Routed(Decision(conv, final, decision.dedup), archive)
 
 

@@ -162,8 +162,8 @@ def set_flag(bootstrap: str, name: str, value: str, by: str = "cli") -> ControlF
     validate(name, value)
     record: ControlFlag = {"name": name, "value": value, "updated_at_ms": int(time.time() * 1000),
               "updated_by": by}
-    publisher = Publisher(bootstrap)
-    publisher.publish(CONTROL_FLAGS.name, name, CONTROL_FLAG, record)
+    with Publisher(bootstrap) as publisher:
+        publisher.publish(CONTROL_FLAGS.name, name, CONTROL_FLAG, record).result()
     return record
 
 

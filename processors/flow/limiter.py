@@ -102,3 +102,28 @@ def measured_rate(entries: list[dict[str, Any]]) -> float:
     charged = sum(e["actual"] if e["settled_at_ms"] <= end else e["estimate"]
                   for e in ordered[1:-1])
     return charged / ((end - start) / 1000.0)
+
+
+def excess_over_rate(entries: list[dict[str, Any]], rate: float, capacity: float) -> float:
+    """The most tokens the log's admissions took beyond what the bucket could supply: 0
+    (or less) when the limiter held its rate at every admission.
+
+    An admission needs the step's estimate in the bucket (its whole capacity, for a step
+    that costs more), and the bucket holds at most its capacity at the first admission
+    plus ``rate`` x the time since, less what the earlier admissions were charged by then
+    (their actual usage when settled before it, else their estimate).
+    Unlike :func:`measured_rate` this holds however late the dispatcher came for its
+    tokens: a late wake-up leaves a full bucket overflowing, which loses tokens (a lower
+    average) but never grants more."""
+    ordered = sorted(entries, key=lambda e: e["admitted_at_ms"])
+    if not ordered:
+        return 0.0
+    start = ordered[0]["admitted_at_ms"]
+    worst = float("-inf")
+    for j, entry in enumerate(ordered):
+        at = entry["admitted_at_ms"]
+        charged = sum(e["actual"] if e["settled_at_ms"] <= at else e["estimate"]
+                      for e in ordered[:j])
+        needed = min(entry["estimate"], capacity)
+        worst = max(worst, charged + needed - capacity - rate * (at - start) / 1000.0)
+    return worst

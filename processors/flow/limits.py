@@ -21,7 +21,7 @@ from clawstream.processors.flow.arrivals import ArrivalWindows
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import arrivals_key, tenant_budget_key
 from clawstream.processors.validation import Rejection
-from clawstream.schemas.records import AgentRequest
+from clawstream.schemas.records import AgentRequest, ReasonKind
 
 
 def arrival_windows(redis: aioredis.Redis, settings: Settings) -> ArrivalWindows:
@@ -34,17 +34,18 @@ async def check_entrance(windows: ArrivalWindows, settings: Settings, flags: Fla
     """Count the request at its arrival time against the user's limit, then the tenant's;
     the first one full rejects."""
     user_id = request["user_id"] or "anonymous"
-    checks = (
-        ("user", user_id, settings.user_rate_per_s, settings.user_burst),
-        ("tenant", request["tenant_id"], settings.tenant_rate_per_s, settings.tenant_burst),
+    checks: tuple[tuple[str, ReasonKind, str, float, float], ...] = (
+        ("user", "user_rate_limit", user_id, settings.user_rate_per_s, settings.user_burst),
+        ("tenant", "tenant_rate_limit", request["tenant_id"], settings.tenant_rate_per_s,
+         settings.tenant_burst),
     )
-    for kind, name, rate, burst in checks:
+    for kind, reason_kind, name, rate, burst in checks:
         rate, burst = flags.pair(f"limit.{kind}.{name}") or (rate, burst)
         admission = await windows.admit(arrivals_key(kind, name), request["request_id"],
                                         int(request["created_at_ms"]), rate, burst)
         if not admission.allowed:
             return Rejection(
-                f"{kind}_rate_limit",
+                reason_kind,
                 f"{kind} {name} is over its limit of {rate:g} requests/s (burst {burst:g}); "
                 f"retry after {admission.retry_after_s:.2f} s",
                 admission.retry_after_s)

@@ -39,9 +39,11 @@ def smallest_pool(settings: Settings, flags: FlagView, exclude: str | None = Non
 
 
 def route(task_class: str, settings: Settings, flags: FlagView) -> Route:
-    """The task class picks the pool; ``degrade`` sends everything to the smallest pool; a
-    killed pool sends its work to the smallest one still on."""
-    wanted = settings.task_pools.get(task_class) or _by_size(settings)[0]
+    """The task class picks the pool (a pass-through call's task class is the pool it names);
+    ``degrade`` sends everything to the smallest pool; a killed pool sends its work to the
+    smallest one still on."""
+    wanted = settings.task_pools.get(task_class) or (
+        task_class if task_class in settings.pools else _by_size(settings)[0])
     if flags.degrade:
         small = smallest_pool(settings, flags)
         if small is None:

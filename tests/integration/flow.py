@@ -16,7 +16,7 @@ from aiokafka.partitioner import murmur2
 
 from clawstream.config import Settings
 from clawstream.streams.publisher import Publisher, new_request, publish_request
-from clawstream.streams.subscriber import read_topic, wait_for_answer
+from clawstream.streams.subscriber import answer_since, read_topic, wait_for_answer
 from clawstream.streams.topics import ANSWERS, EVENTS
 
 Record = dict[str, Any]
@@ -24,14 +24,16 @@ Record = dict[str, Any]
 
 def send(settings: Settings, **fields: Any) -> Record:
     request = new_request(**fields)
-    publish_request(Publisher(settings.bootstrap_servers), request)
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result()
     return request
 
 
 def answer_to(settings: Settings, request: Record, timeout_s: float = 180) -> Record:
     answer = wait_for_answer(settings.bootstrap_servers, ANSWERS.name,
                              idempotency_key=request["idempotency_key"],
-                             conversation_id=request["conversation_id"], timeout_s=timeout_s)
+                             conversation_id=request["conversation_id"], timeout_s=timeout_s,
+                             since_ms=answer_since(request))
     assert answer is not None, f"no answer for {request['request_id']}"
     return answer
 

@@ -93,8 +93,9 @@ def test_the_reference_implementation_and_our_worker_read_each_other(
     message = bytes.fromhex(encoded)
     # The spec's header for our schema: C3 01 + little-endian CRC-64-AVRO.
     assert message[:2] == b"\xc3\x01"
-    Publisher(worker.bootstrap_servers).publish_raw(request_topic("interactive").name,
-                                                    conversation.encode(), message)
+    with Publisher(worker.bootstrap_servers) as publisher:
+        publisher.publish_raw(request_topic("interactive").name, conversation.encode(),
+                              message).result()
 
     answer = answer_to(worker, request, timeout_s=120)
     assert (answer["status"], answer["text"]) == ("ok", "read by the spec")

@@ -10,7 +10,7 @@ import pytest
 from clawstream.config import Settings
 from clawstream.deploy.local import worker as worker_proc
 from clawstream.streams.publisher import Publisher, new_request, publish_request
-from clawstream.streams.subscriber import read_topic, wait_for_answer
+from clawstream.streams.subscriber import answer_since, read_topic, wait_for_answer
 from clawstream.streams.topics import ANSWERS, DLQ, EVENTS, INFERENCE_REQUESTS, REQUESTS_INTERACTIVE
 
 pytestmark = pytest.mark.integration
@@ -20,10 +20,12 @@ def _ask(settings: Settings, conversation: str, text: str, key: str | None = Non
          agent: str = "researcher") -> dict[str, Any]:
     request = new_request(agent=agent, conversation_id=conversation, text=text,
                           idempotency_key=key)
-    publish_request(Publisher(settings.bootstrap_servers), request)
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result()
     answer = wait_for_answer(settings.bootstrap_servers, ANSWERS.name,
                              idempotency_key=request["idempotency_key"],
-                             conversation_id=conversation, timeout_s=180)
+                             conversation_id=conversation, timeout_s=180,
+                             since_ms=answer_since(request))
     assert answer is not None, f"no answer for {request['request_id']}"
     return answer
 
@@ -66,8 +68,9 @@ def test_same_idempotency_key_yields_one_answer(worker: Settings) -> None:
 
 def test_malformed_request_is_dead_lettered_and_worker_keeps_serving(worker: Settings) -> None:
     marker = uuid.uuid4().bytes
-    Publisher(worker.bootstrap_servers).publish_raw(REQUESTS_INTERACTIVE.name, b"bad",
-                                                    b"not avro at all " + marker)
+    with Publisher(worker.bootstrap_servers) as publisher:
+        publisher.publish_raw(REQUESTS_INTERACTIVE.name, b"bad",
+                              b"not avro at all " + marker).result()
     letters = [r for _, r in read_topic(
         worker.bootstrap_servers, DLQ.name, timeout_s=30,
         until=lambda _n, r: marker in r["payload"],
@@ -85,7 +88,8 @@ def test_sigkilled_worker_finishes_conversation_after_restart(worker: Settings) 
     first = _ask(worker, conversation, "Where does clawstream keep its caches?")
     request = new_request(agent="researcher", conversation_id=conversation,
                           text="And what happens to a restarted worker?")
-    publish_request(Publisher(worker.bootstrap_servers), request)
+    with Publisher(worker.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result()
     # Kill once the coordinator has issued a step of this request: mid-conversation.
     issued = list(read_topic(
         worker.bootstrap_servers, EVENTS.name, timeout_s=60,

@@ -13,7 +13,7 @@ import redis
 
 from clawstream.config import Settings
 from clawstream.processors.flow.flags import set_flag
-from clawstream.processors.flow.limiter import measured_rate
+from clawstream.processors.flow.limiter import excess_over_rate, measured_rate
 from clawstream.processors.keys import admissions_key
 from clawstream.schemas.names import STEP_COMMAND
 from clawstream.streams.publisher import Publisher, new_request, publish_request
@@ -25,16 +25,21 @@ pytestmark = pytest.mark.integration
 
 
 def _send(settings: Settings, n: int, **fields: Any) -> list[dict[str, Any]]:
-    publisher = Publisher(settings.bootstrap_servers)
     requests = []
-    for i in range(n):
-        # one user per request: these tests are about tenants, lanes and pools
-        req = new_request(conversation_id=fields.pop("conversation_id", None)
-                          or f"flow-{uuid.uuid4().hex[:8]}", text=f"Say hello #{i}",
-                          user_id=f"u-{uuid.uuid4().hex[:8]}", **fields)
-        publish_request(publisher, req)
-        requests.append(req)
+    with Publisher(settings.bootstrap_servers) as publisher:  # closing waits for the acks
+        for i in range(n):
+            # one user per request: these tests are about tenants, lanes and pools
+            req = new_request(conversation_id=fields.pop("conversation_id", None)
+                              or f"flow-{uuid.uuid4().hex[:8]}", text=f"Say hello #{i}",
+                              user_id=f"u-{uuid.uuid4().hex[:8]}", **fields)
+            publish_request(publisher, req)
+            requests.append(req)
     return requests
+
+
+def _publish(settings: Settings, request: dict[str, Any]) -> None:
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result()
 
 
 def _answers(settings: Settings, requests: list[dict[str, Any]], timeout_s: float = 180
@@ -73,7 +78,7 @@ def test_tenant_over_its_bucket_is_rejected_with_a_hint_while_another_is_served(
     assert other["status"] == "ok"
     # A redelivery of a rejected request is a duplicate: still one answer ...
     first = next(r for r in flood if r["request_id"] == rejected[0]["request_id"])
-    publish_request(Publisher(worker.bootstrap_servers), first)
+    _publish(worker, first)
     events_of(worker, first["conversation_id"], until=has_event("request_duplicate"))
     assert len(records_of(worker, ANSWERS.name, first["conversation_id"])) == 1
     # ... while the client's retry (new request id, same key) is checked afresh.
@@ -83,7 +88,7 @@ def test_tenant_over_its_bucket_is_rejected_with_a_hint_while_another_is_served(
                         tenant_id=flooder, user_id=f"u-{uuid.uuid4().hex[:8]}")
     deadline = time.monotonic() + 10
     while True:  # until the raised limit has reached the worker (flags apply within 2 s)
-        publish_request(Publisher(worker.bootstrap_servers), retry)
+        _publish(worker, retry)
         again = _answers(worker, [retry])[retry["request_id"]]
         if again["status"] == "ok" or time.monotonic() > deadline:
             break
@@ -150,12 +155,16 @@ def test_interactive_overtakes_a_batch_flood_and_limiter_holds_its_rate(
     ours = [e for e in log if e["step_id"].split(":")[1] in conversations
             and e["rate"] == rate]
     assert len(ours) >= 6, "too few admissions under the configured rate"
-    # The limiter's promise is the ceiling: never more than its rate (10 % for the clocks).
-    # Below it, the limiter is only the bottleneck while the worker keeps up; on a loaded
-    # machine (other stacks sharing 2 cores) the steps come slower than the refill, so the
-    # floor is generous: well over half the rate shows the bucket paced the flood.
-    measured = measured_rate(ours)
-    assert rate * 0.6 <= measured <= rate * 1.10, f"{measured:.1f} tokens/s at {rate:g}"
+    # The contract: at no admission had the pool taken more than its bucket could supply
+    # (a token of slack for the log's millisecond clock).
+    capacity = max(1.0, rate * worker.pool_burst_s)
+    assert excess_over_rate(ours, rate, capacity) <= 1.0, ours
+    # And the limiter kept the pool near its rate. Below it, not above: a `chat` step's
+    # estimate (prompt + 64) exceeds the 60-token bucket, so each step waits for a full
+    # one, and each wake-up a loaded machine delays lets it overflow; those tokens are lost
+    # (measured 49-53 tokens/s of 60 with neighbours' stacks busy; under 40 on a machine
+    # loaded by other stacks, which feed the limiter slower than its refill).
+    assert 0.6 * rate <= measured_rate(ours) <= 1.1 * rate, ours
 
 
 def test_degrade_skips_the_expensive_tool_and_marks_the_answer(worker: Settings) -> None:
@@ -192,7 +201,7 @@ def test_context_keeps_n_exchanges_and_recall_finds_an_older_one(worker: Setting
     answers = []
     for q in questions:
         req = new_request(agent="chat", conversation_id=conversation, text=q)
-        publish_request(Publisher(worker.bootstrap_servers), req)
+        _publish(worker, req)
         answers.append(_answers(worker, [req])[req["request_id"]])
     prompts = [r for _, r in read_topic(worker.bootstrap_servers, "inference.requests",
                                         timeout_s=3)
@@ -215,8 +224,8 @@ async def _recall(settings: Settings, conversation: str, query: str, kept: int
            "tool_call": {"name": "recall", "version": "1", "mutating": False,
                          "arguments_json": json.dumps({"conversation_id": conversation,
                                                        "query": query, "kept": kept})}}
-    Publisher(settings.bootstrap_servers).publish(TOOL_REQUESTS.name, conversation,
-                                                  STEP_COMMAND, cmd)
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publisher.publish(TOOL_REQUESTS.name, conversation, STEP_COMMAND, cmd).result()
     for _, res in read_topic(settings.bootstrap_servers, RESULTS.name, timeout_s=60,
                              until=lambda _n, r: r.get("step_id") == step_id):
         if res.get("step_id") == step_id:

@@ -66,7 +66,8 @@ def test_a_large_request_under_the_limit_is_answered_once(worker: Settings) -> N
 
 
 def send_raw(settings: Settings, request: Any) -> Any:
-    publish_request(Publisher(settings.bootstrap_servers), request)
+    with Publisher(settings.bootstrap_servers) as publisher:
+        publish_request(publisher, request).result()
     return request
 
 
@@ -96,8 +97,9 @@ def test_bad_fields_are_rejected_naming_them(worker: Settings, fields: dict[str,
 
 def test_a_request_on_the_results_topic_is_refused(worker: Settings) -> None:
     request = new_request(agent="chat", conversation_id=_cid("lost"), text="hi")
-    Publisher(worker.bootstrap_servers).publish(
-        RESULTS.name, request["conversation_id"], AGENT_REQUEST, request)
+    with Publisher(worker.bootstrap_servers) as publisher:
+        publisher.publish(RESULTS.name, request["conversation_id"], AGENT_REQUEST,
+                          request).result()
     answer = answer_to(worker, request)
     assert answer["status"] == "rejected"
     assert "requests go to agent.requests.interactive" in answer["reason"]
@@ -110,10 +112,10 @@ def test_fifty_duplicates_of_an_in_flight_request_run_its_step_once(worker: Sett
     request = send(worker, agent="fault-effect", conversation_id=conversation, text="go",
                    options=_args(args0={"counter": counter, "hold": True}))
     await_push(r, faults.STARTED_KEY.format(counter=counter))  # the step is running
-    publisher = Publisher(worker.bootstrap_servers)
-    for n in range(50):  # the same request id, and client retries under the same key
-        copy = request if n % 2 else {**request, "request_id": str(uuid.uuid4())}
-        publish_request(publisher, copy)
+    with Publisher(worker.bootstrap_servers) as publisher:  # closing waits for the acks
+        for n in range(50):  # the same request id, and client retries under the same key
+            copy = request if n % 2 else {**request, "request_id": str(uuid.uuid4())}
+            publish_request(publisher, copy)
     events_of(worker, conversation, until=has_event("request_duplicate", count=50))
     r.set(faults.RELEASE_KEY.format(counter=counter), "1")
     answer = answer_to(worker, request)
@@ -132,8 +134,9 @@ def test_two_concurrent_executions_of_one_step_apply_it_once(worker: Settings) -
     [command] = [c for c in records_of(worker, TOOL_REQUESTS.name, conversation)
                  if c["step_id"] == step_id][:1]
     # a second execution of the very same attempt, while the first holds its claim
-    Publisher(worker.bootstrap_servers).publish_raw(
-        TOOL_REQUESTS.name, conversation.encode(), encode(STEP_COMMAND, command))
+    with Publisher(worker.bootstrap_servers) as publisher:
+        publisher.publish_raw(TOOL_REQUESTS.name, conversation.encode(),
+                              encode(STEP_COMMAND, command)).result()
     busy = [e for e in events_of(worker, conversation, until=has_event(
         "retry_scheduled", infrastructure="true")) if e["event_type"] == "retry_scheduled"]
     assert busy[0]["step_id"] == step_id and "StepBusy" in busy[0]["detail"]["error"]

@@ -146,3 +146,35 @@ async def test_overload_is_shed_with_503_not_queued_forever(
     assert len(served) >= config.generate_max_ongoing_requests
     assert all(o.retryable and o.status == 503 for o in shed)
     assert all(o.retry_after == math.ceil(config.retry_after_s) for o in shed)
+
+
+async def test_the_deployment_handle_transport_keeps_the_error_contract(stack: Settings) -> None:
+    """CLAWSTREAM_INFERENCE_TRANSPORT=handle: the same results and error classes as HTTP,
+    Serve's own queue limit included."""
+    from clawstream.inference.handle_client import HandleInferenceClient
+
+    config = InferenceConfig.from_settings(stack)
+    client = HandleInferenceClient(stack.serve_url, ray_address=stack.ray_address,
+                                   retry_after_s=config.retry_after_s, timeout=120.0)
+    try:
+        first = await client.generate(MESSAGES, max_tokens=16)
+        assert first.replica.startswith("generator#") and first.text.strip()
+        assert (first.model, first.backend) == (GENERATION_MODEL_ID, "llama_cpp")
+        with pytest.raises(InferenceValidationError):
+            await client.generate(MESSAGES, model="gpt-4")
+        burst = config.generate_max_ongoing_requests + config.max_queued_requests + 8
+
+        async def attempt(i: int) -> GenerationResult | InferenceError:
+            try:
+                return await client.generate([{"role": "user", "content": f"Count to {i}."}],
+                                             max_tokens=8)
+            except InferenceError as exc:
+                return exc
+
+        outcomes = await asyncio.gather(*(attempt(i) for i in range(burst)))
+        shed = [o for o in outcomes if isinstance(o, InferenceOverloaded)]
+        served = [o for o in outcomes if isinstance(o, GenerationResult)]
+        assert shed and len(served) + len(shed) == burst, outcomes
+        assert all(o.retryable and o.retry_after == config.retry_after_s for o in shed)
+    finally:
+        await client.aclose()

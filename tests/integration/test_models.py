@@ -16,7 +16,7 @@ import httpx
 import jsonschema
 import pytest
 
-from clawstream.config import Settings
+from clawstream.config import Settings, upstream_models
 from clawstream.inference.client import (
     GenerationResult,
     InferenceBackendError,
@@ -205,3 +205,32 @@ async def test_the_marker_wins_whatever_model_is_named(
         result = await client.generate([{"role": "user", "content": f"hi {marker}"}],
                                         model=model)
         assert (result.backend, result.text) == (SCRIPTED_MODEL_ID, "scripted, not served")
+
+
+async def test_the_direct_routes_reach_the_deployment_the_ingress_picks(
+    stack: Settings, upstream_proxy: upstream.FaultProxy
+) -> None:
+    """A worker's client knows the pools' upstream models and skips the ingress
+    (``/model/generate``, ``/upstream/generate``); each request, tools and the scripted
+    fixture included, must land where ``/generate`` would have routed it."""
+    models = upstream_models(stack.pools)
+    assert upstream.POOL_MODEL in models
+    marker = f"[script {uuid.uuid4().hex}]"
+    await _register(stack, {"marker": marker, "turns": [{"text": "scripted"}]})
+    ask = [{"role": "user", "content": "Name one colour of the sky."}]
+    async with InferenceClient(stack.serve_url, timeout=180.0,
+                               upstream_models=models) as direct, \
+            InferenceClient(stack.serve_url, timeout=180.0) as ingress:
+        for client in (direct, ingress):
+            local = await client.generate(ask, max_tokens=4)
+            assert (local.backend, local.replica.split("#")[0]) == ("llama_cpp", "generator")
+            remote = await client.generate(ask, max_tokens=8, model=upstream.POOL_MODEL,
+                                           tools=[WEATHER], tool_choice="auto")
+            assert (remote.backend, remote.replica.split("#")[0]) == (
+                "openai_compat", "upstream")
+            assert upstream_proxy.seen[-1]["body"]["tools"] == [{"type": "function",
+                                                                 "function": WEATHER}]
+            scripted = await client.generate([{"role": "user", "content": f"hi {marker}"}],
+                                             model=upstream.POOL_MODEL)
+            assert (scripted.backend, scripted.text) == (SCRIPTED_MODEL_ID, "scripted")
+            assert scripted.replica.startswith("upstream#")

@@ -157,8 +157,9 @@ def test_sigkill_during_a_mutating_call_applies_the_effect_once(worker: Settings
     # A redelivery of the step now comes from the ledger: the tool is not called again.
     [command] = [c for c in records_of(worker, TOOL_REQUESTS.name, conversation)
                  if c["step_id"] == step_id][:1]
-    Publisher(worker.bootstrap_servers).publish_raw(
-        TOOL_REQUESTS.name, conversation.encode(), encode(STEP_COMMAND, command))
+    with Publisher(worker.bootstrap_servers) as publisher:
+        publisher.publish_raw(TOOL_REQUESTS.name, conversation.encode(),
+                              encode(STEP_COMMAND, command)).result()
     events_of(worker, conversation, until=has_event("step_ignored"))
     assert int(r.get(faults.CALLS_KEY.format(counter=counter)) or 0) == calls
     assert r.get(faults.EFFECTS_KEY.format(counter=counter)) == "1"

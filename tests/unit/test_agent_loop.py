@@ -10,11 +10,14 @@ from typing import Any
 
 import pytest
 
-from clawstream.processors.agents import AgentSpec
+from clawstream.config import Settings
+from clawstream.processors.agents import PASSTHROUGH_MAX_TOKENS, PASSTHROUGH_PREFIX, AgentSpec
 from clawstream.processors.api import Agent, tool
 from clawstream.processors.conversation import Decision, Rules, on_request, on_result
+from clawstream.processors.flow.flags import FlagView
+from clawstream.processors.flow.pools import route
 from clawstream.processors.policy import Policy
-from clawstream.processors.registry import Registry, RegistryError, register_module
+from clawstream.processors.registry import Registry, RegistryError, load_registry, register_module
 from clawstream.processors.state import upgrade
 from clawstream.processors.tools.base import ToolArgumentsInvalid, ToolContext
 from clawstream.schemas import encode
@@ -180,6 +183,30 @@ def test_a_pass_through_call_returns_the_models_tool_calls_unchanged() -> None:
     [answer] = _commands(done, ANSWERS.name)
     assert answer["tool_calls"] == calls and answer["finish_reason"] == "tool_calls"
     assert not _commands(done, TOOL_REQUESTS.name)
+
+
+def test_a_pass_through_call_takes_the_clients_max_tokens_capped() -> None:
+    def max_tokens(options: dict[str, str]) -> int:
+        req = {**new_request(agent="passthrough", conversation_id="c", text="hi",
+                             options=options)}
+        decision = on_request(None, None, req, 0, RULES, "t/0/1")  # type: ignore[arg-type]
+        [model] = _commands(decision, INFERENCE_REQUESTS.name)
+        return int(model["model_call"]["max_tokens"])
+
+    assert max_tokens({}) == PASS.max_tokens
+    assert max_tokens({"max_tokens": "7"}) == 7
+    assert max_tokens({"max_tokens": "100000"}) == PASSTHROUGH_MAX_TOKENS
+
+
+def test_a_worker_has_one_pass_through_agent_per_pool_routed_to_it() -> None:
+    settings = Settings()
+    registry = load_registry(settings)
+    assert registry.pools == sorted(settings.pools)
+    assert not [a for a in registry.agent_names if a.startswith(PASSTHROUGH_PREFIX)]
+    for pool in settings.pools:
+        spec = registry.agent(PASSTHROUGH_PREFIX + pool)
+        assert spec is not None and spec.passthrough
+        assert route(spec.task_class, settings, FlagView({})).pool == pool
 
 
 async def test_function_tools_validate_and_run() -> None:

@@ -17,6 +17,8 @@ def test_command(tmp_path: Path) -> None:
     assert cmd[cmd.index("--include-dashboard") + 1] == "false"
     assert "--disable-usage-stats" in cmd
     assert cmd[cmd.index("--ray-client-server-port") + 1] == "40001"
+    assert cmd[cmd.index("--include-log-monitor") + 1] == "false"
+    assert "--no-monitor" in cmd
     assert cmd[cmd.index("--dashboard-agent-listen-port") + 1] == "40002"
     assert cmd[cmd.index("--temp-dir") + 1] == str(ray_cluster.temp_dir(settings))
 

@@ -24,13 +24,15 @@ def settings(tmp_path: Path) -> Settings:
         ray_port=free_port(),
         serve_http_port=free_port(),
         worker_web_port=free_port(),
+        gateway_port=free_port(),
         worker_count=1,
     )
 
 
 def test_status_of_a_stopped_stack(settings: Settings) -> None:
     rows = status(settings)
-    assert [r.name for r in rows] == ["redis", "kafka", "ray", "serve", "worker-0"]
+    assert [r.name for r in rows] == ["redis", "kafka", "ray", "serve", "gateway",
+                                        "worker-0"]
     assert not any(r.running for r in rows)
     assert all(r.pid is None for r in rows)
     by_name = {r.name: r for r in rows}
@@ -49,11 +51,12 @@ def test_down_stops_processes_and_purges_state(settings: Settings) -> None:
     procs = Processes(settings.run_dir, settings.log_dir)
     procs.start("redis", ["sleep", "60"])  # stand-in: down stops by pid file
     procs.start("worker-0", ["sleep", "60"])
+    procs.start("gateway", ["sleep", "60"])
     out = io.StringIO()
     down(settings, purge=True, progress=RichProgress(Console(file=out, width=120)))
     assert not settings.state_dir.exists()
     text = out.getvalue()
-    assert "worker-0" in text and "redis" in text and "purged" in text
+    assert "worker-0" in text and "redis" in text and "gateway" in text and "purged" in text
 
 
 def test_purge_refuses_the_working_directory(tmp_path: Path,
@@ -79,5 +82,5 @@ def test_cli_up_starts_every_worker_the_settings_ask_for(
     monkeypatch.setattr(local, "up", lambda s, with_workers=True, **_: calls.append(
         (with_workers, s.worker_count)))
     monkeypatch.setattr(local, "status", lambda s: [])
-    assert CliRunner().invoke(cli, ["up"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["up", "--no-gateway"]).exit_code == 0
     assert calls == [(True, 3)]  # the stack's up starts workers 0..count-1 (start_many)

@@ -7,6 +7,7 @@ import pytest
 from clawstream.config import Settings
 from clawstream.processors.flow.budgets import Budget, conversation_budget, exhausted
 from clawstream.processors.flow.flags import FlagView, validate
+from clawstream.processors.flow.limiter import excess_over_rate, measured_rate
 from clawstream.processors.flow.pools import NoPoolAvailable, estimate_tokens, pool_rate, route
 from clawstream.processors.flow.scheduler import LaneScheduler, Pending
 
@@ -85,3 +86,36 @@ def test_flag_view_reads_switches_and_pairs() -> None:
     assert view.degrade and not view.tool_killed("retrieve")
     assert view.pair("limit.tenant.acme") == (0.5, 2.0)
     assert view.pair("limit.tenant.other") is None
+
+
+def _admission(at_ms: float, estimate: int, actual: int | None = None,
+               settled_at_ms: float | None = None) -> dict[str, float]:
+    return {"admitted_at_ms": at_ms, "estimate": estimate,
+            "actual": estimate if actual is None else actual,
+            "settled_at_ms": at_ms + 1 if settled_at_ms is None else settled_at_ms}
+
+
+def test_a_late_dispatcher_lowers_the_average_but_never_exceeds_the_rate() -> None:
+    # 10 tokens/s, a 10-token bucket, 10-token steps: one step a second at best
+    on_time = [_admission(1000.0 * i, 10) for i in range(5)]
+    late = [_admission(1300.0 * i, 10) for i in range(5)]  # each wake-up 300 ms late
+    assert measured_rate(on_time) == pytest.approx(10.0)
+    assert measured_rate(late) == pytest.approx(10.0 / 1.3)
+    assert excess_over_rate(on_time, rate=10.0, capacity=10.0) <= 0
+    assert excess_over_rate(late, rate=10.0, capacity=10.0) <= 0
+
+
+def test_excess_counts_refunds_only_once_they_reached_the_bucket() -> None:
+    # the second step's 8 refunded tokens reached the bucket before the third admission
+    refunded = [_admission(0, 10), _admission(1000, 10, actual=2, settled_at_ms=1100),
+                _admission(1200, 10)]
+    assert excess_over_rate(refunded, rate=10.0, capacity=10.0) == pytest.approx(0.0)
+    # ... and did not yet: the third took 8 tokens the bucket did not have
+    unsettled = [*refunded[:1], _admission(1000, 10, actual=2, settled_at_ms=1300),
+                 refunded[2]]
+    assert excess_over_rate(unsettled, rate=10.0, capacity=10.0) == pytest.approx(8.0)
+
+
+def test_admissions_faster_than_the_rate_are_an_excess() -> None:
+    burst = [_admission(100.0 * i, 10) for i in range(4)]
+    assert excess_over_rate(burst, rate=10.0, capacity=10.0) == pytest.approx(27.0)

@@ -200,6 +200,32 @@ async def test_client_validates_before_sending(
     assert gateway.seen == []
 
 
+async def test_the_models_own_routes_keep_the_contract(gateway: FakeGateway) -> None:
+    """The surfaces Serve mounts on the model replicas themselves (``/model``,
+    ``/embedding``): the same statuses, bodies and Retry-After as the ingress."""
+    from clawstream.inference.api import create_embedding_api, create_model_api
+
+    model_api = create_model_api(gateway.generate)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=model_api),
+                                 base_url="http://generator") as http:
+        ok = await http.post("/generate", json={"messages": [{"role": "user", "content": "x"}]})
+        assert ok.status_code == 200 and ok.json()["backend"] == "simulated"
+        bad = await http.post("/generate", json={"messages": []})
+        assert bad.status_code == 400 and bad.json()["error"] == "validation"
+        gateway.fail_with = Overloaded("queue full", retry_after_s=2.5)
+        shed = await http.post("/generate",
+                               json={"messages": [{"role": "user", "content": "x"}]})
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "3"
+        assert (await http.post("/faults", json={"match": "x"})).status_code == 404
+    gateway.fail_with = None
+    embed_api = create_embedding_api(gateway.embed)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=embed_api),
+                                 base_url="http://embedder") as http:
+        vectors = await http.post("/embed", json={"texts": ["a", "b"]})
+        assert vectors.status_code == 200 and len(vectors.json()["vectors"]) == 2
+        assert (await http.post("/embed", json={"texts": []})).status_code == 400
+
+
 async def test_timeout_reaches_the_client_as_retryable(
     client: InferenceClient, gateway: FakeGateway
 ) -> None:
@@ -238,3 +264,26 @@ async def test_script_route_exists_only_when_given(gateway: FakeGateway) -> None
             bad = await http.post("/script", json={"marker": "mark-1234", "turns": [{}]})
             assert bad.status_code == (404 if add is None else 400)
     assert [s.marker for s in scripts] == ["mark-1234"]
+
+
+async def test_client_takes_each_models_own_route(gateway: FakeGateway) -> None:
+    """Knowing the pools' upstream models, the client posts a request for one of them to
+    the upstream deployment's route and every other to the local generator's: no ingress
+    hop either way. Without them, a named model goes to the ingress, which routes it."""
+    paths: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        paths.append(request.url.path)
+
+    transport = httpx.ASGITransport(app=create_api(gateway))
+    messages = [{"role": "user", "content": "x"}]
+    for upstreams, expected in (({"remote-a"}, ["/model/generate", "/model/generate",
+                                                "/upstream/generate"]),
+                                (None, ["/model/generate", "/generate", "/generate"])):
+        paths.clear()
+        async with httpx.AsyncClient(transport=transport, base_url="http://i",
+                                     event_hooks={"request": [record]}) as http:
+            client = InferenceClient("http://i", http=http, upstream_models=upstreams)
+            for model in (None, "simulated-echo", "remote-a"):
+                assert (await client.generate(messages, model=model)).backend == "simulated"
+        assert paths == expected

@@ -15,7 +15,15 @@ from clawstream.inference.errors import (
     InputRejected,
     Overloaded,
 )
-from clawstream.inference.protocol import ChatMessage, GenerateRequest, ToolCall
+from clawstream.inference.protocol import (
+    GENERATE_PATH,
+    INGRESS_GENERATE_PATH,
+    UPSTREAM_GENERATE_PATH,
+    ChatMessage,
+    GenerateRequest,
+    ToolCall,
+    generate_path,
+)
 from clawstream.inference.routing import LOCAL, UPSTREAM, BackendRouter, deployment_for
 from clawstream.inference.scripted import (
     SCRIPTED_MODEL_ID,
@@ -147,3 +155,21 @@ def test_deployment_for_model_ids() -> None:
     assert deployment_for("remote-a", upstreams) == UPSTREAM
     assert deployment_for(None, upstreams) == LOCAL
     assert deployment_for("smollm2-135m-instruct-q4_1", upstreams) == LOCAL
+
+
+@pytest.mark.parametrize(("model", "upstreams", "path"), [
+    # a client that knows the pools' upstream models: each model's own route, no ingress
+    (None, {"remote-a"}, GENERATE_PATH),
+    ("smollm2-135m-instruct-q4_1", {"remote-a"}, GENERATE_PATH),
+    ("remote-a", {"remote-a"}, UPSTREAM_GENERATE_PATH),
+    ("gpt-nine", {"remote-a"}, GENERATE_PATH),  # the local generator answers "not served"
+    ("remote-a", set(), GENERATE_PATH),  # no upstream pools: nothing goes to /upstream
+    # a client that does not know them: a named model through the ingress, which does
+    (None, None, GENERATE_PATH),
+    ("remote-a", None, INGRESS_GENERATE_PATH),
+])
+def test_clients_route_by_the_ingress_rule(model: str | None, upstreams: set[str] | None,
+                                           path: str) -> None:
+    assert generate_path(model, upstreams) == path
+    if upstreams is not None:  # the same deployment the ingress would pick
+        assert (path == UPSTREAM_GENERATE_PATH) == (deployment_for(model, upstreams) == UPSTREAM)

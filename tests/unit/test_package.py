@@ -18,14 +18,15 @@ ROOT = "clawstream"
 # The top-level folders and the package names they are linked in as (clawstream/<folder>).
 FOLDERS = {"clawstream": "clawstream", "schemas": "clawstream.schemas",
            "streams": "clawstream.streams", "processors": "clawstream.processors",
-           "inference": "clawstream.inference", "deploy": "clawstream.deploy"}
+           "inference": "clawstream.inference", "gateway": "clawstream.gateway",
+           "deploy": "clawstream.deploy"}
 LAYERS = {"clawstream.config": 0, "clawstream.schemas": 1, "clawstream.streams": 2,
-          "clawstream.inference": 3, "clawstream.processors": 3, "clawstream.deploy": 4,
-          "clawstream.cli": 5}
+          "clawstream.inference": 3, "clawstream.processors": 3, "clawstream.gateway": 4,
+          "clawstream.deploy": 5, "clawstream.cli": 6}
 SIBLING_IMPORTS = {("clawstream.processors", "clawstream.inference")}
 """Same-layer imports that are allowed: the dispatcher is a client of the inference app."""
-OUTSIDE = ("schemas", "streams", "processors", "inference", "deploy", "benchmarks", "tests",
-           "fixtures")
+OUTSIDE = ("schemas", "streams", "processors", "inference", "gateway", "deploy", "benchmarks",
+           "tests", "fixtures")
 
 
 def modules() -> Iterator[tuple[str, Path]]:
@@ -33,7 +34,7 @@ def modules() -> Iterator[tuple[str, Path]]:
         for path in sorted((REPO / folder).rglob("*.py")):
             parts = path.relative_to(REPO / folder).with_suffix("").parts
             if folder == "clawstream" and parts and parts[0] in (
-                    "schemas", "streams", "processors", "inference", "deploy"):
+                    "schemas", "streams", "processors", "inference", "gateway", "deploy"):
                 continue
             name = ".".join((package, *parts)).removesuffix(".__init__")
             yield name, path

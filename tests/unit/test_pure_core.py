@@ -60,6 +60,16 @@ def test_routing_cuts_the_expensive_step_under_degrade_and_answers_degraded() ->
                                        "user": "where are caches?", "assistant": "here"})]
 
 
+def test_a_step_issued_event_names_the_pool_its_step_was_routed_to() -> None:
+    req = new_request(agent="chat", conversation_id="c", text="hi")
+    flags = FlagView({"kill.pool.small": "on"})
+    routed = route_and_cut(on_request(None, None, req, 0, RULES), RULES, SETTINGS, flags, 3)
+    [issued] = [o.record for o in routed.decision.outputs
+                if o.record.get("event_type") == "step_issued"]
+    [model] = [o.record for o in routed.decision.outputs if o.topic == INFERENCE_REQUESTS.name]
+    assert issued["detail"]["pool"] == model["model_call"]["model"] == "large"
+
+
 def test_routing_replays_the_same_way() -> None:
     req = new_request(agent="chat", conversation_id="c", text="hi")
     flags = FlagView({"kill.pool.small": "on"})

@@ -18,8 +18,8 @@ import json
 from dataclasses import dataclass
 
 from clawstream.processors.agents import (
-    PASSTHROUGH_MAX_TOKENS,
     DELEGATE,
+    PASSTHROUGH_MAX_TOKENS,
     AgentSpec,
     Catalog,
     ModelStep,

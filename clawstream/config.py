@@ -355,6 +355,27 @@ class Settings(BaseSettings):
         "ones are found by the recall tool.")
     flag_poll_s: float = Field(default=0.2, description="How often flag readers poll.")
 
+    # Sub-agents (issue 15; processors/delegation.py): the runtime's ceilings over what
+    # agents declare, and how a parent's deadline and budget are shared with its children.
+    delegation_max_depth: int = Field(
+        default=3, ge=0, description="Deepest level of sub-agents below a client's request, "
+        "whatever the agents declare (0: no delegation at all).")
+    delegation_max_fanout: int = Field(
+        default=64, ge=1, description="Sub-agents one request may run at once, whatever its "
+        "agent declares.")
+    delegation_reserve_ms: int = Field(
+        default=2000, ge=0, description="A child's deadline is this much before its parent's "
+        "(at most a quarter of the parent's remaining time), so the parent has time to use "
+        "the answer.")
+    delegation_budget_share: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="Share of a parent's remaining token and "
+        "cost budget that the children of one turn get together (split evenly); the rest "
+        "stays for the parent's own steps.")
+    delegation_grace_ms: int = Field(
+        default=5000, ge=0, description="A delegation with no answer this long after the "
+        "child's deadline is given up (a child answers by its deadline: this only covers a "
+        "lost answer).")
+
     # HTTP gateway (gateway/): native API and the OpenAI-compatible edge
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080

@@ -10,12 +10,15 @@ ledger and compensation for free. Teams write agents with :mod:`clawstream.proce
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clawstream.processors.tools.base import ToolSpec
 from clawstream.schemas.records import AgentRequest
+
+DELEGATE = "delegate"
+"""The function a deciding agent's model calls to hand a task to one of its sub-agents."""
 
 ToolArguments = dict[str, Any]
 """A tool call's arguments, as the tool's JSON arguments object."""
@@ -36,7 +39,43 @@ class ModelStep:
     expensive: bool = False
 
 
-Step = ToolStep | ModelStep
+def _the_request_text(request: AgentRequest) -> list[str]:
+    return [request["text"]]
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """A plan step that delegates in parallel: the same task to several agents
+    (``FanOut(("critic", "editor", "checker"))``), several tasks to one agent
+    (``FanOut(("researcher",), tasks=lambda req: [...])``), or task i to agent i.
+
+    ``tasks`` builds the tasks from the request (default: its text). With ``quorum`` k the
+    step is done once k children answered well; the others are cancelled ("first good
+    answer" with k=1). The children's answers are the notes of the next model step, or the
+    request's answer if the plan ends here."""
+
+    agents: tuple[str, ...]
+    tasks: Callable[[AgentRequest], Sequence[str]] = _the_request_text
+    quorum: int | None = None
+    attempts: int = 1
+    """Attempts of each child (a failed child is retried as a new child)."""
+    timeout_s: float | None = None
+    """Each child's own deadline from its start, if sooner than the parent's allows."""
+    expensive: bool = False
+
+
+Step = ToolStep | ModelStep | FanOut
+
+
+@dataclass(frozen=True)
+class SubAgent:
+    """A sub-agent an agent's model may delegate to (the ``delegate`` function)."""
+
+    agent: str
+    attempts: int = 1
+    """A failed child is retried as a new child (new ids) up to this many times."""
+    timeout_s: float | None = None
+    """The child's own deadline from its start, if sooner than the parent's allows."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +109,20 @@ class AgentSpec:
     candidate: bool = False
     """A version declared beside the live one, for a canary: it gets work only from a
     routing rule (``clawstream canary``) or a request's ``agent_version`` option."""
+    description: str = ""
+    """What the agent does, in a sentence: what a delegating model reads about it."""
+    subagents: tuple[SubAgent, ...] = ()
+    """The agents its model may delegate to (the ``delegate`` function)."""
+    max_fanout: int = 8
+    """Sub-agents one of its requests may run at once."""
+    max_depth: int = 2
+    """The deepest level of sub-agents (below the client's request) its delegations may
+    create; a child is held to the tightest limit above it too."""
+    cost_budget_usd: float | None = None
+    """USD one request may spend, its sub-agents included; None: no limit of its own."""
+
+    def subagent(self, name: str) -> SubAgent | None:
+        return next((s for s in self.subagents if s.agent == name), None)
 
 
 PASSTHROUGH_PREFIX = "model/"

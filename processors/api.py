@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from clawstream.processors.agents import AgentSpec, Step
+from clawstream.processors.agents import AgentSpec, FanOut, Step, SubAgent
 from clawstream.processors.tools.base import Tool, ToolContext
 from clawstream.processors.tools.functions import FunctionTool, tool
 
-__all__ = ["Agent", "FunctionTool", "ToolContext", "tool"]
+__all__ = ["Agent", "FanOut", "FunctionTool", "SubAgent", "ToolContext", "tool"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,13 @@ class Agent:
 
     Several versions of one agent may be declared side by side (the same ``name``, another
     ``version``): exactly one is live, the others say ``candidate=True`` and get work only
-    from a routing rule (``clawstream canary set``) or an eval (``--version``)."""
+    from a routing rule (``clawstream canary set``) or an eval (``--version``).
+
+    ``subagents`` are the agents its model may hand tasks to (a ``delegate`` function, next
+    to its tools); each child runs as a request of its own, inside this request's deadline
+    and budget (``token_budget``, ``cost_budget_usd``), at most ``max_fanout`` at once and
+    ``max_depth`` levels deep. A plan can fan out declaratively with a
+    :class:`~clawstream.processors.agents.FanOut` step."""
 
     name: str
     instructions: str
@@ -44,6 +50,11 @@ class Agent:
     cache_ttl_s: float | None = None
     plan: tuple[Step, ...] | None = None
     candidate: bool = False
+    description: str = ""
+    subagents: Sequence[SubAgent | str] = ()
+    max_fanout: int = 8
+    max_depth: int = 2
+    cost_budget_usd: float | None = None
     tool_objects: tuple[Tool, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -62,4 +73,9 @@ class Agent:
                          temperature=self.temperature,
                          context_exchanges=self.context_exchanges,
                          step_timeout_s=self.step_timeout_s, cache_ttl_s=self.cache_ttl_s,
-                         task_class=self.model, candidate=self.candidate)
+                         task_class=self.model, description=self.description,
+                         subagents=tuple(s if isinstance(s, SubAgent) else SubAgent(s)
+                                         for s in self.subagents),
+                         max_fanout=self.max_fanout, max_depth=self.max_depth,
+                         cost_budget_usd=self.cost_budget_usd,
+                         candidate=self.candidate)

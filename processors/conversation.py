@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from clawstream.processors import admission
-from clawstream.processors.agents import AgentSpec
+from clawstream.processors import admission, delegation
+from clawstream.processors.agents import AgentSpec, FanOut
 from clawstream.processors.caching.report import merge_records
 from clawstream.processors.canary.routing import route_request
 from clawstream.processors.keys import canonical_json
@@ -67,7 +67,6 @@ from clawstream.processors.turns import (
     plan_step,
     so_far,
     tool_results,
-    tool_turn,
 )
 from clawstream.processors.validation import Rejection
 from clawstream.schemas.records import (
@@ -83,10 +82,14 @@ from clawstream.schemas.records import (
     empty_usage,
     message,
 )
+from clawstream.schemas.records import Cancel as CancelRecord
 
 __all__ = ["Decision", "Output", "Rules", "abort", "fresh_dedup", "hard_abort", "keep_within",
-           "needs_gate", "next_due_ms", "on_request", "on_result", "on_wakeup",
+           "needs_gate", "next_due_ms", "on_cancel", "on_request", "on_result", "on_wakeup",
            "refuse_unprocessable", "reject"]
+
+MAX_EARLY_CANCELS = 32
+"""Cancels kept for requests that have not arrived yet (per conversation)."""
 
 fresh_dedup = admission.fresh_dedup
 
@@ -183,9 +186,16 @@ def _duplicate(conv: Conversation, dedup: DedupEntry, req: AgentRequest, now_ms:
     # (the sweep issues that one): each would run a step once more.
     if (source and dedup.get("source") == source and active
             and active["request"]["request_id"] == dedup["request_id"]):
-        outputs += [command_output(run["cmd"]) for run in active["steps"]
+        outputs += [_reissue(run) for run in active["steps"]
                     if run["output"] is None and run["retry_at_ms"] is None]
     return Decision(conv, outputs, dedup)
+
+
+def _reissue(run: StepRun) -> Output:
+    """A step in flight, sent again exactly as it was (a child request too: its
+    coordinator sees a duplicate, never a second child)."""
+    request = run["child"]["request"] if delegation.is_delegation(run) else None
+    return delegation.request_output(request) if request else command_output(run["cmd"])
 
 
 # ---------------------------------------------------------------------------- turns
@@ -200,12 +210,20 @@ def _start(conv: Conversation, req: AgentRequest, run: int, now_ms: int, rules: 
         "request": req, "run": run, "step_index": 0, "steps": [],
         "transcript": context(agent, conv, req, rules.policy) if deciding(agent) else [],
         "taken": 0, "notes": None, "last_output": "", "timeline": [], "usage": empty_usage(),
-        "effects": [], "failure": None, "agent_version": agent.version}
+        "effects": [], "failure": None, "agent_version": agent.version,
+        "started_at_ms": now_ms}
     conv["active"] = active
     if now_ms >= req["deadline_ms"]:
         return _finish(conv, active, agent, "failed", "",
                        "deadline passed before the request started", now_ms, rules,
                        routed.outputs, reason_kind="deadline")
+    early = conv.get("cancelled", {}).pop(req["request_id"], None)
+    if early is not None:
+        return _finish(conv, active, agent, "failed", "", f"cancelled: {early}", now_ms,
+                       rules, [*routed.outputs,
+                               event("request_cancelled", now_ms, about(req),
+                                     agent_version=agent.version,
+                                     detail={"reason": early, "before_start": "true"})])
     return _next_turn(conv, active, agent, now_ms, rules, routed.outputs)
 
 
@@ -228,11 +246,21 @@ def _next_turn(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_
     if deciding(agent):
         cmd = model_turn(active, agent, now_ms, rules)
         active["step_index"] += 1
-        return _issue_turn(conv, active, agent, [new_run(cmd)], now_ms, outputs)
+        return _issue_turn(conv, active, agent, [new_run(cmd)], now_ms, rules, outputs)
+    assert agent.plan is not None
+    step = agent.plan[active["step_index"]]
+    if isinstance(step, FanOut):
+        fanned = delegation.fan_out_turn(active, agent, step, now_ms, rules)
+        if isinstance(fanned, PlanError):
+            return _plan_failed(conv, active, agent, fanned, now_ms, rules, outputs)
+        limit = _limit_reached(active, agent, len(fanned))
+        if limit is not None:
+            return _stop_at_limit(conv, active, agent, limit, now_ms, rules, outputs)
+        return _issue_turn(conv, active, agent, fanned, now_ms, rules, outputs)
     planned = plan_step(conv, active, agent, now_ms, rules)
     if isinstance(planned, PlanError):
         return _plan_failed(conv, active, agent, planned, now_ms, rules, outputs)
-    return _issue_turn(conv, active, agent, [new_run(planned)], now_ms, outputs)
+    return _issue_turn(conv, active, agent, [new_run(planned)], now_ms, rules, outputs)
 
 
 def _plan_failed(conv: Conversation, active: ActiveRequest, agent: AgentSpec,
@@ -255,19 +283,22 @@ def _plan_failed(conv: Conversation, active: ActiveRequest, agent: AgentSpec,
 
 
 def _issue_turn(conv: Conversation, active: ActiveRequest, agent: AgentSpec,
-                runs: list[StepRun], now_ms: int, outputs: list[Output]) -> Decision:
+                runs: list[StepRun], now_ms: int, rules: Rules, outputs: list[Output]
+                ) -> Decision:
     active["steps"] = runs
     for run in runs:
         if run["output"] is None:  # not answered at once (a call the runtime refused)
             active["taken"] += 1
-            outputs += _issue(active, run, agent, now_ms)
+            outputs += _issue(active, run, agent, now_ms, rules)
     return Decision(conv, outputs)
 
 
-def _issue(active: ActiveRequest, run: StepRun, agent: AgentSpec, now_ms: int
+def _issue(active: ActiveRequest, run: StepRun, agent: AgentSpec, now_ms: int, rules: Rules
            ) -> list[Output]:
-    cmd = run["cmd"]
     run["retry_at_ms"] = None
+    if delegation.is_delegation(run):
+        return delegation.issue(active, run, agent, now_ms, rules.policy)
+    cmd = run["cmd"]
     subject = about(active["request"])
     outputs = []
     tool = cmd["tool_call"]
@@ -290,11 +321,14 @@ def _turn_done(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_
     """Every step of the turn is back: go on from what they returned."""
     runs = active["steps"]
     if not deciding(agent):
-        _record_output(active, runs[0])
+        if delegation.is_delegation(runs[0]):
+            active["notes"], active["last_output"] = delegation.fan_in(runs)
+        else:
+            _record_output(active, runs[0])
         active["step_index"] += 1
         return _next_turn(conv, active, agent, now_ms, rules, outputs)
     first = runs[0]
-    if first["cmd"]["step_type"] == "tool":  # the calls' results, back to the model
+    if first["cmd"]["step_type"] != "model":  # tools' and sub-agents' results, to the model
         active["transcript"] += tool_results(runs)
         return _next_turn(conv, active, agent, now_ms, rules, outputs)
     text, calls = (first["output"] or "").strip(), first["tool_calls"]
@@ -310,9 +344,9 @@ def _turn_done(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_
     limit = _limit_reached(active, agent, len(calls))
     if limit is not None:
         return _stop_at_limit(conv, active, agent, limit, now_ms, rules, outputs)
-    runs = tool_turn(active, agent, calls, now_ms, rules)
+    runs = delegation.call_turn(active, agent, calls, now_ms, rules)
     active["step_index"] += len(runs)
-    decision = _issue_turn(conv, active, agent, runs, now_ms, outputs)
+    decision = _issue_turn(conv, active, agent, runs, now_ms, rules, outputs)
     if all(run["output"] is not None for run in runs):  # every call refused at once
         return _turn_done(conv, active, agent, now_ms, rules, decision.outputs)
     return decision
@@ -361,8 +395,13 @@ def _limit_reached(active: ActiveRequest, agent: AgentSpec, more_steps: int) -> 
                 f"({active['taken']} taken, {more_steps} more asked for)")
     usage = active["usage"]
     spent = usage["prompt_tokens"] + usage["completion_tokens"]
-    if agent.token_budget is not None and spent >= agent.token_budget:
-        return f"the agent used its token budget ({spent} of {agent.token_budget} tokens)"
+    tokens = delegation.token_limit(active["request"], agent)
+    if tokens is not None and spent >= tokens:
+        return f"the agent used its token budget ({spent} of {tokens} tokens)"
+    cost = delegation.cost_limit(active["request"], agent)
+    if cost is not None and usage["cost_usd"] >= cost:
+        return (f"the agent used its cost budget (${usage['cost_usd']:.6f} of "
+                f"${cost:.6f})")
     return None
 
 
@@ -370,7 +409,7 @@ def _stop_at_limit(conv: Conversation, active: ActiveRequest, agent: AgentSpec, 
                    now_ms: int, rules: Rules, outputs: list[Output],
                    reason_kind: ReasonKind | None = None) -> Decision:
     """Past a limit: answer ``degraded`` with the reason and what the agent has so far."""
-    active["steps"] = []
+    outputs += _drop_steps(active, reason, now_ms)
     text = so_far(active) if deciding(agent) else active["last_output"]
     return _finish(conv, active, agent, "degraded", text, reason, now_ms, rules, outputs,
                    reason_kind=reason_kind)
@@ -391,6 +430,11 @@ def _timeline_entry(cmd: StepCommand, res: StepResult, now_ms: int) -> TimelineE
         "run_ms": float(res["finished_at_ms"] - res["started_at_ms"]),
         "result_wait_ms": float(now_ms - res["finished_at_ms"]),
         "cache_hit": res["cache_hit"],
+        "usage": res["usage"],
+        "request_id": None,
+        "conversation_id": None,
+        "agent_status": None,
+        "depth": 0,
     }
 
 
@@ -412,7 +456,7 @@ def on_result(conv: Conversation | None, res: StepResult, now_ms: int, rules: Ru
         return _ignored(conv, active, res, now_ms)
     agent = _agent(rules, active)
     cmd = run["cmd"]
-    active["timeline"].append(_timeline_entry(cmd, res, now_ms))
+    active["timeline"] += delegation.timeline_entries(_timeline_entry(cmd, res, now_ms), res)
     active["usage"] = usage_sum(active["usage"], res["usage"])
     active["cache"] = merge_records(active.get("cache", []), res["cache"] or [])
     outputs = [event("step_completed", now_ms, about(active["request"]),
@@ -424,14 +468,19 @@ def on_result(conv: Conversation | None, res: StepResult, now_ms: int, rules: Ru
         error = res["error"] or {"error_class": "Error", "message": "unknown error",
                                  "retryable": False, "retry_after_ms": None,
                                  "infrastructure": False}
-        if not (deciding(agent) and active["failure"] is None
-                and error["error_class"] == INVALID_ARGUMENTS):
+        if active.get("cancelled") and active["failure"] is None:
+            run["output"] = f"error: {error['message']}"  # no retry: it is being cancelled
+        elif not (deciding(agent) and active["failure"] is None
+                  and error["error_class"] == INVALID_ARGUMENTS):
             return _step_failed(conv, active, run, agent, error, now_ms, rules, outputs)
-        run["output"] = f"error: {error['message']}"  # the model reads it and corrects
+        else:
+            run["output"] = f"error: {error['message']}"  # the model reads it and corrects
     else:
         run["output"] = res["output"]
         run["tool_calls"] = res["tool_calls"]
         _record_effect(active, cmd, res["output"], rules)
+        if delegation.is_delegation(run):
+            delegation.joined(active, run, res)
     if active["failure"] is not None:
         tool = cmd["tool_call"]
         assert tool is not None  # only compensations run while failing
@@ -440,6 +489,25 @@ def on_result(conv: Conversation | None, res: StepResult, now_ms: int, rules: Ru
                              detail={"tool": step_name(cmd), "for_step":
                                      json.loads(tool["arguments_json"])["step_id"]}))
         return _compensate_next(conv, active, agent, now_ms, rules, outputs)
+    return _step_done(conv, active, agent, now_ms, rules, outputs)
+
+
+def _step_done(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_ms: int,
+               rules: Rules, outputs: list[Output]) -> Decision:
+    """A step of the turn is back (or given up): wait for the others, or stop here (a
+    cancel, a quorum met or lost), or go on with the next turn."""
+    cancelled = active.get("cancelled")
+    if cancelled:
+        outputs += delegation.cancel_running(active, f"the parent was cancelled: {cancelled}",
+                                             now_ms)
+        if any(r["output"] is None for r in active["steps"]):
+            return Decision(conv, outputs)  # between steps: those in flight finish
+        return _fail(conv, active, agent, f"cancelled: {cancelled}", now_ms, rules, outputs)
+    lost = delegation.quorum_lost(active)
+    if lost is not None:
+        return _fail(conv, active, agent, lost, now_ms, rules, outputs)
+    if delegation.quorum_met(active):
+        outputs += delegation.cancel_running(active, "the fan-out's quorum was met", now_ms)
     if any(r["output"] is None for r in active["steps"]):
         return Decision(conv, outputs)  # other calls of the turn still run
     return _turn_done(conv, active, agent, now_ms, rules, outputs)
@@ -464,6 +532,7 @@ def _ignored(conv: Conversation | None, active: ActiveRequest | None, res: StepR
     mine = active is not None and active["request"]["request_id"] == res["request_id"]
     if mine and active is not None:
         active["usage"] = usage_sum(active["usage"], res["usage"])
+        delegation.late_result(active, res)
     subject: Subject = {"conversation_id": res["conversation_id"],
                         "request_id": res["request_id"], "trace_id": res["trace_id"],
                         "agent": active["request"]["agent"] if active else None}
@@ -525,9 +594,11 @@ def _step_failed(conv: Conversation, active: ActiveRequest, run: StepRun, agent:
     run["attempts"].append({"attempt": cmd["attempt"], "at_ms": now_ms, "error": message_,
                             "infrastructure": infrastructure})
     tool = cmd["tool_call"]
-    spec = rules.catalog.tool_spec(tool["name"]) if tool else None
+    child = run.get("child")
+    spec = rules.catalog.tool_spec(tool["name"]) if tool and child is None else None
+    attempts = child["max_attempts"] if child else rules.policy.max_attempts(spec)
     failures = sum(not a.get("infrastructure") for a in run["attempts"])
-    if infrastructure or (error["retryable"] and failures < rules.policy.max_attempts(spec)):
+    if infrastructure or (error["retryable"] and failures < attempts):
         delay, ceiling = retry_delay_ms(rules.policy, cmd["step_id"], cmd["attempt"],
                                         error["retry_after_ms"])
         run["retry_at_ms"] = now_ms + delay
@@ -539,6 +610,15 @@ def _step_failed(conv: Conversation, active: ActiveRequest, run: StepRun, agent:
                                      "infrastructure": str(infrastructure).lower(),
                                      "error": message_}))
         return Decision(conv, outputs)
+    if child is not None and (child["quorum"] or deciding(agent)) and active["failure"] is None:
+        # A child of a quorum fan-out: the others may still make the quorum. A deciding
+        # agent's delegation: its model reads why the sub-agent failed, as a tool's error,
+        # and decides (another sub-agent, a partial answer) instead of failing outright.
+        child["outcome"], run["output"] = "failed", f"error: {message_}"
+        outputs.append(event("child_failed", now_ms, about(req), step_id=cmd["step_id"],
+                             agent_version=agent.version,
+                             detail={"attempt": cmd["attempt"], "error": message_}))
+        return _step_done(conv, active, agent, now_ms, rules, outputs)
     letter = dead_letter(req, run["attempts"], cmd, error["error_class"], error["message"],
                          now_ms)
     dlq_id = letter.record["dlq_id"]  # type: ignore[typeddict-item]
@@ -546,7 +626,7 @@ def _step_failed(conv: Conversation, active: ActiveRequest, run: StepRun, agent:
     outputs.append(event("dead_lettered", now_ms, about(req), step_id=cmd["step_id"],
                          agent_version=agent.version,
                          detail={"dlq_id": dlq_id, "error": message_}))
-    active["steps"] = []
+    outputs += _drop_steps(active, f"a sibling step failed: {message_}", now_ms)
     if active["failure"] is not None:  # a compensation gave up: go on with the others
         return _compensate_next(conv, active, agent, now_ms, rules, outputs)
     reason = (f"the {step_name(cmd)} step failed after {cmd['attempt']} attempt(s) "
@@ -554,10 +634,18 @@ def _step_failed(conv: Conversation, active: ActiveRequest, run: StepRun, agent:
     return _fail(conv, active, agent, reason, now_ms, rules, outputs)
 
 
+def _drop_steps(active: ActiveRequest, reason: str, now_ms: int) -> list[Output]:
+    """The turn is over before its steps are all back: its children in flight are
+    cancelled (their answers would go unread, their spending on)."""
+    outputs = delegation.cancel_running(active, reason, now_ms)
+    active["steps"] = []
+    return outputs
+
+
 def _fail(conv: Conversation, active: ActiveRequest, agent: AgentSpec, reason: str,
           now_ms: int, rules: Rules, outputs: list[Output],
           reason_kind: ReasonKind | None = None) -> Decision:
-    active["steps"] = []
+    outputs += _drop_steps(active, f"the parent request failed: {reason}", now_ms)
     if not active["effects"]:
         return _finish(conv, active, agent, "failed", "", reason, now_ms, rules, outputs,
                        reason_kind=reason_kind)
@@ -592,7 +680,7 @@ def _compensate_next(conv: Conversation, active: ActiveRequest, agent: AgentSpec
     cmd = step_command(req, active["run"], active["step_index"], "tool", now_ms, limit, None,
                        tool, key_input={"compensate": effect["step_id"]})
     active["steps"] = [new_run(cmd)]
-    return Decision(conv, outputs + _issue(active, active["steps"][0], agent, now_ms))
+    return Decision(conv, outputs + _issue(active, active["steps"][0], agent, now_ms, rules))
 
 
 def _finish(conv: Conversation, active: ActiveRequest, agent: AgentSpec, status: AnswerStatus,
@@ -600,8 +688,15 @@ def _finish(conv: Conversation, active: ActiveRequest, agent: AgentSpec, status:
             tool_calls: list[FunctionCall] | None = None,
             reason_kind: ReasonKind | None = None) -> Decision:
     req = active["request"]
-    outputs.append(answer(req, status, text, reason, now_ms, agent.version, active,
-                          tool_calls=tool_calls, reason_kind=reason_kind))
+    reply = answer(req, status, text, reason, now_ms, agent.version, active,
+                   tool_calls=tool_calls, reason_kind=reason_kind)
+    outputs.append(reply)
+    assert reply.answer is not None
+    to_parent = delegation.parent_result(reply.answer, active.get("started_at_ms",
+                                                                  req["created_at_ms"]),
+                                         list(active["effects"]))
+    if to_parent is not None:
+        outputs.append(to_parent)
     outputs.append(event("answer_emitted", now_ms, about(req), agent_version=agent.version,
                          detail={"status": status, "reason": reason or ""}))
     archive: list[tuple[str, Exchange]] = []
@@ -651,10 +746,18 @@ def next_due_ms(conv: Conversation | None, rules: Rules) -> int | None:
         for run in active["steps"]:
             if run["output"] is not None:
                 continue
-            cmd = run["cmd"]
             due.append(run["retry_at_ms"] if run["retry_at_ms"] is not None else
-                       cmd["issued_at_ms"] + rules.policy.budget_ms(cmd["timeout_ms"]))
+                       _give_up_at(run, rules))
     return min(due) if due else None
+
+
+def _give_up_at(run: StepRun, rules: Rules) -> int:
+    """When an attempt with no result is given up: 3x its run-time limit, or for a
+    delegation a grace after the child's own deadline."""
+    if delegation.is_delegation(run):
+        return delegation.give_up_at(run, rules.policy)
+    cmd = run["cmd"]
+    return cmd["issued_at_ms"] + rules.policy.budget_ms(cmd["timeout_ms"])
 
 
 def on_wakeup(conv: Conversation | None, now_ms: int, rules: Rules) -> Decision:
@@ -691,24 +794,74 @@ def on_wakeup(conv: Conversation | None, now_ms: int, rules: Rules) -> Decision:
         if run["retry_at_ms"] is not None:
             if now_ms >= run["retry_at_ms"]:
                 run["cmd"] = {**cmd, "attempt": cmd["attempt"] + 1, "issued_at_ms": now_ms}
-                outputs += _issue(active, run, agent, now_ms)
+                outputs += _issue(active, run, agent, now_ms, rules)
             continue
-        budget = rules.policy.budget_ms(cmd["timeout_ms"])
-        if now_ms < cmd["issued_at_ms"] + budget:
+        give_up = _give_up_at(run, rules)
+        if now_ms < give_up:
             continue
+        budget = give_up - cmd["issued_at_ms"]
         outputs.append(event("step_timed_out", now_ms, about(req), step_id=cmd["step_id"],
                              agent_version=agent.version,
                              detail={"attempt": cmd["attempt"], "budget_ms": budget}))
         error: StepError = {
             "error_class": "StepTimeout", "retryable": True, "retry_after_ms": None,
             "infrastructure": False,
-            "message": f"no result within {budget} ms ({rules.policy.budget_factor:g}x the "
-                       "step's run-time limit)"}
-        decision = _step_failed(conv, active, run, agent, error, now_ms, rules, outputs)
+            "message": f"no result within {budget} ms" + (
+                " (the sub-agent's deadline and a grace)" if delegation.is_delegation(run)
+                else f" ({rules.policy.budget_factor:g}x the step's run-time limit)")}
+        if delegation.is_delegation(run):  # its child is given up: no orphan
+            outputs += delegation.cancel_child(active, run, "it did not answer in time",
+                                               now_ms)
+        if active.get("cancelled"):  # no retry: the request is being cancelled
+            run["output"] = f"error: {error['message']}"
+            decision = _step_done(conv, active, agent, now_ms, rules, outputs)
+        else:
+            decision = _step_failed(conv, active, run, agent, error, now_ms, rules, outputs)
         if conv["active"] is not active or run not in active["steps"]:
             return decision  # the request failed or moved on
         outputs = decision.outputs
     return Decision(conv, outputs)
+
+
+def on_cancel(conv: Conversation | None, cancel: CancelRecord, now_ms: int, rules: Rules
+              ) -> Decision:
+    """Stop a request, between steps: it issues nothing new (a retry that waits is
+    dropped), its children are cancelled at once, its steps in flight finish (a mutating
+    one's effect then joins the saga), its effects are compensated and it is answered
+    ``failed`` with the reason. A cancel for a request that is not here yet (a child's
+    request and its cancel travel on different topics) is kept for when it comes."""
+    conv = conv or empty_conversation()
+    request_id, reason = cancel["request_id"], cancel["reason"]
+    by = cancel["by_request_id"] or "client"
+    for req in list(conv["waiting"]):
+        if req["request_id"] == request_id:
+            conv["waiting"].remove(req)
+            return Decision(conv, [
+                answer(req, "failed", "", f"cancelled: {reason}", now_ms, "none"),
+                event("request_cancelled", now_ms, about(req),
+                      detail={"reason": reason, "by": by, "queued": "true"})])
+    active = conv["active"]
+    if active is None or active["request"]["request_id"] != request_id:
+        early = conv.setdefault("cancelled", {})
+        early[request_id] = reason
+        for old in list(early)[:-MAX_EARLY_CANCELS]:
+            del early[old]
+        subject: Subject = {"conversation_id": cancel["conversation_id"],
+                            "request_id": request_id, "trace_id": None, "agent": None}
+        return Decision(conv, [event("cancel_recorded", now_ms, subject,
+                                     detail={"reason": reason, "by": by})])
+    agent = _agent(rules, active)
+    if active["failure"] is not None or active.get("cancelled"):
+        return Decision(conv, [event("cancel_ignored", now_ms, about(active["request"]),
+                                     detail={"reason": reason, "by": by,
+                                             "why": "already failing or cancelled"})])
+    active["cancelled"] = reason
+    for run in active["steps"]:
+        if run["output"] is None and run["retry_at_ms"] is not None:
+            run["output"] = "error: cancelled while waiting for a retry"
+    outputs = [event("request_cancelled", now_ms, about(active["request"]),
+                     agent_version=agent.version, detail={"reason": reason, "by": by})]
+    return _step_done(conv, active, agent, now_ms, rules, outputs)
 
 
 # ---------------------------------------------------------------------------- failures of ours
@@ -734,12 +887,12 @@ def abort(conv: Conversation, reason: str, now_ms: int, rules: Rules) -> Decisio
         return Decision(conv)
     active["request"] = {**active["request"], "text": "", "messages": []}
     active["transcript"] = []
-    active["steps"] = []
+    cancels = _drop_steps(active, f"the parent request was aborted: {reason}", now_ms)
     agent = active_agent(rules.catalog, active)
     if agent is None:
         return hard_abort(conv, reason, now_ms)
-    outputs = [event("request_aborted", now_ms, about(active["request"]),
-                     agent_version=agent.version, detail={"reason": reason})]
+    outputs = [*cancels, event("request_aborted", now_ms, about(active["request"]),
+                               agent_version=agent.version, detail={"reason": reason})]
     return _fail(conv, active, agent, reason, now_ms, rules, outputs)
 
 

@@ -38,12 +38,14 @@ from clawstream.processors.conversation import (
     keep_within,
     needs_gate,
     next_due_ms,
+    on_cancel,
     on_request,
     on_result,
     on_wakeup,
     refuse_unprocessable,
     reject,
 )
+from clawstream.processors.delegation import with_parent_results
 from clawstream.processors.emit import Emitter, now_ms
 from clawstream.processors.flow import coordination
 from clawstream.processors.flow.flags import FlagView
@@ -53,8 +55,15 @@ from clawstream.processors.restart import restart_in_place
 from clawstream.processors.state import Conversation, DedupEntry, upgrade
 from clawstream.processors.validation import Rejection
 from clawstream.schemas import DecodeError, decode
-from clawstream.schemas.names import AGENT_REQUEST, STEP_RESULT, WAKEUP
-from clawstream.schemas.records import AgentAnswer, AgentRequest, StepResult, Wakeup, WireRecord
+from clawstream.schemas.names import AGENT_REQUEST, CANCEL, STEP_RESULT, WAKEUP
+from clawstream.schemas.records import (
+    AgentAnswer,
+    AgentRequest,
+    Cancel,
+    StepResult,
+    Wakeup,
+    WireRecord,
+)
 from clawstream.streams.topics import REQUESTS_BATCH, REQUESTS_INTERACTIVE, RESULTS, request_topic
 
 log = logging.getLogger(__name__)
@@ -62,11 +71,12 @@ log = logging.getLogger(__name__)
 FULL_SCAN_EVERY = 20
 """Sweeps between two rebuilds of the index from the table (partitions move on rebalance)."""
 RESEND_AFTER_MS = 2000
-ACCEPTED = {REQUESTS_INTERACTIVE.name: (AGENT_REQUEST,), REQUESTS_BATCH.name: (AGENT_REQUEST,),
-            RESULTS.name: (STEP_RESULT, WAKEUP)}
-"""What each of the coordinator's topics carries; anything else is refused or
-dead-lettered."""
 """A wake-up that changed nothing (or got lost) is sent again after this long."""
+ACCEPTED = {REQUESTS_INTERACTIVE.name: (AGENT_REQUEST,), REQUESTS_BATCH.name: (AGENT_REQUEST,),
+            RESULTS.name: (STEP_RESULT, WAKEUP, CANCEL)}
+"""What each of the coordinator's topics carries; anything else is refused or
+dead-lettered. Requests (a sub-agent's too) come on the request topics; what concerns a
+running conversation (step results, wake-ups, cancels) on the results topic."""
 
 
 class BatchSlots:
@@ -146,7 +156,8 @@ class Coordinator:
         if name not in ACCEPTED.get(topic, ()):
             await self._misplaced(event, topic, name, record)
             return
-        conversation_id = cast(AgentRequest | StepResult | Wakeup, record)["conversation_id"]
+        conversation_id = cast(AgentRequest | StepResult | Wakeup | Cancel,
+                               record)["conversation_id"]
         source = f"{topic}/{event.message.partition}/{event.message.offset}"
         lock = self._locks.get(conversation_id)
         if lock is None:
@@ -194,7 +205,7 @@ class Coordinator:
                 self.request_dedup[key] = decision.dedup
                 await self._apply(request["conversation_id"], decision)
             return
-        conversation_id = cast(StepResult | Wakeup, record)["conversation_id"]
+        conversation_id = cast(StepResult | Wakeup | Cancel, record)["conversation_id"]
         conv = self._state(conversation_id)
         if conv is None or conv["active"] is None:
             return
@@ -215,6 +226,10 @@ class Coordinator:
             coordination.count_result(conv, result)
             decision = on_result(conv, result, now_ms(), self.rules)
             conversation_id = result["conversation_id"]
+        elif name == CANCEL:
+            cancel = cast(Cancel, record)
+            conversation_id = cancel["conversation_id"]
+            decision = on_cancel(self._state(conversation_id), cancel, now_ms(), self.rules)
         else:
             conversation_id = cast(Wakeup, record)["conversation_id"]
             decision = on_wakeup(self._state(conversation_id), now_ms(), self.rules)
@@ -245,7 +260,7 @@ class Coordinator:
             self.conversations[conversation_id] = decision.conversation
         self._track(conversation_id, decision.conversation)
         await self.batch_slots.track(conversation_id, decision.conversation)
-        for output in decision.outputs:
+        for output in with_parent_results(decision.outputs):
             if output.answer is not None:
                 self._mark_answered(output.answer)
             await self.emitter.send(output)

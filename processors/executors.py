@@ -197,6 +197,8 @@ class StepExecutors:
             "cache": cache_report().records(),
             "tool_calls": tool_calls or [],
             "finish_reason": finish_reason,
+            "answer": None,
+            "effects": [],
         }
         return Output(RESULTS.name, cmd["conversation_id"], STEP_RESULT, record)
 

@@ -33,6 +33,11 @@ class Policy:
     context_exchange_chars: int = 8_000
     conversation_max_steps: int = 64
     conversation_token_budget: int = 200_000
+    delegation_max_depth: int = 3
+    delegation_max_fanout: int = 64
+    delegation_reserve_ms: int = 2000
+    delegation_budget_share: float = 0.8
+    delegation_grace_ms: int = 5000
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
@@ -48,6 +53,11 @@ class Policy:
             context_exchange_chars=s.context_exchange_chars,
             conversation_max_steps=s.conversation_max_steps,
             conversation_token_budget=s.conversation_token_budget,
+            delegation_max_depth=s.delegation_max_depth,
+            delegation_max_fanout=s.delegation_max_fanout,
+            delegation_reserve_ms=s.delegation_reserve_ms,
+            delegation_budget_share=s.delegation_budget_share,
+            delegation_grace_ms=s.delegation_grace_ms,
         )
 
     def step_limit_ms(self, lane: str, agent_limit_s: float | None,

@@ -141,6 +141,9 @@ def step_command(req: AgentRequest, run: int, index: int, step_type: StepType, n
 
 
 def command_output(cmd: StepCommand) -> Output:
+    """A model or tool step's command (a delegation's command is a child request:
+    :func:`clawstream.processors.delegation.issue`)."""
+    assert cmd["step_type"] != "agent", "a delegation is issued as a child request"
     topic = INFERENCE_REQUESTS if cmd["step_type"] == "model" else TOOL_REQUESTS
     return Output(topic.name, cmd["conversation_id"], STEP_COMMAND, cmd)
 
@@ -181,6 +184,9 @@ def answer(req: AgentRequest, status: AnswerStatus, text: str, reason: str | Non
         "cache": active.get("cache", []) if active else [],
         "tool_calls": tool_calls or [],
         "finish_reason": "tool_calls" if tool_calls else None,
+        "parent_request_id": req.get("parent_request_id"),
+        "parent_step_id": req.get("parent_step_id"),
+        "delegation": req.get("delegation"),
     }
     return Output(ANSWERS.name, req["conversation_id"], AGENT_ANSWER, record)
 

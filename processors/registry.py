@@ -22,7 +22,7 @@ from types import ModuleType
 import redis.asyncio as aioredis
 
 from clawstream.config import Settings
-from clawstream.processors.agents import AgentSpec, ToolStep, passthrough_agent
+from clawstream.processors.agents import DELEGATE, AgentSpec, FanOut, ToolStep, passthrough_agent
 from clawstream.processors.api import Agent
 from clawstream.processors.caching.embeddings import EmbeddingCache
 from clawstream.processors.tools.base import Tool, ToolSpec
@@ -140,8 +140,38 @@ class Registry:
         missing += [f"tool {spec.name!r} names unknown compensation {spec.compensation!r}"
                     for spec, _ in self._tools.values()
                     if spec.compensation and spec.compensation not in self._tools]
+        for agent in self._specs():
+            missing += self._delegation_problems(agent)
         if missing:
             raise RegistryError("; ".join(missing))
+
+    def _delegation_problems(self, agent: AgentSpec) -> list[str]:
+        """Sub-agents and fan-out steps name registered agents, within sane limits."""
+        problems = []
+        fan_outs = [s for s in agent.plan or () if isinstance(s, FanOut)]
+        named = [s.agent for s in agent.subagents] + [a for f in fan_outs for a in f.agents]
+        problems += [f"agent {agent.name!r} delegates to unknown agent {name!r}"
+                     for name in dict.fromkeys(named) if name not in self._agents]
+        problems += [f"agent {agent.name!r} delegates to {name!r}, a pass-through agent"
+                     for name in dict.fromkeys(named)
+                     if (spec := self.agent(name)) is not None and spec.passthrough]
+        if agent.subagents and agent.plan is not None:
+            problems.append(f"agent {agent.name!r} follows a plan and declares subagents: "
+                            "a plan delegates with FanOut steps")
+        if agent.subagents and DELEGATE in agent.tools:
+            problems.append(f"agent {agent.name!r} has a tool named {DELEGATE!r}, the name of "
+                            "the function its model delegates with")
+        if agent.max_fanout < 1 or agent.max_depth < 0:
+            problems.append(f"agent {agent.name!r}: max_fanout must be >= 1 and max_depth "
+                            ">= 0")
+        problems += [f"agent {agent.name!r}: a FanOut needs agents, attempts >= 1 and a "
+                     "quorum >= 1" for f in fan_outs
+                     if not f.agents or f.attempts < 1 or (f.quorum is not None and f.quorum < 1)]
+        problems += [f"agent {agent.name!r}: sub-agent {s.agent!r} needs attempts >= 1"
+                     for s in agent.subagents if s.attempts < 1]
+        return problems
+
+
 
 
 def _live_problem(name: str, versions: list[AgentSpec]) -> str:

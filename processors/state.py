@@ -13,6 +13,7 @@ from clawstream.schemas.records import (
     AgentRequest,
     AnswerStatus,
     CacheUsage,
+    Effect,
     FunctionCall,
     Message,
     ReasonKind,
@@ -38,21 +39,32 @@ class Attempt(TypedDict):
     """Our infrastructure failed, not the step: does not use one of its attempts."""
 
 
-class Effect(TypedDict):
-    """A completed mutating step, and how to undo it if the request fails later (saga)."""
-
-    step_id: str
-    compensation: str
-    arguments_json: str
-    output: str
-
-
 class Failure(TypedDict):
     """Why the request is failing, while its compensations run."""
 
     status: AnswerStatus
     reason: str
     reason_kind: NotRequired[ReasonKind]
+
+
+class ChildRun(TypedDict):
+    """A delegation step's child: what it was asked, under which contracts, and the request
+    of its current attempt (a retry is a new child, with new ids)."""
+
+    agent: str
+    task: str
+    max_attempts: int
+    timeout_s: float | None
+    token_budget: int | None
+    """The child's share of the parent's remaining budget (None: no limit from above)."""
+    cost_budget_usd: float | None
+    quorum: int | None
+    """A fan-out with a quorum: the turn is done once this many children answered well."""
+    request: AgentRequest | None
+    """The child request of the current attempt (sent again as it is on a redelivery)."""
+    outcome: str | None
+    """None while it counts; "cancelled" or "failed" once given up without failing the
+    parent (a quorum met without it, or reachable without it)."""
 
 
 class StepRun(TypedDict):
@@ -66,6 +78,8 @@ class StepRun(TypedDict):
     """Its result once done (a tool's output, a model's text); None while it runs."""
     tool_calls: list[FunctionCall]
     """A model step's decision: the tools it calls (empty: its text is the answer)."""
+    child: NotRequired[ChildRun]
+    """A delegation step (``cmd`` has step_type ``agent``): its sub-agent request."""
 
 
 class ActiveRequest(TypedDict):
@@ -91,6 +105,11 @@ class ActiveRequest(TypedDict):
     cache: NotRequired[list[CacheUsage]]
     agent_version: NotRequired[str]
     """The version of the agent this request runs (routing picked it when it started)."""
+    started_at_ms: NotRequired[int]
+    """When it started running (after any wait behind an earlier request)."""
+    cancelled: NotRequired[str]
+    """Why it was cancelled: it issues no new step and fails once its steps in flight are
+    back (compensating first)."""
 
 
 class Spent(TypedDict):
@@ -111,6 +130,9 @@ class Conversation(TypedDict):
     agent_versions: NotRequired[dict[str, str]]
     """Agent name -> the version this conversation was routed to: it stays on it while the
     routing rule still names that version (``processors/canary/routing.py``)."""
+    cancelled: NotRequired[dict[str, str]]
+    """Request id -> reason: cancels that came before their request (a child's cancel and
+    its request travel on different topics), honoured when it arrives. Bounded."""
 
 
 class DedupEntry(TypedDict):

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from clawstream.processors.agents import (
+    DELEGATE,
     PASSTHROUGH_MAX_TOKENS,
     AgentSpec,
     Catalog,
@@ -141,7 +142,7 @@ def plan_step(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_m
         limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
         return step_command(req, active["run"], index, "tool", now_ms, limit, None, tool,
                             cache=cache)
-    assert isinstance(step, ModelStep)
+    assert isinstance(step, ModelStep)  # a FanOut step is built by processors/delegation
     call = _model_call(agent, _with_notes(context(agent, conv, req, rules.policy),
                                           active["notes"]), [])
     limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, None)
@@ -163,9 +164,34 @@ def functions(agent: AgentSpec, req: AgentRequest, catalog: Catalog) -> list[Fun
     if agent.passthrough:
         return list(req["tools"])
     specs = [catalog.tool_spec(name) for name in agent.tools]
-    return [{"name": s.name, "description": s.description,
-             "parameters_json": s.parameters_json or '{"type": "object"}'}
-            for s in specs if s is not None]
+    tools: list[FunctionSpec] = [{"name": s.name, "description": s.description,
+                                  "parameters_json": s.parameters_json or '{"type": "object"}'}
+                                 for s in specs if s is not None]
+    return tools + ([delegate_function(agent, catalog)] if agent.subagents else [])
+
+
+def delegate_function(agent: AgentSpec, catalog: Catalog) -> FunctionSpec:
+    """The ``delegate`` function: one function for all sub-agents, the agent named by an
+    enum (a grammar-constrained local model can only name a declared one), each described
+    by its own description. Several calls in one turn run in parallel."""
+    about = []
+    for sub in agent.subagents:
+        spec = catalog.agent(sub.agent)
+        text = (spec.description or spec.system_prompt) if spec else ""
+        about.append(f"- {sub.agent}: {' '.join(text.split())[:300]}")
+    parameters = {
+        "type": "object",
+        "properties": {
+            "agent": {"type": "string", "enum": [s.agent for s in agent.subagents],
+                      "description": "The sub-agent to hand the task to."},
+            "task": {"type": "string", "description": "What it should do, self-contained: "
+                     "it sees nothing else of this conversation."}},
+        "required": ["agent", "task"], "additionalProperties": False}
+    return {"name": DELEGATE,
+            "description": "Hand a task to a sub-agent; its answer comes back as this call's "
+                           "result. Calls made in one turn run in parallel. Sub-agents:\n"
+                           + "\n".join(about),
+            "parameters_json": canonical_json(parameters)}
 
 
 def model_turn(active: ActiveRequest, agent: AgentSpec, now_ms: int, rules: Rules
@@ -183,33 +209,38 @@ def model_turn(active: ActiveRequest, agent: AgentSpec, now_ms: int, rules: Rule
 
 def tool_turn(active: ActiveRequest, agent: AgentSpec, calls: list[FunctionCall],
               now_ms: int, rules: Rules) -> list[StepRun]:
-    """One step per tool call the model decided, in its order. A call the runtime can
-    refuse at once (a tool the agent does not have, arguments that are not a JSON object)
-    is answered at once: its result is the error, which the model reads and can correct."""
+    """One step per tool call the model decided, in its order (see :func:`tool_run`)."""
+    return [tool_run(active, agent, call, index, now_ms, rules)
+            for index, call in enumerate(calls)]
+
+
+def tool_run(active: ActiveRequest, agent: AgentSpec, call: FunctionCall, index: int,
+             now_ms: int, rules: Rules) -> StepRun:
+    """The step of the turn's call number ``index``. A call the runtime can refuse at once
+    (a tool the agent does not have, arguments that are not a JSON object) is answered at
+    once: its result is the error, which the model reads and can correct."""
     req = active["request"]
-    runs: list[StepRun] = []
-    for index, call in enumerate(calls):
-        spec = rules.catalog.tool_spec(call["name"]) if call["name"] in agent.tools else None
-        arguments = _json_object(call["arguments_json"])
-        problem = (f"unknown tool {call['name']!r}; the tools are: {', '.join(agent.tools)}"
-                   if spec is None else None if arguments is not None else
-                   f"the arguments of {call['name']} are not a JSON object: "
-                   f"{call['arguments_json'][:200]!r}")
-        tool: ToolCall = {"name": call["name"], "version": spec.version if spec else "?",
-                          "arguments_json": canonical_json(arguments or {}),
-                          "mutating": bool(spec and spec.mutating), "call_id": call["id"]}
-        limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
-        cmd = step_command(req, active["run"], active["step_index"] + index, "tool", now_ms,
-                           limit, None, tool,
-                           cache=control_for_request(req["options"], agent.cache_ttl_s))
-        run = new_run(cmd)
-        if problem is not None:
-            run["output"] = f"error: {problem}"
-        runs.append(run)
-    return runs
+    spec = rules.catalog.tool_spec(call["name"]) if call["name"] in agent.tools else None
+    arguments = json_object(call["arguments_json"])
+    names = [*agent.tools, *([DELEGATE] if agent.subagents else [])]
+    problem = (f"unknown tool {call['name']!r}; the tools are: {', '.join(names)}"
+               if spec is None else None if arguments is not None else
+               f"the arguments of {call['name']} are not a JSON object: "
+               f"{call['arguments_json'][:200]!r}")
+    tool: ToolCall = {"name": call["name"], "version": spec.version if spec else "?",
+                      "arguments_json": canonical_json(arguments or {}),
+                      "mutating": bool(spec and spec.mutating), "call_id": call["id"]}
+    limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, spec)
+    cmd = step_command(req, active["run"], active["step_index"] + index, "tool", now_ms,
+                       limit, None, tool,
+                       cache=control_for_request(req["options"], agent.cache_ttl_s))
+    run = new_run(cmd)
+    if problem is not None:
+        run["output"] = f"error: {problem}"
+    return run
 
 
-def _json_object(text: str) -> dict[str, object] | None:
+def json_object(text: str) -> dict[str, object] | None:
     try:
         value = json.loads(text or "{}")
     except ValueError:
@@ -222,7 +253,8 @@ def tool_results(runs: list[StepRun]) -> list[Message]:
     return [message("tool", (run["output"] or "")[:MAX_TOOL_OUTPUT_CHARS],
                     tool_call_id=run["cmd"]["tool_call"]["call_id"]
                     if run["cmd"]["tool_call"] else None,
-                    name=run["cmd"]["tool_call"]["name"] if run["cmd"]["tool_call"] else None)
+                    name=DELEGATE if run["cmd"]["step_type"] == "agent" else
+                    run["cmd"]["tool_call"]["name"] if run["cmd"]["tool_call"] else None)
             for run in runs]
 
 

@@ -33,6 +33,7 @@ from clawstream.schemas.records import (
     AgentAnswer,
     AgentEvent,
     AgentRequest,
+    Cancel,
     ControlFlag,
     DeadLetter,
     StepCommand,
@@ -170,6 +171,8 @@ def decode_as(name: Literal["clawstream.DeadLetter"], data: bytes | None) -> Dea
 def decode_as(name: Literal["clawstream.ControlFlag"], data: bytes | None) -> ControlFlag: ...
 @overload
 def decode_as(name: Literal["clawstream.Wakeup"], data: bytes | None) -> Wakeup: ...
+@overload
+def decode_as(name: Literal["clawstream.Cancel"], data: bytes | None) -> Cancel: ...
 def decode_as(name: str, data: bytes | None) -> WireRecord:
     """Decode and insist on one schema: a request topic carrying an answer is an error."""
     got, record = decode(data)

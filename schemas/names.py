@@ -10,6 +10,7 @@ AGENT_ANSWER: Final = "clawstream.AgentAnswer"
 DEAD_LETTER: Final = "clawstream.DeadLetter"
 CONTROL_FLAG: Final = "clawstream.ControlFlag"
 WAKEUP: Final = "clawstream.Wakeup"
+CANCEL: Final = "clawstream.Cancel"
 
 EVENT_SCHEMAS: Final = (
     AGENT_REQUEST,
@@ -20,4 +21,5 @@ EVENT_SCHEMAS: Final = (
     DEAD_LETTER,
     CONTROL_FLAG,
     WAKEUP,
+    CANCEL,
 )

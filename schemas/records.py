@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal, TypedDict
 
 Lane = Literal["interactive", "batch"]
-StepType = Literal["model", "tool"]
+StepType = Literal["model", "tool", "agent"]
 StepStatus = Literal["ok", "error"]
 AnswerStatus = Literal["ok", "degraded", "failed", "rejected"]
 ReasonKind = Literal["user_rate_limit", "tenant_rate_limit", "tenant_budget",
@@ -89,6 +89,23 @@ class StepError(TypedDict):
     infrastructure: bool
 
 
+class Effect(TypedDict):
+    step_id: str
+    compensation: str
+    arguments_json: str
+    output: str
+
+
+class Delegation(TypedDict):
+    parent_conversation_id: str
+    parent_attempt: int
+    root_request_id: str
+    depth: int
+    max_depth: int
+    token_budget: int | None
+    cost_budget_usd: float | None
+
+
 class TimelineEntry(TypedDict):
     step_id: str
     step_type: StepType
@@ -101,6 +118,11 @@ class TimelineEntry(TypedDict):
     run_ms: float
     result_wait_ms: float
     cache_hit: bool
+    usage: Usage | None
+    request_id: str | None
+    conversation_id: str | None
+    agent_status: str | None
+    depth: int
 
 
 class AgentRequest(TypedDict):
@@ -120,6 +142,7 @@ class AgentRequest(TypedDict):
     tools: list[FunctionSpec]
     parent_request_id: str | None
     parent_step_id: str | None
+    delegation: Delegation | None
 
 
 class StepCommand(TypedDict):
@@ -162,6 +185,8 @@ class StepResult(TypedDict):
     cache: list[CacheUsage]
     tool_calls: list[FunctionCall]
     finish_reason: str | None
+    answer: AgentAnswer | None
+    effects: list[Effect]
 
 
 class AgentEvent(TypedDict):
@@ -198,6 +223,9 @@ class AgentAnswer(TypedDict):
     cache: list[CacheUsage]
     tool_calls: list[FunctionCall]
     finish_reason: str | None
+    parent_request_id: str | None
+    parent_step_id: str | None
+    delegation: Delegation | None
 
 
 class AttemptRecord(TypedDict):
@@ -239,8 +267,16 @@ class Wakeup(TypedDict):
     worker: str
 
 
+class Cancel(TypedDict):
+    conversation_id: str
+    request_id: str
+    reason: str
+    at_ms: int
+    by_request_id: str | None
+
+
 WireRecord = (AgentRequest | StepCommand | StepResult | AgentEvent | AgentAnswer | DeadLetter
-              | ControlFlag | Wakeup)
+              | ControlFlag | Wakeup | Cancel)
 """A record of one of the event schemas (``schemas.names.EVENT_SCHEMAS``)."""
 
 RECORD_TYPES: dict[str, type] = {
@@ -263,6 +299,9 @@ RECORD_TYPES: dict[str, type] = {
     "clawstream.DeadLetter": DeadLetter,
     "clawstream.ControlFlag": ControlFlag,
     "clawstream.Wakeup": Wakeup,
+    "clawstream.Effect": Effect,
+    "clawstream.Delegation": Delegation,
+    "clawstream.Cancel": Cancel,
 }
 """Every named record schema and its type (the test walks the schemas through this)."""
 

@@ -216,6 +216,7 @@ def new_request(*, agent: str, conversation_id: str, text: str,
         "tools": [],
         "parent_request_id": None,
         "parent_step_id": None,
+        "delegation": None,
     }
 
 

@@ -125,3 +125,14 @@ INFERENCE_LANE_TOPICS: Final = {"interactive": INFERENCE_REQUESTS,
 def inference_topic(lane: str) -> TopicSpec:
     """The model-step topic of a lane (interactive steps keep the historical name)."""
     return INFERENCE_LANE_TOPICS.get(lane, INFERENCE_REQUESTS)
+
+
+def delegation_topic(lane: str) -> TopicSpec:
+    """Where a sub-agent's request goes: the coordinator's own request stream, whatever the
+    lane (the request keeps its lane, so its steps run in it). Not the batch request topic:
+    its reader waits for a free batch slot before it takes the next record, and a slot
+    frees when a running batch request ends; parents holding every slot while their
+    children queue behind a new batch request would wait for each other until their
+    deadlines. A child is part of an admitted request, not a new one."""
+    parse_lane(lane)
+    return REQUESTS_INTERACTIVE

@@ -64,8 +64,13 @@ async def gate(req: AgentRequest, conv: Conversation | None, settings: Settings,
 
 async def _redis_gate(req: AgentRequest, settings: Settings, flags: FlagView,
                       redis: aioredis.Redis) -> limits.Rejection | None:
-    rejection = await limits.check_entrance(limits.arrival_windows(redis, settings),
-                                            settings, flags, req)
+    """A sub-agent's request is part of a request already let in: it is not a new arrival
+    for the per-user and per-tenant entrance limits (a fan-out of 16 would trip them), but
+    the tenant's spend window still applies."""
+    rejection = None
+    if req.get("delegation") is None:
+        rejection = await limits.check_entrance(limits.arrival_windows(redis, settings),
+                                                settings, flags, req)
     return rejection or await limits.check_tenant_budget(redis, settings, flags,
                                                         req["tenant_id"])
 
@@ -101,7 +106,8 @@ def _skipped_result(cmd: StepCommand, reason: str, now: int) -> StepResult:
             "trace_id": cmd["trace_id"], "status": "ok", "output": "", "error": None,
             "worker": FLOW_WORKER, "issued_at_ms": cmd["issued_at_ms"], "started_at_ms": now,
             "finished_at_ms": now, "cache_hit": False, "model": None, "backend": None,
-            "usage": empty_usage(), "cache": [], "tool_calls": [], "finish_reason": None}
+            "usage": empty_usage(), "cache": [], "tool_calls": [], "finish_reason": None,
+            "answer": None, "effects": []}
 
 
 def count_result(conv: Conversation | None, res: StepResult) -> None:

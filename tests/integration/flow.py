@@ -5,10 +5,12 @@ timeout fails the test); nothing sleeps."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 from aiokafka.partitioner import murmur2
 
@@ -95,6 +97,18 @@ def same_partition_ids(prefix: str, partitions: int, count: int) -> list[str]:
     ids = [f"{prefix}-{i}" for i in range(count * partitions * 8)]
     target = partition(ids[0])
     return [i for i in ids if partition(i) == target][:count]
+
+
+def script_marker() -> str:
+    """A fresh marker: a model call whose messages contain it follows its script."""
+    return f"script-{uuid.uuid4().hex}"
+
+
+def script(settings: Settings, marker: str, *turns: dict[str, Any]) -> None:
+    """Register the scripted model's turns for ``marker`` (``inference/scripted.py``)."""
+    response = httpx.post(f"{settings.serve_url}/script",
+                          json={"marker": marker, "turns": list(turns)}, timeout=10)
+    assert response.status_code in (200, 204), response.text
 
 
 def await_in_file(path: Path, offset: int, text: str, timeout_s: float = 30) -> None:

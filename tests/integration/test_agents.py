@@ -9,7 +9,6 @@ import json
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 
 from clawstream.config import Settings
@@ -24,20 +23,12 @@ from tests.integration.flow import (
     has_event,
     records_of,
     redis_client,
+    script,
+    script_marker,
     send,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _marker() -> str:
-    return f"script-{uuid.uuid4().hex}"
-
-
-def _script(settings: Settings, marker: str, *turns: dict[str, Any]) -> None:
-    response = httpx.post(f"{settings.serve_url}/script",
-                          json={"marker": marker, "turns": list(turns)}, timeout=10)
-    assert response.status_code in (200, 204), response.text
 
 
 def _calls(*calls: tuple[str, dict[str, Any] | str]) -> dict[str, Any]:
@@ -58,8 +49,8 @@ def test_a_teams_module_is_loaded_by_a_real_worker(worker: Settings) -> None:
 
 def test_the_model_calls_two_tools_in_parallel_and_answers_with_their_results(
         worker: Settings) -> None:
-    marker, conversation = _marker(), f"loop-{uuid.uuid4().hex[:8]}"
-    _script(worker, marker, _calls(("shout", {"text": "left"}), ("shout", {"text": "right"})),
+    marker, conversation = script_marker(), f"loop-{uuid.uuid4().hex[:8]}"
+    script(worker, marker, _calls(("shout", {"text": "left"}), ("shout", {"text": "right"})),
             {"text": "I shouted twice."})
     answer = ask(worker, agent="team-helpdesk", conversation_id=conversation,
                  text=f"shout left and right {marker}")
@@ -78,8 +69,8 @@ def test_the_model_calls_two_tools_in_parallel_and_answers_with_their_results(
 
 def test_a_validation_error_goes_back_to_the_model_which_corrects_its_call(
         worker: Settings) -> None:
-    marker, conversation = _marker(), f"fix-{uuid.uuid4().hex[:8]}"
-    _script(worker, marker, _calls(("shout", {"times": "often"})),
+    marker, conversation = script_marker(), f"fix-{uuid.uuid4().hex[:8]}"
+    script(worker, marker, _calls(("shout", {"times": "often"})),
             _calls(("shout", {"text": "fixed"})), {"text": "done"})
     answer = ask(worker, agent="team-helpdesk", conversation_id=conversation,
                  text=f"shout {marker}")
@@ -93,10 +84,10 @@ def test_a_validation_error_goes_back_to_the_model_which_corrects_its_call(
 
 
 def test_max_steps_ends_the_loop_degraded_with_what_the_agent_has(worker: Settings) -> None:
-    marker = _marker()
-    # Different arguments each turn: the same calls again would be stopped as a loop.
-    turns = [_calls(("shout", {"text": f"again {n}"})) for n in range(5)]
-    _script(worker, marker, {**turns[0], "text": "still working"}, *turns[1:])
+    marker = script_marker()
+    # Each turn asks for something new (the same calls twice in a row end as a loop).
+    loops = [_calls(("shout", {"text": f"again {turn}"})) for turn in range(5)]
+    script(worker, marker, {**loops[0], "text": "still working"}, *loops[1:])
     answer = ask(worker, agent="team-helpdesk", conversation_id=f"max-{uuid.uuid4().hex[:8]}",
                  text=f"keep going {marker}")
     assert answer["status"] == "degraded" and "limit of 6 steps" in answer["reason"]
@@ -106,8 +97,8 @@ def test_max_steps_ends_the_loop_degraded_with_what_the_agent_has(worker: Settin
 def test_a_mutating_call_in_the_loop_is_applied_once_across_a_worker_sigkill(
         worker: Settings) -> None:
     r = redis_client(worker)
-    marker, counter = _marker(), f"loop-effect-{uuid.uuid4().hex[:8]}"
-    _script(worker, marker, _calls(("fault_effect", {"counter": counter, "hold": True})),
+    marker, counter = script_marker(), f"loop-effect-{uuid.uuid4().hex[:8]}"
+    script(worker, marker, _calls(("fault_effect", {"counter": counter, "hold": True})),
             {"text": "applied"})
     request = send(worker, agent="team-helpdesk",
                    conversation_id=f"kill-{uuid.uuid4().hex[:8]}", text=f"apply {marker}")

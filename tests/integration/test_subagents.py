@@ -1,7 +1,8 @@
 """Sub-agents on the real stack (issue 15): a planner's model delegates (the ``delegate``
 function) to researchers, each a child request run by its own conversation's coordinator,
 joined by the parent; limits and a failing child come back to the model as tool errors;
-a parent that fails cancels its running child; a worker SIGKILL in the middle of a fan-out
+a parent that fails cancels its running child and compensates the effects it had; a slow
+child is cut inside its parent's deadline; a worker SIGKILL in the middle of a fan-out
 answers every child and the parent once."""
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import pytest
 
 from clawstream.config import Settings
 from clawstream.deploy.local import worker as worker_proc
-from clawstream.streams.topics import ANSWERS, INFERENCE_REQUESTS
+from clawstream.streams.topics import ANSWERS, INFERENCE_REQUESTS, delegation_topic
+from fixtures import faults
 from tests.integration.flow import (
     answer_to,
     ask,
+    await_push,
     events_of,
     has_event,
     records_of,
+    redis_client,
     script,
     script_marker,
     send,
@@ -27,7 +31,10 @@ from tests.integration.flow import (
 
 pytestmark = pytest.mark.integration
 
-PLANNER, RESEARCHER = "team-planner", "team-researcher"
+PLANNER, RESEARCHER, HELPDESK = "team-planner", "team-researcher", "team-helpdesk"
+# How late past a deadline an answer may come: the coordinator sweeps for due deadlines
+# every 0.25 s; the rest is room for a loaded machine.
+DEADLINE_SLACK_MS = 2000
 
 
 def _delegate(agent: str, task: str) -> dict[str, Any]:
@@ -181,3 +188,84 @@ def test_a_parent_that_fails_cancels_its_running_child_which_stops_between_steps
     # Its model step in flight finished (if it had started); the tool it asked for never ran.
     assert [e["step_type"] for e in child["timeline"]] in ([], ["model"])
     assert has_event("request_cancelled")(events_of(worker, entry["conversation_id"]))
+
+
+def test_a_slow_child_is_cut_inside_its_parents_deadline_and_the_parent_answers_once(
+        worker: Settings) -> None:
+    marker, slow, conversation = script_marker(), script_marker(), f"ddl-{uuid.uuid4().hex[:8]}"
+    delay_ms = 15_000  # the child's model turn: longer than all the parent has
+    script(worker, slow, {"text": "too late", "delay_ms": delay_ms})
+    script(worker, marker, {"tool_calls": [_delegate(RESEARCHER, f"slow {slow}")]},
+            {"text": "answered without the researcher"})
+    request = send(worker, agent=PLANNER, conversation_id=conversation, text=f"go {marker}",
+                   deadline_s=10)
+    deadline = request["deadline_ms"]
+    answer = answer_to(worker, request)
+    assert answer["answered_at_ms"] <= deadline + DEADLINE_SLACK_MS
+    [entry] = _children(answer)
+    # The child request, as its coordinator read it: its deadline inside the parent's.
+    [child_request] = records_of(worker, delegation_topic("interactive").name,
+                                 entry["conversation_id"], until=lambda found: bool(found))
+    assert child_request["parent_request_id"] == request["request_id"]
+    assert child_request["created_at_ms"] < child_request["deadline_ms"] < deadline
+    assert child_request["deadline_ms"] < child_request["created_at_ms"] + delay_ms
+    # The child was cut at its own deadline, not when its slow turn came back.
+    [child] = _answers_of(worker, entry["conversation_id"])
+    assert (child["status"], child["reason_kind"]) == ("failed", "deadline"), child
+    assert "deadline exceeded" in child["reason"]
+    assert child_request["deadline_ms"] <= child["answered_at_ms"] <= (
+        child_request["deadline_ms"] + DEADLINE_SLACK_MS)
+    assert child["answered_at_ms"] <= deadline + DEADLINE_SLACK_MS
+    assert (entry["status"], entry["agent_status"]) == ("error", "failed")
+    # The parent had its reserve to use the failure: its model read it and answered, once.
+    assert len(records_of(worker, ANSWERS.name, conversation)) == 1
+    assert (answer["status"], answer["text"]) == ("ok", "answered without the researcher"), (
+        answer["reason"])
+    [reason] = _tool_messages(worker, conversation, 1)
+    assert reason.startswith("error:") and "deadline exceeded" in reason
+
+
+def test_a_parent_that_fails_cancels_its_child_and_compensates_the_childs_effects_once(
+        worker: Settings) -> None:
+    r = redis_client(worker)
+    marker, desk, conversation = script_marker(), script_marker(), f"sag-{uuid.uuid4().hex[:8]}"
+    counter = f"sub-saga-{uuid.uuid4().hex[:8]}"
+
+    def effect(label: str, **more: Any) -> dict[str, Any]:
+        return {"tool_calls": [{"name": "fault_effect",
+                                "arguments": {"counter": counter, "label": label, **more}}]}
+
+    # The helpdesk changes the outside world once, then again (held mid-call, the effect
+    # applied), and would a third time if it went on.
+    script(worker, desk, effect("first"), effect("second", hold=True), effect("orphan"),
+           {"text": "never"})
+    # The parent fails on its own: a tool that fails twice, the retry 8 s after the first
+    # failure, long after the child has applied its effects.
+    script(worker, marker, {"tool_calls": [
+        _delegate(HELPDESK, f"book {desk}"),
+        {"name": "fault_flaky", "arguments": {"fail_until_key": f"never-{counter}",
+                                              "retry_after_s": 8}}]})
+    request = send(worker, agent=PLANNER, conversation_id=conversation, text=f"go {marker}")
+    await_push(r, faults.STARTED_KEY.format(counter=counter))  # "second" is applied, held
+    answer = answer_to(worker, request)
+    assert answer["status"] == "failed" and "injected failure" in answer["reason"], answer
+    [entry] = _children(answer)
+    assert entry["status"] == "cancelled"
+    child_conversation = entry["conversation_id"]
+    events_of(worker, child_conversation, until=has_event("request_cancelled"))
+    r.set(faults.RELEASE_KEY.format(counter=counter), "1")  # the step in flight finishes
+    [child] = records_of(worker, ANSWERS.name, child_conversation,
+                         until=lambda found: bool(found))
+    assert child["status"] == "failed" and "cancelled" in child["reason"], child
+    # Both effects undone, last first, each once; the third never ran.
+    assert r.lrange(faults.UNDONE_KEY.format(counter=counter), 0, -1) == ["second", "first"]
+    assert r.get(faults.EFFECTS_KEY.format(counter=counter)) == "0"
+    assert r.get(faults.CALLS_KEY.format(counter=counter)) == "2"
+    events = events_of(worker, child_conversation)
+    kinds = [e["event_type"] for e in events]
+    after = events[kinds.index("request_cancelled"):]
+    issued = [e["detail"]["name"] for e in after if e["event_type"] == "step_issued"]
+    assert issued == ["fault_undo", "fault_undo"], issued  # nothing but the saga
+    assert kinds.count("compensation_completed") == 2
+    assert kinds.count("answer_emitted") == 1
+    assert len(records_of(worker, ANSWERS.name, conversation)) == 1

@@ -132,11 +132,36 @@ def test_a_backlog_after_an_outage_is_not_rejected_a_client_over_its_rate_is(
     assert [a["status"] for a in answers] == ["ok"] * 24
 
 
+def _admissions(settings: Settings, conversations: set[str], rate: float
+                ) -> list[dict[str, Any]]:
+    """The small pool's admission log entries of ``conversations`` made at ``rate``."""
+    log = [json.loads(e) for e in redis.Redis.from_url(settings.redis_url).lrange(
+        admissions_key("small"), 0, -1)]
+    return [e for e in log if e["step_id"].split(":")[1] in conversations
+            and e["rate"] == rate]
+
+
+def _await_pool_rate(settings: Settings, rate: float) -> None:
+    """Until a probe's model step is admitted at ``rate``: the flag travels on the control
+    topic, and a flood sent before the worker has it would run unlimited (on a loaded
+    machine that took long enough for half the flood to be answered at once)."""
+    deadline = time.monotonic() + 60
+    while True:
+        probe = new_request(agent="chat", conversation_id=f"probe-{uuid.uuid4().hex[:8]}",
+                            text=f"Say hello ({uuid.uuid4().hex})", tenant_id="t-probe")
+        _publish(settings, probe)  # a text of its own: a cached answer takes no admission
+        _answers(settings, [probe])
+        if _admissions(settings, {probe["conversation_id"]}, rate):
+            return
+        assert time.monotonic() < deadline, f"the pool's rate never became {rate:g}"
+
+
 def test_interactive_overtakes_a_batch_flood_and_limiter_holds_its_rate(
         worker: Settings) -> None:
     rate = 60.0
     set_flag(worker.bootstrap_servers, "rate.pool.small", f"{rate:g}", by="test")
     try:
+        _await_pool_rate(worker, rate)
         batch = _send(worker, 8, agent="chat", lane="batch", tenant_id="t-batch")
         interactive = _send(worker, 2, agent="chat", lane="interactive", tenant_id="t-web")
         answers = _answers(worker, batch + interactive, timeout_s=240)
@@ -149,11 +174,7 @@ def test_interactive_overtakes_a_batch_flood_and_limiter_holds_its_rate(
     batch_after = [r for r in batch if done[r["request_id"]] > last_interactive]
     # published last, yet answered before at least half of the earlier batch flood
     assert len(batch_after) >= 4, f"interactive waited behind the batch lane: {done}"
-    conversations = {r["conversation_id"] for r in batch + interactive}
-    log = [json.loads(e) for e in redis.Redis.from_url(worker.redis_url).lrange(
-        admissions_key("small"), 0, -1)]
-    ours = [e for e in log if e["step_id"].split(":")[1] in conversations
-            and e["rate"] == rate]
+    ours = _admissions(worker, {r["conversation_id"] for r in batch + interactive}, rate)
     assert len(ours) >= 6, "too few admissions under the configured rate"
     # The contract: at no admission had the pool taken more than its bucket could supply
     # (a token of slack for the log's millisecond clock).

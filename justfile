@@ -5,7 +5,7 @@ export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
 default:
     @just --list
 
-# Start the local stack: Kafka (KRaft), Redis, Ray Serve with the model, a Faust worker
+# Start the local stack: Kafka (KRaft), Redis, Ray Serve with the model, supervised Faust workers, the gateway
 up:
     clawstream up
 

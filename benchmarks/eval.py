@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import bench_stack, console
@@ -97,7 +98,7 @@ def main(scenarios: int = 50, turns: int = 6, contexts: str = "2,4,6,8", local: 
                       f"{report.tokens / max(1, len(report.scenarios)):.0f}",
                       f"{report.cost_usd:.6f}", f"{report.p50_latency_ms:.0f}",
                       f"{report.scenarios_per_minute:.1f}")
-    console.print(table, width=140)  # a pipe's 80 columns would cut the figures
+    Console(width=140).print(table)  # a pipe's 80 columns would cut the figures
     for label, context, report, _wall in rows:
         failed = [s for s in report.scenarios if not s.passed][:3]
         for s in failed:

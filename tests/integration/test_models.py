@@ -182,7 +182,9 @@ async def test_scripted_fixture_follows_its_script(
     second = await client.generate(messages)
     assert (second.text, second.finish_reason, second.tool_calls) == (
         "Sunny, and 3.", "stop", [])
-    assert second.run_ms >= 50
+    # The scripted delay (50 ms) was applied; asyncio's timers may fire up to a clock tick
+    # early against the run time's clock (measured 49.7 ms once).
+    assert second.run_ms >= 45
 
     messages += [{"role": "assistant", "content": "Sunny, and 3."},
                  {"role": "user", "content": "And tomorrow?"}]

@@ -1,5 +1,7 @@
 # clawstream tasks. On a fresh machine use ./dev <task> (it installs, then runs just).
 set dotenv-load := false
+# Recipe arguments reach commands as "$@", so `./dev test -k "a or b"` keeps its quoting.
+set positional-arguments
 export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
 
 default:
@@ -22,7 +24,7 @@ demo:
 
 # The whole test suite against the real stack (its own ports and state dir)
 test *ARGS:
-    python -m pytest -q {{ARGS}}
+    python -m pytest -q "$@"
 
 lint:
     ruff check .
@@ -30,4 +32,4 @@ lint:
 
 # Benchmarks: just bench e2e
 bench NAME *ARGS:
-    python -m benchmarks.{{NAME}} {{ARGS}}
+    shift; python -m "benchmarks.{{NAME}}" "$@"

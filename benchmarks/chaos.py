@@ -19,41 +19,22 @@ import threading
 import time
 from collections import Counter
 from itertools import pairwise
-from typing import Any
 
 import typer
 from rich.table import Table
 
-from benchmarks import faultload
+from benchmarks import evidence, faultload
 from benchmarks.common import bench_stack, console, pct
 from benchmarks.faultload import Record
+from clawstream.deploy.load.faults import inject
+from clawstream.deploy.load.plan import Faults
 
 
 def _schedule(duration_s: float, kill_every_s: float, broker_at_s: float,
               redis_at_s: float) -> list[tuple[float, str]]:
     """(seconds from start, what): worker kills take turns; one broker, one Redis kill."""
-    kills = [(kill_every_s * n, f"worker-{(n - 1) % 2}")
-             for n in range(1, int(duration_s // kill_every_s) + 1)
-             if kill_every_s * n < duration_s]
-    return sorted([*kills, (broker_at_s, "kafka"), (redis_at_s, "redis")])
-
-
-def _fault(settings: Any, what: str, down_s: float, say: Any) -> None:
-    from clawstream.deploy.local import kafka, redis
-    from clawstream.deploy.local import worker as worker_proc
-    from clawstream.deploy.local.process import Processes
-
-    if what.startswith("worker-"):
-        worker_proc.kill(settings, int(what.removeprefix("worker-")))
-        say(f"SIGKILL {what} (its supervisor starts it again)")
-        return
-    component = {"kafka": kafka, "redis": redis}[what]
-    Processes(settings.run_dir, settings.log_dir).kill(component.NAME)
-    say(f"SIGKILL {what}; back in {down_s:g} s")
-    time.sleep(down_s)  # the outage: how long the component stays away
-    t = time.monotonic()
-    component.start(settings)
-    say(f"{what} restarted, ready after {time.monotonic() - t:.1f} s")
+    return Faults(worker_kill_every_s=kill_every_s, broker_restart_at_s=broker_at_s,
+                  redis_restart_at_s=redis_at_s).schedule(duration_s, workers=2)
 
 
 def main(rate: float = 5.0, duration_s: float = 240.0, kill_every_s: float = 30.0,
@@ -75,12 +56,16 @@ def main(rate: float = 5.0, duration_s: float = 240.0, kill_every_s: float = 30.
         t0 = time.monotonic()
         loader.start()
 
+        timeline: list[str] = []
+
         def say(message: str) -> None:
-            console.print(f"[dim]{time.monotonic() - t0:6.1f}s[/] {message}")
+            line = f"{time.monotonic() - t0:6.1f}s {message}"
+            timeline.append(f"{time.strftime('%H:%M:%S', time.gmtime())} {line}")
+            console.print(f"[dim]{line[:7]}[/]{line[7:]}")
 
         for at, what in schedule:
             time.sleep(max(0.0, t0 + at - time.monotonic()))
-            _fault(settings, what, broker_down_s if what == "kafka" else redis_down_s, say)
+            inject(settings, what, broker_down_s if what == "kafka" else redis_down_s, say)
         stop.wait(max(0.0, t0 + duration_s - time.monotonic()))
         stop.set()
         loader.join()
@@ -96,6 +81,10 @@ def main(rate: float = 5.0, duration_s: float = 240.0, kill_every_s: float = 30.
                   "restarts in place: records dropped by Faust": logs.count(faust_fence.DROPPED)}
         restarts = {f"worker-{i}": (state.restarts if state else 0)
                     for i, state in ((i, read_state(settings, i)) for i in range(2))}
+        evidence.keep("chaos", settings, sent, answers, {
+            "faults": timeline, "guards": guards, "restarts": restarts,
+            "counts": faultload.integrity(sent, answers, effects),
+            "statuses": dict(Counter(v[0]["status"] for v in answers.values()))})
         report(sent, answers, effects, unacked[0] if unacked else 0, restarts, guards)
 
 

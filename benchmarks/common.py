@@ -23,7 +23,7 @@ BENCH_ENV = {
     **isolated_env(REPO_ROOT / ".clawstream-bench", {
         "kafka_port": 39092, "kafka_controller_port": 39093, "redis_port": 36379,
         "ray_port": 36390, "serve_http_port": 38000, "worker_web_port": 36066,
-        "gateway_port": 38080}),
+        "gateway_port": 38080, "ray_metrics_port": 36392, "prometheus_port": 39090}),
     "CLAWSTREAM_INFERENCE_BACKEND": "simulated",
 }
 console = Console()
@@ -74,7 +74,9 @@ def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
         t = time.monotonic()
         up(settings, with_workers=False, progress=RichProgress(console), redeploy=True)
         up_s = time.monotonic() - t
-        ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id)
+        ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id,
+                      replication_factor=settings.topic_replication_factor,
+                      min_insync_replicas=settings.min_insync_replicas)
         t = time.monotonic()
         for index in range(workers):
             worker_proc.start(settings, index)

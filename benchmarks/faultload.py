@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.partitioner import murmur2
@@ -22,6 +23,10 @@ from rich.table import Table
 
 from benchmarks.common import console
 from clawstream.config import Settings
+from clawstream.deploy.load import counts
+from clawstream.deploy.load.counts import collect_answers, integrity
+
+__all__ = ["collect_answers", "count_effects", "integrity", "load"]
 
 Record = dict[str, Any]
 FAULT_ENV = {"CLAWSTREAM_FAULT_INJECTION": "true", "CLAWSTREAM_AGENT_MODULES": "fixtures.faults"}
@@ -32,9 +37,11 @@ def partition_of(key: str, partitions: int) -> int:
 
 
 def load(bootstrap: str, rate: float, stop: threading.Event, sent: list[Record],
-         prefix: str = "rec") -> int:
-    """Send ``rate`` requests a second until ``stop``; returns how many the broker never
-    acknowledged (0 unless it was away longer than the producer's message timeout)."""
+         prefix: str = "rec", agents: Sequence[str] = ("fault-effect", "researcher")) -> int:
+    """Send ``rate`` requests a second until ``stop``, taking turns over ``agents``
+    (``fault-effect`` and ``researcher``; a stack without a model runs only the first);
+    returns how many the broker never acknowledged (0 unless it was away longer than the
+    producer's message timeout)."""
     from clawstream.streams.publisher import (
         Delivery,
         Publisher,
@@ -52,7 +59,7 @@ def load(bootstrap: str, rate: float, stop: threading.Event, sent: list[Record],
         conversation = f"{prefix}-{run}-{i}"
         # Many users of one tenant, each well under the entrance limits.
         who = {"tenant_id": "bench", "user_id": f"user-{i % 50}"}
-        if i % 2:
+        if agents[i % len(agents)] == "researcher":
             request = new_request(agent="researcher", conversation_id=conversation,
                                   text=f"Where are tool results cached? #{i}", **who)
         else:
@@ -71,37 +78,10 @@ def load(bootstrap: str, rate: float, stop: threading.Event, sent: list[Record],
     return sum(not d.done() or d.exception() is not None for d in deliveries)
 
 
-def collect_answers(settings: Settings, sent: list[Record]) -> dict[str, list[Record]]:
-    """Every answer to a request of ``sent`` (a list per request: more than one is a double
-    answer), read until all are answered or the last deadline has passed."""
-    from clawstream.streams.subscriber import read_topic
-    from clawstream.streams.topics import ANSWERS
-
-    wanted = {r["request_id"] for r in sent}
-    answers: dict[str, list[Record]] = defaultdict(list)
-    # Every request is answered by its deadline at the latest: wait that long, no more.
-    patience_s = max(30.0, max(q["deadline_ms"] for q in sent) / 1000 - time.time() + 15)
-    for _, answer in read_topic(settings.bootstrap_servers, ANSWERS.name,
-                                timeout_s=patience_s,
-                                until=lambda _n, a: wanted <= answers.keys()):
-        if answer["request_id"] in wanted:
-            answers[answer["request_id"]].append(dict(answer))
-    # Read on to the end, so a second answer that came after the first is seen too.
-    for _, answer in read_topic(settings.bootstrap_servers, ANSWERS.name, timeout_s=3):
-        if answer["request_id"] in wanted and answer not in answers[answer["request_id"]]:
-            answers[answer["request_id"]].append(dict(answer))
-    return answers
-
-
 def count_effects(settings: Settings, sent: list[Record]) -> list[int]:
     """How often each ``fault-effect`` request's effect was applied (must be once each)."""
-    import redis
-
-    from fixtures.faults import EFFECTS_KEY
-
-    r = redis.Redis(port=settings.redis_port, decode_responses=True)
-    return [int(r.get(EFFECTS_KEY.format(counter=q["conversation_id"])) or 0)
-            for q in sent if q["agent"] == "fault-effect"]
+    return counts.count_effects(settings, [q["conversation_id"] for q in sent
+                                           if q["agent"] == "fault-effect"])
 
 
 def explain_missing(bootstrap: str, missing: set[str], sent: list[Record],
@@ -122,17 +102,6 @@ def explain_missing(bootstrap: str, missing: set[str], sent: list[Record],
     for request_id in sorted(missing):
         console.print(f"[red]no answer[/] {request_id} (partition {where.get(request_id)}): "
                       f"{' → '.join(trail[request_id])}")
-
-
-def integrity(sent: list[Record], answers: dict[str, list[Record]], effects: list[int]
-              ) -> dict[str, int]:
-    """The counts that must be 0 (and the missing effects: applied never though answered)."""
-    return {
-        "requests lost (must be 0)": sum(1 for q in sent if q["request_id"] not in answers),
-        "answers doubled (must be 0)": sum(len(v) - 1 for v in answers.values()),
-        "duplicate effects (must be 0)": sum(max(0, e - 1) for e in effects),
-        "missing effects": sum(e == 0 for e in effects),
-    }
 
 
 def conclude(table: Table, answers: dict[str, list[Record]], counts: dict[str, int],

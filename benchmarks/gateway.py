@@ -6,7 +6,14 @@ request is sent three ways, one after the other, on one stack with the SIMULATED
 - ``kafka``: published straight to the request topic and awaited on the answer topic
   (the same producer and answer index the gateway uses, in this process);
 - ``http``: ``POST /v1/chat/completions`` (``agent/chat``) through the gateway;
-- ``stream``: the same with ``stream: true``; its time to the first chunk is reported too.
+- ``stream``: the same with ``stream: true``; its time to the first token (the first chunk
+  with content) is reported too.
+
+``--ttft N`` adds (``--ttft-only``: only) a quiet phase, one request at a time: N requests
+without streaming and N streamed, alternately, each a new question; it reports the full
+answer time of both and the streamed time to first token, median per run and the median
+of the runs. ``--model local`` runs the stack on the real local model (SmolLM2, llama.cpp)
+instead of the simulated one, where time to first token and answer time differ most.
 
 Open loop: requests start on a fixed schedule whatever the earlier ones do, so a slow
 gateway shows as latency instead of slowing the load. The gateway's overhead is the
@@ -17,6 +24,7 @@ levels are run again and each figure is the median over the runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 import uuid
@@ -87,7 +95,8 @@ class Direct:
 
 async def via_http(client: httpx.AsyncClient, text: str, stream: bool, start: float
                    ) -> float | None:
-    """One request through the gateway; for a stream, the ms to its first chunk."""
+    """One request through the gateway; for a stream, the ms to its first token (the first
+    chunk with content: the role chunk before it carries none)."""
     body = {"model": "agent/chat", "messages": [{"role": "user", "content": text}]}
     headers = {"X-Clawstream-User": uuid.uuid4().hex}
     if not stream:
@@ -99,11 +108,68 @@ async def via_http(client: httpx.AsyncClient, text: str, stream: bool, start: fl
                              json={**body, "stream": True}) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
-            if first is None and line.startswith("data: "):
-                first = (time.perf_counter() - start) * 1000
             if line == "data: [DONE]":
                 return first
+            if first is None and line.startswith("data: ") and _has_content(line[6:]):
+                first = (time.perf_counter() - start) * 1000
     raise RuntimeError("stream ended without [DONE]")
+
+
+def _has_content(data: str) -> bool:
+    chunk = json.loads(data)
+    return bool(chunk.get("choices") and chunk["choices"][0]["delta"].get("content"))
+
+
+@dataclass
+class TtftRun:
+    """One quiet run: full answer times without and with streaming, and time to first token."""
+
+    plain_ms: list[float] = field(default_factory=list)
+    stream_ms: list[float] = field(default_factory=list)
+    first_token_ms: list[float] = field(default_factory=list)
+
+
+async def measure_ttft(settings: Any, key: str, requests: int, runs: int) -> list[TtftRun]:
+    """One request at a time, plain and streamed alternately (the first pair warms up)."""
+    results: list[TtftRun] = []
+    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=300,
+                                 headers={"Authorization": f"Bearer {key}"}) as client:
+        for run in range(runs + 1):
+            current = TtftRun()
+            for _ in range(1 if run == 0 else requests):
+                for stream in (False, True):
+                    text = f"Describe a city in two sentences. ({uuid.uuid4().hex[:8]})"
+                    start = time.perf_counter()
+                    first = await via_http(client, text, stream, start)
+                    elapsed = (time.perf_counter() - start) * 1000
+                    if stream:
+                        current.stream_ms.append(elapsed)
+                        if first is not None:
+                            current.first_token_ms.append(first)
+                    else:
+                        current.plain_ms.append(elapsed)
+            if run:
+                results.append(current)
+                plain = statistics.median(current.plain_ms)
+                console.print(f"ttft run {run}: plain p50 {plain:.0f}"
+                              f" ms, stream p50 {statistics.median(current.stream_ms):.0f} ms, "
+                              f"first token p50 {statistics.median(current.first_token_ms):.0f} ms")
+    return results
+
+
+def report_ttft(results: list[TtftRun], model: str) -> None:
+    table = Table("run", "requests", "plain: answer p50", "stream: first token p50",
+                  "stream: answer p50", "first token / plain answer",
+                  title=f"time to first token, one request at a time, ms ({model} model)")
+    rows = [(statistics.median(r.plain_ms), statistics.median(r.first_token_ms),
+             statistics.median(r.stream_ms)) for r in results]
+    for index, (run, (plain, first, stream)) in enumerate(zip(results, rows, strict=True)):
+        table.add_row(str(index + 1), str(len(run.plain_ms)), f"{plain:.0f}", f"{first:.0f}",
+                      f"{stream:.0f}", f"{first / plain:.2f}")
+    plain, first, stream = (statistics.median(col) for col in zip(*rows, strict=True))
+    table.add_row("median", "", f"{plain:.0f}", f"{first:.0f}", f"{stream:.0f}",
+                  f"{first / plain:.2f}")
+    Console(width=200).print(table)
 
 
 async def run_level(rate: float, arm: Arm, duration_s: float, direct: Direct,
@@ -170,7 +236,7 @@ def report(results: list[list[Level]]) -> None:
         for lv in levels:
             cells[(lv.rate, lv.arm)].append(lv)
     table = Table("req/s", "arm", "achieved/s", "errors", "p50", "p95", "p99",
-                  "added p50", "added p95", "added p99", "first chunk p50",
+                  "added p50", "added p95", "added p99", "first token p50",
                   title=f"gateway vs Kafka direct, ms (median of {len(results)} run(s))")
     for (rate, arm), runs in sorted(cells.items(), key=lambda kv: (kv[0][0],
                                                                    ARMS.index(kv[0][1]))):
@@ -189,7 +255,8 @@ def report(results: list[list[Level]]) -> None:
 
 
 def main(rates: str = "10,20,40,80,160,320", duration: float = 6.0, runs: int = 3,
-         keep_stack: bool = False) -> None:
+         keep_stack: bool = False, ttft: int = 0, ttft_only: bool = False,
+         model: str = "simulated") -> None:
     from clawstream.deploy.local import gateway as gateway_proc
     from clawstream.gateway.apikeys import KeyStore
 
@@ -202,18 +269,27 @@ def main(rates: str = "10,20,40,80,160,320", duration: float = 6.0, runs: int = 
         finally:
             await client.aclose()
 
-    with bench_stack(env=UNLIMITED, keep=keep_stack) as settings:
+    if model not in ("simulated", "local"):
+        raise typer.BadParameter("--model is simulated or local")
+    env = {**UNLIMITED, **({"CLAWSTREAM_INFERENCE_BACKEND": "llama_cpp"} if model == "local"
+                           else {})}
+    with bench_stack(env=env, keep=keep_stack) as settings:
         gateway_proc.start(settings)
         try:
             key = asyncio.run(new_key(settings.redis_url))
             console.print(f"[bold]bench gateway[/]: rates {rates} req/s, {duration:g} s each, "
-                          f"{runs} run(s), backend={settings.inference_backend} (simulated, "
-                          f"{settings.simulated_delay_ms:.0f} ms)")
-            results = asyncio.run(measure(settings, key, [float(r) for r in rates.split(",")],
-                                          duration, runs))
+                          f"{runs} run(s), backend={settings.inference_backend} "
+                          f"(simulated delay {settings.simulated_delay_ms:.0f} ms if simulated)")
+            results = [] if ttft_only else asyncio.run(measure(
+                settings, key, [float(r) for r in rates.split(",")], duration, runs))
+            quiet = asyncio.run(measure_ttft(settings, key, ttft or 8, runs)
+                                ) if ttft or ttft_only else []
         finally:
             gateway_proc.stop(settings)
-        report(results)
+        if results:
+            report(results)
+        if quiet:
+            report_ttft(quiet, settings.inference_backend)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from benchmarks import evidence
 from benchmarks.common import bench_stack, console
 from benchmarks.faultload import (
     FAULT_ENV,
@@ -68,6 +69,9 @@ def main(rate: float = 6.0, warmup_s: float = 20.0, after_s: float = 40.0,
                   "survivor restarted: stalled": survivor.count(stall.STALLED),
                   "survivor restarted: records dropped by Faust":
                       survivor.count(faust_fence.DROPPED)}
+        evidence.keep("recovery", settings, sent, answers, {
+            "killed_at_ms": killed_at, "owned": sorted(owned), "guards": healed,
+            "counts": integrity(sent, answers, effects)})
         report(sent, answers, effects, killed_at, owned, settings.partitions, healed)
 
 

@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "768m"
+    kafka_brokers: int = Field(
+        default=1, ge=1,
+        description="KRaft nodes `up` starts (each a combined broker + controller). With 3 "
+        "or more, topics get replication factor 3 and min.insync.replicas=2, so one broker "
+        "may die without losing an acknowledged record.")
+    kafka_port_stride: int = Field(
+        default=10, ge=2,
+        description="Node n (1-based) listens on kafka_port + (n-1) * stride and its "
+        "controller on kafka_controller_port + (n-1) * stride.")
     partitions: int = 4
     topic_retention_ms: dict[str, int] = Field(
         default_factory=dict,
@@ -194,6 +203,10 @@ class Settings(BaseSettings):
     # Faust worker
     app_id: str = "clawstream"
     worker_web_port: int = 6066
+    worker_web_bind: str = Field(
+        default="127.0.0.1",
+        description="Address the worker's web server (/metrics) binds; 0.0.0.0 in a pod, so "
+        "Prometheus can scrape it.")
     worker_count: int = Field(
         default=1, description="Faust workers `up` starts; worker i serves on web port + i."
     )
@@ -327,6 +340,14 @@ class Settings(BaseSettings):
         "that lane's partitions.")
     dispatch_concurrency: int = Field(default=4, description="Model calls in flight per worker.")
     tool_concurrency: int = Field(default=4, description="Tool calls in flight per worker.")
+    model_max_tokens: int = Field(
+        default=1024, ge=1, le=1024, description="The most tokens a governed model call may "
+        "ask for (``max_tokens``/``max_completion_tokens``); above it the gateway answers 400. "
+        "At most the inference app's own limit (1024).")
+    stream_delta_flush_ms: float = Field(
+        default=20.0, ge=0, description="A streamed model step publishes its new text at "
+        "most this often (the first piece at once): one delta record per token would cost "
+        "a fast model more than its tokens.")
     dispatch_interactive_reserved: int = Field(
         default=1, description="Call slots per worker the batch lane may never take, so an "
         "interactive step does not wait for a batch call to finish.")
@@ -458,17 +479,62 @@ class Settings(BaseSettings):
         description="A conversation state larger than this (as stored) is not written: its "
         "request is answered failed, with the reason.")
 
+    # Observability (issue 14): every process serves /metrics; Ray's metrics agent serves
+    # the Serve app's on its own port; `up` runs a Prometheus that scrapes them all.
+    ray_metrics_port: int = Field(
+        default=6392, description="Where the Ray head node's metrics agent serves the Serve "
+        "app's metrics (and Ray's own) for Prometheus.")
+    prometheus_enabled: bool = Field(
+        default=True, description="`up` starts a Prometheus (Debian's package) scraping "
+        "every process of the stack; false leaves it out.")
+    prometheus_port: int = 9090
+    prometheus_scrape_interval_s: float = Field(
+        default=5.0, gt=0, description="How often Prometheus scrapes each process.")
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Brokers to dial instead of the local stack's loopback ones (a cluster: "
+        "e.g. Strimzi's clawstream-kafka-bootstrap:9092, see deploy/k8s).")
+    redis_host: str = Field(default="127.0.0.1", description="Where Redis runs (a cluster: "
+                            "its Service name).")
+    serve_host: str = Field(default="127.0.0.1", description="Where Ray Serve's HTTP proxy "
+                            "runs (a cluster: the RayService's serve Service).")
+
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        """Every broker, so a client still bootstraps while one of them is down."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        return ",".join(f"127.0.0.1:{self.kafka_node_port(n)}" for n in self.kafka_nodes)
+
+    @property
+    def kafka_nodes(self) -> range:
+        """The KRaft node ids, 1..kafka_brokers."""
+        return range(1, self.kafka_brokers + 1)
+
+    def kafka_node_port(self, node: int) -> int:
+        return self.kafka_port + (node - 1) * self.kafka_port_stride
+
+    def kafka_node_controller_port(self, node: int) -> int:
+        return self.kafka_controller_port + (node - 1) * self.kafka_port_stride
+
+    @property
+    def topic_replication_factor(self) -> int:
+        """3 from three brokers on (one may fail), else as many as there are."""
+        return min(3, self.kafka_brokers)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """2 of 3 replicas must have a record before acks=all succeeds: a single broker's
+        loss neither loses an acknowledged record nor stops producers."""
+        return 2 if self.topic_replication_factor >= 3 else 1
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return f"redis://{self.redis_host}:{self.redis_port}/0"
 
     @property
     def serve_url(self) -> str:
-        return f"http://127.0.0.1:{self.serve_http_port}"
+        return f"http://{self.serve_host}:{self.serve_http_port}"
 
     @property
     def gateway_url(self) -> str:

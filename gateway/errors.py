@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clawstream import metrics
 from clawstream.gateway.limits import BodyTimeout, BodyTooLarge
 
 
@@ -41,6 +42,7 @@ class ApiError(Exception):
                           "code": self.code, **self.extra}}
 
     def response(self) -> JSONResponse:
+        metrics.GATEWAY_REFUSALS.labels(str(self.status), self.code or "none").inc()
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 

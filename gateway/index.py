@@ -1,11 +1,12 @@
 """The answer index: who in this process waits for which request, fed from the topics.
 
 A :class:`~clawstream.streams.subscriber.TopicTail` reads every partition of
-``agent.answers`` and ``agent.events`` from the end it had at start-up (no group: each
-gateway process sees everything and holds its own waiters). The reader thread drops
+``agent.answers``, ``agent.events`` and ``agent.deltas`` from the end it had at start-up
+(no group: each gateway process sees everything and holds its own waiters). The reader thread drops
 records of conversations nobody here waits on before decoding them (by Kafka key), and
 hands the rest to the event loop, where each :class:`Watch` gets its request's events and
-answer in order. Token deltas of a model step (a deltas topic, later) slot in the same way.
+answer in order, and the model steps' deltas (``StepDelta``) of a streaming request as they
+are generated.
 
 The last ``RECENT_S`` seconds of records are also kept raw: a watch opened on a request
 that is already running (an event stream, a replayed request) first gets that request's
@@ -22,9 +23,9 @@ from collections import deque
 from typing import Any
 
 from clawstream.schemas import DecodeError, decode
-from clawstream.schemas.names import AGENT_ANSWER
+from clawstream.schemas.names import AGENT_ANSWER, STEP_DELTA
 from clawstream.streams.subscriber import TopicTail
-from clawstream.streams.topics import ANSWERS, EVENTS
+from clawstream.streams.topics import ANSWERS, DELTAS, EVENTS
 
 Record = dict[str, Any]
 RECENT_S = 10.0
@@ -52,7 +53,8 @@ class AnswerIndex:
         self._open = 0
         self._lock = threading.Lock()
         self._recent: deque[tuple[float, bytes, bytes | None]] = deque(maxlen=RECENT_MAX)
-        self._tail = TopicTail(bootstrap, (ANSWERS.name, EVENTS.name), self._on_message)
+        self._tail = TopicTail(bootstrap, (ANSWERS.name, EVENTS.name, DELTAS.name),
+                               self._on_message)
 
     async def start(self) -> None:
         """Pin the topics' ends, then serve: a request published after this returns has its
@@ -142,3 +144,7 @@ def _decode(value: bytes | None) -> tuple[str, Record] | None:
 
 def is_answer(name: str) -> bool:
     return name == AGENT_ANSWER
+
+
+def is_delta(name: str) -> bool:
+    return name == STEP_DELTA

@@ -61,13 +61,20 @@ class RequestLimits:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout_s
 
+        body_done = False
+
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive() if started else await _within(receive(), deadline, loop)
+            # Only the body is timed: once it is in, a receive waits for the client's
+            # disconnect (Starlette's streaming responses listen for it from their start,
+            # possibly before the response starts), for as long as the response lasts.
+            nonlocal received, body_done
+            timed = not (started or body_done)
+            message = await _within(receive(), deadline, loop) if timed else await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise BodyTooLarge
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:

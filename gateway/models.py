@@ -8,7 +8,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from clawstream.inference.protocol import (
     MAX_TOOL_ARGUMENTS_CHARS,
@@ -25,11 +32,12 @@ AgentName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-
 ConversationName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")]
 UserName = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,256}$")]
-OPTION_NAMES = (*NO_CACHE_OPTIONS, *MAX_AGE_OPTIONS, "max_steps", "token_budget")
+OPTION_NAMES = (*NO_CACHE_OPTIONS, *MAX_AGE_OPTIONS, "max_steps", "token_budget", "stream")
 """Request options a client may set; the others (``redrive_of``, ``run``) are the
-runtime's own and must not come from outside."""
+runtime's own and must not come from outside. ``stream``: the request's model steps
+publish their output as it is generated (``event: delta`` on its event stream)."""
 OptionName = Literal["no_cache", "no-cache", "max_cache_age_s", "max-cache-age-s",
-                     "max_steps", "token_budget"]
+                     "max_steps", "token_budget", "stream"]
 OptionValue = Annotated[str, StringConstraints(max_length=64)]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -113,6 +121,20 @@ class RequestBody(BaseModel):
         return self
 
 
+MAX_STOP_SEQUENCES = 4
+MAX_SEED = 2**32 - 1
+StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class OverCap(ValueError):
+    """A client's ``max_tokens`` over the settings' cap (the edge answers 400 naming it)."""
+
+    def __init__(self, field: str, cap: int) -> None:
+        super().__init__(f"at most {cap} tokens")
+        self.field = field
+        self.cap = cap
+
+
 class StreamOptions(Lenient):
     include_usage: bool | None = None
 
@@ -130,7 +152,35 @@ class ChatCompletionBody(Lenient):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: StopSequence | list[StopSequence] | None = Field(default=None)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        return value
+
+    def sampling_options(self, max_tokens_cap: int) -> dict[str, str]:
+        """The client's sampling as request options (a governed call's model step uses
+        them); 400 naming the field for a ``max_tokens`` over the cap."""
+        options: dict[str, str] = {}
+        limit = self.max_completion_tokens or self.max_tokens
+        if limit is not None:
+            if limit > max_tokens_cap:
+                field = "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+                raise OverCap(field, max_tokens_cap)
+            options["max_tokens"] = str(limit)
+        for name in ("temperature", "top_p", "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                options[name] = str(value)
+        if self.stop is not None:
+            options["stop"] = json.dumps([self.stop] if isinstance(self.stop, str) else self.stop)
+        return options
 
     @model_validator(mode="after")
     def _unique_tools(self) -> ChatCompletionBody:

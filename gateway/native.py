@@ -19,6 +19,9 @@ router = APIRouter(prefix="/v1", tags=["native"])
 Record = dict[str, Any]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
                                               max_length=255, pattern=r"^[\x21-\x7e]+$")]
+Traceparent = Annotated[str | None, Header(max_length=256)]
+"""A caller's W3C trace context: the request joins the caller's trace (an invalid one is
+ignored, as W3C asks)."""
 RequestId = Annotated[str, Path(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 ConversationPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -65,6 +68,18 @@ def event_view(event: Record) -> Record:
             "agent_version": event.get("agent_version"), "detail": event.get("detail") or {}}
 
 
+def delta_view(delta: Record) -> Record:
+    """A model step's new output (requests with the ``stream`` option): follow one
+    ``attempt`` of a step, in ``seq`` order; the answer is the record."""
+    return {key: delta.get(key) for key in (
+        "step_id", "step_index", "attempt", "seq", "text", "tool_calls", "finish_reason",
+        "at_ms")}
+
+
+def delta_id(delta: Record) -> str:
+    return f"delta-{delta['step_id']}-{delta['attempt']}-{delta['seq']}"
+
+
 def sse(data: str, event: str | None = None, event_id: str | None = None) -> str:
     head = (f"id: {event_id}\n" if event_id else "") + (f"event: {event}\n" if event else "")
     return head + "".join(f"data: {line}\n" for line in data.split("\n")) + "\n"
@@ -80,7 +95,8 @@ async def owned(gw: Gateway, caller: Caller, request_id: str) -> Record:
 
 @router.post("/requests", status_code=202)
 async def create_request(body: RequestBody, gw: GatewayDep, caller: CallerDep,
-                         idempotency_key: IdempotencyKey = None) -> JSONResponse:
+                         idempotency_key: IdempotencyKey = None,
+                         traceparent: Traceparent = None) -> JSONResponse:
     """Ask an agent; answers at once with the request id and where to follow it."""
     if body.text is not None:
         text = check_text(gw, body.text, "text")
@@ -97,7 +113,7 @@ async def create_request(body: RequestBody, gw: GatewayDep, caller: CallerDep,
         tenant_id=caller.tenant_id, user_id=body.user or caller.user_id, agent=body.agent,
         text=text, conversation=body.conversation, lane=body.lane,
         options={str(k): v for k, v in body.options.items()}, deadline_s=body.deadline_s,
-        idempotency_key=idempotency_key), watch=False)
+        idempotency_key=idempotency_key, traceparent=traceparent), watch=False)
     return JSONResponse(_accepted_body(accepted), status_code=202, headers={
         "Location": f"/v1/requests/{accepted.request_id}",
         **({"Idempotent-Replayed": "true"} if accepted.replayed else {})})
@@ -138,8 +154,9 @@ async def request_events(request_id: RequestId, request: Request, gw: GatewayDep
                          caller: CallerDep,
                          last_event_id: Annotated[str | None, Header(max_length=64)] = None
                          ) -> StreamingResponse:
-    """Server-sent events: the request's timeline so far, then as it happens, then
-    ``event: answer``. ``Last-Event-ID`` resumes after that event."""
+    """Server-sent events: the request's timeline so far, then as it happens (with
+    ``event: delta`` for its model steps' output when it was sent with the ``stream``
+    option), then ``event: answer``. ``Last-Event-ID`` resumes after that event."""
     record = await owned(gw, caller, request_id)
     accepted = await gw.watch_request(record)
     try:
@@ -173,6 +190,8 @@ async def _event_stream(gw: Gateway, accepted: Accepted, history: list[Record],
                     seen.add(record["event_id"])
                     yield sse(json.dumps(event_view(record)), record["event_type"],
                               record["event_id"])
+                elif kind == "delta":
+                    yield sse(json.dumps(delta_view(record)), "delta", delta_id(record))
                 elif kind == "answer":
                     yield sse(json.dumps(answer_view(record)), "answer",
                               f"answer-{accepted.request_id}")

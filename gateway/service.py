@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.background import BackgroundTask
 
 from clawstream.config import Settings
 from clawstream.gateway.apikeys import CachedKeys, KeyInfo, KeyStore
 from clawstream.gateway.errors import ApiError, not_found, overloaded, rate_limited
-from clawstream.gateway.index import AnswerIndex, Watch, is_answer
+from clawstream.gateway.index import AnswerIndex, Watch, is_answer, is_delta
 from clawstream.gateway.pressure import RequestLag
 from clawstream.gateway.recorder import Recorder
 from clawstream.gateway.store import RequestStore
@@ -27,11 +30,14 @@ from clawstream.schemas.names import AGENT_REQUEST
 from clawstream.schemas.records import FunctionSpec, Message
 from clawstream.streams.publisher import AsyncPublisher, PublishError, new_request
 from clawstream.streams.topics import request_topic
+from clawstream.streams.tracecontext import HEADER, parse
 
 Record = dict[str, Any]
 REPUBLISH_AFTER_S = 5.0
 """A replayed request whose record says it never reached the broker (the gateway died in
 between) is published again after this long; the coordinator's dedup makes that safe."""
+STREAM_OPTION = "stream"
+"""Set on a request whose client streams: its model steps publish deltas."""
 RATE_KINDS = ("user_rate_limit", "tenant_rate_limit", "tenant_budget")
 
 
@@ -55,11 +61,15 @@ class Ask:
     messages: list[Message] = field(default_factory=list)
     """A governed model call's chat, sent to the model as it is."""
     tools: list[FunctionSpec] = field(default_factory=list)
+    traceparent: str | None = None
+    """The caller's W3C ``traceparent``: its trace id becomes the request's ``trace_id``."""
 
     def fingerprint(self) -> str:
-        """What must match when an Idempotency-Key comes again."""
+        """What must match when an Idempotency-Key comes again (streaming or not is how
+        the client reads the answer, not another request)."""
+        options = {k: v for k, v in self.options.items() if k != STREAM_OPTION}
         return short_hash({"agent": self.agent, "text": self.text, "lane": self.lane,
-                           "conversation": self.conversation, "options": self.options,
+                           "conversation": self.conversation, "options": options,
                            "messages": self.messages, "tools": self.tools})
 
 
@@ -81,7 +91,12 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        # A Redis restart leaves the pool's connections dead, and redis-py does not retry
+        # them: the first request after it was refused 503. A dead connection never ran the
+        # command, so trying again on a fresh one is safe (timeouts are not retried).
+        self.redis = aioredis.Redis.from_url(
+            settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), 2),
+            retry_on_error=[RedisConnectionError])
         self.keys = CachedKeys(KeyStore(self.redis), settings.gateway_key_cache_s)
         self.store = RequestStore(self.redis, settings.gateway_record_ttl_s)
         self.index = AnswerIndex(settings.bootstrap_servers)
@@ -150,6 +165,9 @@ class Gateway:
             text=ask.text, idempotency_key=ask.idempotency_key, tenant_id=ask.tenant_id,
             user_id=ask.user_id, lane=ask.lane, deadline_s=ask.deadline_s,
             options=dict(ask.options)), messages=ask.messages, tools=ask.tools)
+        context = parse([(HEADER, ask.traceparent)]) if ask.traceparent else None
+        if context is not None:
+            request["trace_id"] = context[0]
         if ask.idempotency_key:
             replay = await self._replay(ask, request)
             if replay is not None:
@@ -253,8 +271,10 @@ class Gateway:
 
     async def timeline(self, accepted: Accepted, timeout_s: float,
                        tick_s: float | None = None) -> AsyncIterator[tuple[str, Record]]:
-        """The request's events and finally ``("answer", answer)``; ``("tick", {})`` after
-        ``tick_s`` of quiet; raises WaitTimeout after ``timeout_s`` without an answer."""
+        """The request's events (``"event"``, and ``"delta"`` for its model steps' output
+        while a streaming request runs) and finally ``("answer", answer)``; ``("tick", {})``
+        after ``tick_s`` of quiet; raises WaitTimeout after ``timeout_s`` without an
+        answer."""
         if accepted.answer is not None:
             yield "answer", accepted.answer
             return
@@ -278,6 +298,9 @@ class Gateway:
                     await self.store.file_answer(record)
                 yield "answer", record
                 return
+            if is_delta(name):
+                yield "delta", record
+                continue
             if record.get("event_type") == "request_duplicate":
                 first = (record.get("detail") or {}).get("first_request_id")
                 if first and first != accepted.request_id:

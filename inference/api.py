@@ -7,14 +7,15 @@ Serve ingress in :mod:`clawstream.inference.app` supplies a gateway backed by de
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from clawstream.inference.errors import (
     BackendFailure,
@@ -27,6 +28,7 @@ from clawstream.inference.faults import FaultRule
 from clawstream.inference.protocol import (
     EMBED_PATH,
     GENERATE_PATH,
+    STREAM_SUFFIX,
     UPSTREAM_GENERATE_PATH,
     EmbeddingResult,
     EmbedRequest,
@@ -102,7 +104,44 @@ AddFault = Callable[[FaultRule], Awaitable[None]]
 AddScript = Callable[[Script], Awaitable[None]]
 
 
-def create_model_api(generate: Generate, paths: tuple[str, ...] = ("/generate",)) -> FastAPI:
+Stream = Callable[[GenerateRequest, float], AsyncIterator[str | GenerationResult]]
+"""A streamed generation: text pieces, then the result."""
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The :class:`ErrorBody` kind of a failure (the same mapping as the status codes)."""
+    if isinstance(exc, InputRejected):
+        return "validation"
+    if isinstance(exc, Overloaded):
+        return "overloaded"
+    if isinstance(exc, GenerationTimeout):
+        return "timeout"
+    return "backend"
+
+
+async def _ndjson(first: str | GenerationResult,
+                  rest: AsyncIterator[str | GenerationResult]) -> AsyncIterator[str]:
+    """The lines of a streamed generation; a failure after the first line is a line too
+    (the status code is sent by then)."""
+    item = first
+    while True:
+        if isinstance(item, GenerationResult):
+            yield json.dumps({"result": item.model_dump(mode="json")}) + "\n"
+            return
+        yield json.dumps({"delta": item}) + "\n"
+        try:
+            item = await anext(rest)
+        except StopAsyncIteration:
+            yield json.dumps({"error": "backend", "detail": "the stream ended early"}) + "\n"
+            return
+        except Exception as exc:
+            yield json.dumps({"error": failure_kind(exc), "detail": str(exc),
+                              "retry_after_s": getattr(exc, "retry_after_s", None)}) + "\n"
+            return
+
+
+def create_model_api(generate: Generate, paths: tuple[str, ...] = ("/generate",),
+                     stream: Stream | None = None) -> FastAPI:
     """POST /generate around one ``generate`` callable: a generation replica's own HTTP
     surface, which Serve mounts under ``/model`` (the local model) or ``/upstream`` (the
     pools' upstream models). Test fixtures are registered through the ingress, which hands
@@ -115,6 +154,18 @@ def create_model_api(generate: Generate, paths: tuple[str, ...] = ("/generate",)
 
     for path in paths:
         api.post(path, response_model=GenerationResult)(generate_route)
+    if stream is not None:
+        streamer = stream
+
+        async def stream_route(body: GenerateRequest) -> StreamingResponse:
+            """The first piece is awaited before the response starts, so a request that
+            fails at once (validation, overload, a fault) still gets its status code."""
+            items = streamer(body, time.time())
+            first = await anext(items)
+            return StreamingResponse(_ndjson(first, items), media_type="application/x-ndjson")
+
+        for path in paths:
+            api.post(path + STREAM_SUFFIX, response_class=StreamingResponse)(stream_route)
     return api
 
 

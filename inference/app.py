@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -40,8 +41,15 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import LoggingConfig
 
+from clawstream import metrics
 from clawstream.inference.api import create_api, create_embedding_api, create_model_api
 from clawstream.inference.backends import make_backends
+from clawstream.inference.backends.base import (
+    Generation,
+    GenerationBackend,
+    Sampling,
+    stream_generation,
+)
 from clawstream.inference.config import InferenceConfig
 from clawstream.inference.embeddings import Embedder
 from clawstream.inference.errors import (
@@ -87,6 +95,32 @@ def _replica_id() -> str:
     return f"{context.deployment}#{context.replica_id.unique_id}"
 
 
+class GenerationMetrics:
+    """A model replica's metrics, through Ray's metrics agent (a replica is a Ray worker
+    process: Ray's agent on the node serves them on ``ray_metrics_port``, names prefixed
+    ``ray_``). Names come from :mod:`clawstream.metrics`."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics as ray_metrics
+
+        self._seconds = ray_metrics.Histogram(
+            metrics.SERVE_GENERATE_SECONDS, description="A generation call in its model "
+            "replica, by model and outcome", boundaries=list(metrics.LATENCY_BUCKETS),
+            tag_keys=("model", "outcome"))
+        self._tokens = ray_metrics.Counter(
+            metrics.SERVE_TOKENS, description="Tokens read (in) and generated (out) by the "
+            "model replicas, by model", tag_keys=("model", "direction"))
+
+    def generated(self, model: str, seconds: float, tokens_in: int, tokens_out: int) -> None:
+        self._seconds.observe(seconds, {"model": model, "outcome": "ok"})
+        for direction, tokens in (("in", tokens_in), ("out", tokens_out)):
+            if tokens > 0:  # Ray's counters refuse an increment of 0
+                self._tokens.inc(tokens, {"model": model, "direction": direction})
+
+    def failed(self, model: str, exc: Exception, seconds: float) -> None:
+        self._seconds.observe(seconds, {"model": model, "outcome": type(exc).__name__})
+
+
 @serve.deployment(name=GENERATOR_DEPLOYMENT)
 @serve.ingress()
 class GenerationDeployment:
@@ -101,9 +135,10 @@ class GenerationDeployment:
         # Test stacks only; here rather than in the ingress so that both roads to the
         # model (its own route and the ingress's) see the injected failures.
         self._faults = FaultPlan() if config.fault_injection else None
+        self._metrics = GenerationMetrics()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_model_api(self.generate)
+        return create_model_api(self.generate, stream=self.generate_stream)
 
     async def ready(self) -> ComponentHealth:
         backend = self._router.default
@@ -124,27 +159,67 @@ class GenerationDeployment:
 
     async def generate(self, request: GenerateRequest, received_at: float) -> GenerationResult:
         started = time.time()
+        backend, max_tokens = self._start(request)
+        clock = time.perf_counter()
+        try:
+            generation = await backend.generate(
+                request.messages, max_tokens, request.temperature, request.tools,
+                request.tool_choice, sampling(request))
+        except Exception as exc:
+            self._metrics.failed(backend.model_id, exc, time.perf_counter() - clock)
+            raise
+        return self._finish(backend, generation, started - received_at, clock)
+
+    async def generate_stream(self, request: GenerateRequest, received_at: float
+                              ) -> AsyncIterator[str | GenerationResult]:
+        """The text as the backend generates it, then the result (``/generate_stream``)."""
+        started = time.time()
+        backend, max_tokens = self._start(request)
+        clock = time.perf_counter()
+        try:
+            async for piece in stream_generation(backend, request.messages, max_tokens,
+                                                 request.temperature, request.tools,
+                                                 request.tool_choice, sampling(request)):
+                if isinstance(piece, Generation):
+                    yield self._finish(backend, piece, started - received_at, clock)
+                else:
+                    yield piece
+        except Exception as exc:
+            self._metrics.failed(backend.model_id, exc, time.perf_counter() - clock)
+            raise
+
+    def _finish(self, backend: GenerationBackend, generation: Generation, queued_s: float,
+                clock: float) -> GenerationResult:
+        result = _result(backend, generation, queued_s, clock)
+        self._metrics.generated(backend.model_id, result.run_ms / 1000,
+                                generation.prompt_tokens, generation.completion_tokens)
+        return result
+
+    def _start(self, request: GenerateRequest) -> tuple[GenerationBackend, int]:
+        """Faults first (a test stack's), then the backend and the max_tokens to use."""
         if self._faults is not None:
             self._faults.check(request)
-        backend = self._router.pick(request)
-        max_tokens = request.max_tokens or self._default_max_tokens
-        clock = time.perf_counter()
-        generation = await backend.generate(
-            request.messages, max_tokens, request.temperature, request.tools, request.tool_choice
-        )
-        run_ms = (time.perf_counter() - clock) * 1000.0
-        return GenerationResult(
-            text=generation.text,
-            model=backend.model_id,
-            backend=backend.name,
-            prompt_tokens=generation.prompt_tokens,
-            completion_tokens=generation.completion_tokens,
-            finish_reason=generation.finish_reason,
-            tool_calls=list(generation.tool_calls),
-            replica=_replica_id(),
-            queue_ms=max(0.0, (started - received_at) * 1000.0),
-            run_ms=run_ms,
-        )
+        return self._router.pick(request), request.max_tokens or self._default_max_tokens
+
+
+def sampling(request: GenerateRequest) -> Sampling:
+    return Sampling(top_p=request.top_p, stop=tuple(request.stop), seed=request.seed)
+
+
+def _result(backend: GenerationBackend, generation: Generation, queued_s: float,
+            clock: float) -> GenerationResult:
+    return GenerationResult(
+        text=generation.text,
+        model=backend.model_id,
+        backend=backend.name,
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+        finish_reason=generation.finish_reason,
+        tool_calls=list(generation.tool_calls),
+        replica=_replica_id(),
+        queue_ms=max(0.0, queued_s * 1000.0),
+        run_ms=(time.perf_counter() - clock) * 1000.0,
+    )
 
 
 @serve.deployment(name="embedder")

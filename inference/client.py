@@ -8,8 +8,9 @@ Imports only httpx and pydantic: no Ray, torch or llama.cpp in the caller's proc
 from __future__ import annotations
 
 import email.utils
+import json
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from clawstream.inference.protocol import (
     EMBED_PATH,
+    INGRESS_GENERATE_PATH,
+    STREAM_SUFFIX,
     ChatMessage,
     EmbeddingResult,
     EmbedRequest,
@@ -96,6 +99,7 @@ class InferenceTimeout(InferenceError):
 MessageLike = ChatMessage | Mapping[str, object]
 ToolLike = ToolFunction | Mapping[str, object]
 _Request = TypeVar("_Request", bound=BaseModel)
+OnDelta = Callable[[str], Awaitable[None]]
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -189,9 +193,17 @@ class InferenceClient:
         model: str | None = None,
         tools: Sequence[ToolLike] = (),
         tool_choice: ToolChoice = "auto",
+        on_delta: OnDelta | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
     ) -> GenerationResult:
         """Raises InferenceValidationError locally, before any I/O, for a malformed request.
-        The answer is text and/or ``tool_calls`` (``finish_reason`` "tool_calls")."""
+        The answer is text and/or ``tool_calls`` (``finish_reason`` "tool_calls").
+
+        With ``on_delta`` the answer is streamed: it is awaited on each piece of text as the
+        model generates it (the pieces join to the result's text; a backend that answers
+        whole, or an answer of tool calls, gives one piece or none)."""
         request = _validated(
             GenerateRequest,
             messages=list(messages),
@@ -200,8 +212,43 @@ class InferenceClient:
             model=model,
             tools=list(tools),
             tool_choice=tool_choice,
+            top_p=top_p,
+            stop=list(stop),
+            seed=seed,
         )
+        if on_delta is not None:
+            return await self._stream(request, on_delta)
         return await self._generate(request)
+
+    async def _stream(self, request: GenerateRequest, on_delta: OnDelta) -> GenerationResult:
+        """The streamed call on the model's own route (the ingress does not stream: a named
+        model the client cannot route itself is answered whole)."""
+        path = generate_path(request.model, self.upstream_models)
+        if path == INGRESS_GENERATE_PATH:
+            return await self._generate(request)
+        path += STREAM_SUFFIX
+        try:
+            async with self._http.stream("POST", path, json=request.model_dump(mode="json"),
+                                         timeout=self._timeout) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise error_for_response(response)
+                async for line in response.aiter_lines():
+                    if not line:
+                        continue
+                    item = json.loads(line)
+                    if "delta" in item:
+                        await on_delta(str(item["delta"]))
+                    elif "result" in item:
+                        return GenerationResult.model_validate(item["result"])
+                    else:
+                        raise _stream_error(path, item)
+        except httpx.TimeoutException as exc:
+            raise InferenceTimeout(f"inference POST {path}: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise InferenceUnreachable(f"inference POST {path}: {type(exc).__name__}: {exc}"
+                                       ) from exc
+        raise InferenceBackendError(f"inference POST {path}: the stream ended without a result")
 
     async def _generate(self, request: GenerateRequest) -> GenerationResult:
         """The call itself, for a validated request (a subclass may go another way)."""
@@ -240,6 +287,20 @@ class InferenceClient:
         if response.is_success:
             return response.json()
         raise error_for_response(response)
+
+
+def _stream_error(path: str, item: dict[str, Any]) -> InferenceError:
+    """The exception for an ``{"error": kind}`` line of a stream that had started."""
+    message = f"inference POST {path}: {item.get('error')}: {item.get('detail')}"
+    kind = item.get("error")
+    if kind == "validation":
+        return InferenceValidationError(message, detail=item.get("detail"))
+    if kind == "overloaded":
+        return InferenceOverloaded(message, detail=item.get("detail"),
+                                   retry_after=item.get("retry_after_s"))
+    if kind == "timeout":
+        return InferenceTimeout(message, detail=item.get("detail"))
+    return InferenceBackendError(message, detail=item.get("detail"))
 
 
 def _validated(schema: type[_Request], **fields: Any) -> _Request:

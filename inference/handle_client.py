@@ -39,6 +39,7 @@ from clawstream.inference.client import (
     InferenceOverloaded,
     InferenceTimeout,
     InferenceValidationError,
+    OnDelta,
 )
 from clawstream.inference.errors import (
     BackendFailure,
@@ -121,13 +122,30 @@ class HandleInferenceClient(InferenceClient):
                         f"{type(exc).__name__}: {exc}") from exc
         return self._handles[deployment]
 
-    async def _generate(self, request: GenerateRequest) -> GenerationResult:
+    async def _generation_handle(self, request: GenerateRequest) -> tuple[Any, str]:
         upstream = serves_upstream(request.model, self.upstream_models or ())
         deployment, app_name = ((UPSTREAM_DEPLOYMENT, UPSTREAM_APP_NAME) if upstream
                                 else (GENERATOR_DEPLOYMENT, GENERATOR_APP_NAME))
-        handle = await self._handle(deployment, app_name)
+        return await self._handle(deployment, app_name), deployment
+
+    async def _generate(self, request: GenerateRequest) -> GenerationResult:
+        handle, deployment = await self._generation_handle(request)
         try:
             result: GenerationResult = await handle.generate.remote(request, time.time())
         except Exception as exc:
             raise classify(exc, self._retry_after_s, deployment) from exc
         return result
+
+    async def _stream(self, request: GenerateRequest, on_delta: OnDelta) -> GenerationResult:
+        """The deployment's ``generate_stream`` through a streaming handle call."""
+        handle, deployment = await self._generation_handle(request)
+        try:
+            pieces = handle.options(stream=True).generate_stream.remote(request, time.time())
+            async for piece in pieces:
+                if isinstance(piece, GenerationResult):
+                    return piece
+                await on_delta(piece)
+        except Exception as exc:
+            raise classify(exc, self._retry_after_s, deployment) from exc
+        raise classify(RuntimeError("the stream ended without a result"), self._retry_after_s,
+                       deployment)

@@ -22,6 +22,8 @@ MAX_MESSAGES = 256
 MAX_CONTENT_CHARS = 32_000
 MAX_NEW_TOKENS_LIMIT = 1024
 MAX_TEMPERATURE = 2.0
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 64
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_TEXT_CHARS = 8_192
 
@@ -43,6 +45,10 @@ UPSTREAM_ROUTE_PREFIX = "/upstream"
 """The upstream deployment's own route: a client sends a request for an upstream model
 there, as it sends one for the local model to :data:`GENERATE_PATH` (no ingress hop)."""
 UPSTREAM_GENERATE_PATH = f"{UPSTREAM_ROUTE_PREFIX}/generate"
+STREAM_SUFFIX = "_stream"
+"""A generation route plus this streams the answer as it is generated (NDJSON lines: each
+``{"delta": text}``, then ``{"result": GenerationResult}``, or ``{"error": kind, ...}``
+when it fails after the first line). Served on the models' own routes, not the ingress."""
 INGRESS_GENERATE_PATH = "/generate"
 """The ingress's route: it routes by the request's model (one replica more on the way)."""
 
@@ -154,6 +160,7 @@ class ChatMessage(BaseModel):
 
 class GenerateRequest(BaseModel):
     """``max_tokens`` None means the deployment's configured default (settings.max_new_tokens).
+``top_p``, ``stop`` and ``seed`` are the client's sampling (None or empty: the backend's).
 
     ``tools`` are offered to the model with ``tool_choice``; the answer is text, tool calls,
     or both (:class:`GenerationResult`). A ``tool`` message must answer a call made by an
@@ -166,6 +173,10 @@ class GenerateRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
     temperature: float = Field(default=0.0, ge=0.0, le=MAX_TEMPERATURE)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_STOP_SEQUENCES)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
     model: str | None = None
     tools: list[ToolFunction] = Field(default_factory=list, max_length=MAX_TOOLS)
     tool_choice: ToolChoice = "auto"

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clawstream.inference.backends.base import Generation
+from clawstream.inference.backends.base import DEFAULT_SAMPLING, Generation, Piece, Sampling, paced
 from clawstream.inference.backends.simulated import approx_prompt_tokens, approx_tokens
 from clawstream.inference.errors import (
     BackendFailure,
@@ -159,16 +159,7 @@ class ScriptedFixtureBackend:
     def claims(self, messages: Sequence[ChatMessage]) -> bool:
         return self.script_for(messages) is not None
 
-    async def generate(
-        self,
-        messages: Sequence[ChatMessage],
-        max_tokens: int,
-        temperature: float,
-        tools: Sequence[ToolFunction] = (),
-        tool_choice: ToolChoice = "auto",
-    ) -> Generation:
-        """Turn k of the script; tools, tool_choice, max_tokens and temperature do not
-        change what a script says (a test that wants a wrong call scripts one)."""
+    def _turn(self, messages: Sequence[ChatMessage]) -> tuple[Script, int, ScriptTurn]:
         script = self.script_for(messages)
         if script is None:
             raise InputRejected("no script's marker is in these messages")
@@ -178,7 +169,20 @@ class ScriptedFixtureBackend:
                 f"script {script.marker!r} has {len(script.turns)} turns; this request asks "
                 f"for turn {k + 1} ({k} assistant messages after the last user message)"
             )
-        turn = script.turns[k]
+        return script, k, script.turns[k]
+
+    async def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[ToolFunction] = (),
+        tool_choice: ToolChoice = "auto",
+        sampling: Sampling = DEFAULT_SAMPLING,
+    ) -> Generation:
+        """Turn k of the script; tools, tool_choice, max_tokens, temperature and sampling
+        do not change what a script says (a test that wants a wrong call scripts one)."""
+        script, k, turn = self._turn(messages)
         if turn.delay_ms:
             await asyncio.sleep(turn.delay_ms / 1000.0)
         left = self._errors_left.get((script.marker, k), 0)
@@ -186,17 +190,43 @@ class ScriptedFixtureBackend:
             self._errors_left[(script.marker, k)] = left - 1
             _raise(turn.error, f"scripted HTTP {turn.error.status} for turn {k + 1} of "
                                f"{script.marker!r} ({left - 1} more)")
-        seed = hashlib.sha256(script.marker.encode()).hexdigest()[:8]
-        calls = tuple(
-            ToolCall(id=call.id or f"call_{seed}_{k}_{i}", name=call.name,
-                     arguments=call.arguments_text())
-            for i, call in enumerate(turn.tool_calls or ())
-        )
-        text = turn.text or ""
-        return Generation(
-            text=text,
-            prompt_tokens=approx_prompt_tokens(messages),
-            completion_tokens=approx_tokens(text + "".join(c.name + c.arguments for c in calls)),
-            finish_reason="tool_calls" if calls else "stop",
-            tool_calls=calls,
-        )
+        return _generation(script, k, turn, messages)
+
+    async def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[ToolFunction] = (),
+        tool_choice: ToolChoice = "auto",
+        sampling: Sampling = DEFAULT_SAMPLING,
+    ) -> AsyncIterator[Piece]:
+        """A text turn in token-sized pieces, its delay spread over them (the first piece
+        comes early, as from a model); a turn with tool calls or a pending error comes
+        whole, as :meth:`generate` answers it."""
+        script, k, turn = self._turn(messages)
+        if turn.tool_calls or self._errors_left.get((script.marker, k), 0) > 0:
+            yield await self.generate(messages, max_tokens, temperature, tools, tool_choice,
+                                      sampling)
+            return
+        async for piece in paced(turn.text or "", turn.delay_ms / 1000.0):
+            yield piece
+        yield _generation(script, k, turn, messages)
+
+
+def _generation(script: Script, k: int, turn: ScriptTurn, messages: Sequence[ChatMessage]
+                ) -> Generation:
+    seed = hashlib.sha256(script.marker.encode()).hexdigest()[:8]
+    calls = tuple(
+        ToolCall(id=call.id or f"call_{seed}_{k}_{i}", name=call.name,
+                 arguments=call.arguments_text())
+        for i, call in enumerate(turn.tool_calls or ())
+    )
+    text = turn.text or ""
+    return Generation(
+        text=text,
+        prompt_tokens=approx_prompt_tokens(messages),
+        completion_tokens=approx_tokens(text + "".join(c.name + c.arguments for c in calls)),
+        finish_reason="tool_calls" if calls else "stop",
+        tool_calls=calls,
+    )

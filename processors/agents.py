@@ -128,10 +128,9 @@ class AgentSpec:
 PASSTHROUGH_PREFIX = "model/"
 """Names of the pass-through agents, one per model pool: ``model/<pool>`` (a ``/`` no team
 agent's name has)."""
-PASSTHROUGH_MAX_TOKENS = 512
-"""A governed call's ``max_tokens`` is the client's (the ``max_tokens`` option), at most
-this; without one, :data:`PASSTHROUGH_DEFAULT_TOKENS`."""
 PASSTHROUGH_DEFAULT_TOKENS = 128
+"""A governed call's ``max_tokens`` when its client sends none; the client's own is capped
+by ``Settings.model_max_tokens``."""
 
 
 def passthrough_agent(pool: str) -> AgentSpec:

@@ -30,15 +30,15 @@ from clawstream.streams.topics import (
 def create_app(settings: Settings, worker_name: str) -> faust.App:
     return faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.bootstrap_servers}",
+        broker=[f"kafka://{hp}" for hp in settings.bootstrap_servers.split(",")],
         store="rocksdb://",
         datadir=str(settings.state_dir / "faust" / worker_name),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication_factor,
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
         web_host="127.0.0.1",
-        web_bind="127.0.0.1",
+        web_bind=settings.worker_web_bind,
         web_port=settings.worker_web_port,
         producer_acks=-1,
         producer_max_request_size=settings.kafka_max_message_bytes,

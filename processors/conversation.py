@@ -84,9 +84,9 @@ from clawstream.schemas.records import (
 )
 from clawstream.schemas.records import Cancel as CancelRecord
 
-__all__ = ["Decision", "Output", "Rules", "abort", "fresh_dedup", "hard_abort", "keep_within",
-           "needs_gate", "next_due_ms", "on_cancel", "on_request", "on_result", "on_wakeup",
-           "refuse_unprocessable", "reject"]
+__all__ = ["Decision", "Output", "Rules", "abort", "fresh_dedup", "hard_abort", "holds",
+           "keep_within", "needs_gate", "next_due_ms", "on_cancel", "on_request", "on_result",
+           "on_wakeup", "refuse_unprocessable", "reject"]
 
 MAX_EARLY_CANCELS = 32
 """Cancels kept for requests that have not arrived yet (per conversation)."""
@@ -123,16 +123,35 @@ def on_request(conv: Conversation | None, dedup: DedupEntry | None, req: AgentRe
     """``dedup``: :func:`fresh_dedup` of the table's entry; ``source``: where the request
     was read (a redelivery comes from the same place); ``rejection``: the entrance limits'
     answer for a request :func:`needs_gate` said to ask about."""
+    if dedup is None and conv is not None and holds(conv, req["request_id"]):
+        # The conversation's state was stored and the dedup entry's write was lost (a
+        # crash between the two): this is a redelivery, never a second run of the request.
+        dedup = _entry(req, "")
     if dedup is not None:
         return _known_key(conv or empty_conversation(), dedup, req, now_ms, rules, source)
     refused = admission.refusal(req, rules.policy, rejection)
     if refused is not None:
         return reject(conv, req, refused, now_ms)
     conv = conv or empty_conversation()
-    dedup = {"request_id": req["request_id"], "status": "in_progress", "redriven": [],
-             "content": admission.request_content(req), "source": source}
+    dedup = _entry(req, source)
     return _admit(conv, dedup, req, 0,
                   [event("request_received", now_ms, about(req))], now_ms, rules)
+
+
+def _entry(req: AgentRequest, source: str) -> DedupEntry:
+    """A running request's dedup entry. ``source`` "" when not known to be where the
+    request was first read."""
+    return {"request_id": req["request_id"], "status": "in_progress", "redriven": [],
+            "content": admission.request_content(req), "source": source}
+
+
+def holds(conv: Conversation | None, request_id: str) -> bool:
+    """Whether the conversation's state has the request, running or queued."""
+    if conv is None:
+        return False
+    active = conv["active"]
+    return ((active is not None and active["request"]["request_id"] == request_id)
+            or any(w["request_id"] == request_id for w in conv["waiting"]))
 
 
 def reject(conv: Conversation | None, req: AgentRequest, rejection: Rejection, now_ms: int
@@ -154,6 +173,9 @@ def _known_key(conv: Conversation, dedup: DedupEntry, req: AgentRequest, now_ms:
                         admission.with_conflict(dedup, req))
     redrive_of = req["options"].get("redrive_of")
     redriven = list(dedup.get("redriven", []))
+    if (dedup["status"] == "in_progress" and dedup["request_id"] == req["request_id"]
+            and not holds(conv, req["request_id"])):
+        return _resume(conv, dedup, req, len(redriven), now_ms, rules, source)
     if not (redrive_of and dedup.get("answer_status") == "failed"
             and redrive_of not in redriven):
         return _duplicate(conv, dedup, req, now_ms, source)
@@ -163,6 +185,20 @@ def _known_key(conv: Conversation, dedup: DedupEntry, req: AgentRequest, now_ms:
     return _admit(conv, dedup, req, run, [event("request_redriven", now_ms, about(req),
                                                 detail={"dlq_id": redrive_of, "run": run})],
                   now_ms, rules)
+
+
+def _resume(conv: Conversation, dedup: DedupEntry, req: AgentRequest, run: int,
+            now_ms: int, rules: Rules, source: str) -> Decision:
+    """A running request read again that the conversation's state no longer has: its
+    dedup entry was stored and the conversation's write was lost (two tables, written
+    apart; a crash between them, or before the conversation's changelog record left).
+    Start it again from its first step: the steps have the same ids, so results of the lost
+    run still match or are ignored, and mutating tools run once through the ledger."""
+    outputs = [event("request_resumed", now_ms, about(req),
+                     detail={"reason": "the conversation's state had lost the request",
+                             "run": run})]
+    dedup = {**dedup, "source": source}
+    return _admit(conv, dedup, req, run, outputs, now_ms, rules)
 
 
 def _admit(conv: Conversation, dedup: DedupEntry, req: AgentRequest, run: int,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any, cast
@@ -50,6 +51,7 @@ from clawstream.processors.emit import Emitter, now_ms
 from clawstream.processors.flow import coordination
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import dedup_key
+from clawstream.processors.observe import observe_result_back
 from clawstream.processors.records import Output
 from clawstream.processors.restart import restart_in_place
 from clawstream.processors.state import Conversation, DedupEntry, upgrade
@@ -70,6 +72,11 @@ log = logging.getLogger(__name__)
 
 FULL_SCAN_EVERY = 20
 """Sweeps between two rebuilds of the index from the table (partitions move on rebalance)."""
+DELIVERED = "clawstream.coordinator.delivered"
+"""An audit event (``sys.audit``, with the conversation id and the outputs' schema names)
+raised when an event's outputs are on the broker and its state is not yet written: where a
+crash test SIGKILLs a worker (``fixtures/faults.py``). Without an audit hook it costs next
+to nothing."""
 RESEND_AFTER_MS = 2000
 """A wake-up that changed nothing (or got lost) is sent again after this long."""
 ACCEPTED = {REQUESTS_INTERACTIVE.name: (AGENT_REQUEST,), REQUESTS_BATCH.name: (AGENT_REQUEST,),
@@ -202,8 +209,7 @@ class Coordinator:
                             request["idempotency_key"])
             if self.request_dedup.get(key) is None:
                 decision = refuse_unprocessable(request, reason, now_ms())
-                self.request_dedup[key] = decision.dedup
-                await self._apply(request["conversation_id"], decision)
+                await self._apply(request["conversation_id"], decision, key)
             return
         conversation_id = cast(StepResult | Wakeup | Cancel, record)["conversation_id"]
         conv = self._state(conversation_id)
@@ -222,6 +228,7 @@ class Coordinator:
             return
         if name == STEP_RESULT:
             result = cast(StepResult, record)
+            observe_result_back(result, now_ms())
             conv = self._state(result["conversation_id"])
             coordination.count_result(conv, result)
             decision = on_result(conv, result, now_ms(), self.rules)
@@ -245,25 +252,38 @@ class Coordinator:
             rejection = await coordination.gate(request, conv, self.settings, self.flags(),
                                                 self.redis)
         decision = on_request(conv, dedup, request, now_ms(), self.rules, source, rejection)
-        self.request_dedup[key] = decision.dedup
-        await self._route_and_apply(conversation_id, decision)
+        await self._route_and_apply(conversation_id, decision, key)
 
-    async def _route_and_apply(self, conversation_id: str, decision: Decision) -> None:
+    async def _route_and_apply(self, conversation_id: str, decision: Decision,
+                               dedup_key: str | None = None) -> None:
         routed = coordination.route_and_cut(decision, self.rules, self.settings, self.flags(),
                                             now_ms())
         await coordination.archive(self.redis, routed.archive)
         await self._apply(conversation_id, keep_within(
-            routed.decision, self.settings.max_state_bytes, now_ms(), self.rules))
+            routed.decision, self.settings.max_state_bytes, now_ms(), self.rules), dedup_key)
 
-    async def _apply(self, conversation_id: str, decision: Decision) -> None:
+    async def _apply(self, conversation_id: str, decision: Decision,
+                     dedup_key: str | None = None) -> None:
+        """Send the decision's outputs, and once the broker has all of them, write the
+        state (the conversation, and under ``dedup_key`` the request's dedup entry).
+
+        In this order a worker killed at any point leaves a state that is never ahead of
+        its outputs: the event, read again (its offset is committed only after the
+        changelog), is applied again to the state before it and its outputs are sent
+        again (step commands are claimed in the ledger, results of steps not in flight are
+        ignored). The other order lost answers: see ``Emitter.deliver``."""
+        outputs = with_parent_results(decision.outputs)
+        await self.emitter.deliver(outputs)
+        sys.audit(DELIVERED, conversation_id, tuple(o.schema for o in outputs))
         if decision.conversation is not None:  # a stray wake-up creates no conversation
             self.conversations[conversation_id] = decision.conversation
-        self._track(conversation_id, decision.conversation)
-        await self.batch_slots.track(conversation_id, decision.conversation)
-        for output in with_parent_results(decision.outputs):
+        if dedup_key is not None and decision.dedup is not None:
+            self.request_dedup[dedup_key] = decision.dedup
+        for output in outputs:
             if output.answer is not None:
                 self._mark_answered(output.answer)
-            await self.emitter.send(output)
+        self._track(conversation_id, decision.conversation)
+        await self.batch_slots.track(conversation_id, decision.conversation)
 
     def _mark_answered(self, a: AgentAnswer) -> None:
         """Whatever path answered a request (result, wake-up, rejection), its dedup entry

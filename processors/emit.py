@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, cast
 
 import faust
 
 from clawstream.processors.app import raw_topic
 from clawstream.processors.keys import short_hash
+from clawstream.processors.observe import observe_output
 from clawstream.processors.records import Output
 from clawstream.schemas import encode
 from clawstream.schemas.names import DEAD_LETTER
 from clawstream.schemas.records import DeadLetter
 from clawstream.streams.topics import DLQ
+from clawstream.streams.tracecontext import headers_for
 
 
 def now_ms() -> int:
@@ -34,9 +37,26 @@ class Emitter:
             topic = self._topics[name] = raw_topic(self._app, name)
         return topic
 
-    async def send(self, output: Output) -> None:
-        await self._app.send(self._topic(output.topic), key=output.key.encode(),
-                             value=encode(output.schema, output.record))
+    async def send(self, output: Output) -> Awaitable[Any]:
+        """Hand ``output`` to the producer; returns its delivery (awaited: the broker has
+        it, or an error)."""
+        observe_output(output)
+        return await self._app.send(self._topic(output.topic), key=output.key.encode(),
+                                    value=encode(output.schema, output.record),
+                                    headers=cast(list[tuple[str, bytes]] | None,
+                                                 headers_for(output.schema, output.record)))
+
+    async def deliver(self, outputs: Sequence[Output]) -> None:
+        """Send ``outputs`` and return once the broker has every one of them.
+
+        The coordinator writes a conversation's state only after this: a state is then
+        never ahead of what it sent. Faust writes a table change to its changelog some
+        time after the change, and the source offsets are committed after both; a worker
+        killed between the changelog record and the outputs used to recover a state that
+        had applied an event whose outputs (the answer, a step command) never left, and
+        the event, read again, was taken for a duplicate: nothing ever answered."""
+        deliveries = [await self.send(output) for output in outputs]
+        await asyncio.gather(*deliveries)
 
     async def dead_letter(self, event: Any, reason: str, error_class: str,
                           record: Mapping[str, Any] | None = None) -> str:

@@ -15,13 +15,14 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 from redis.exceptions import RedisError
 
 from clawstream.config import Settings
 from clawstream.inference.client import (
+    GenerationResult,
     InferenceClient,
     InferenceError,
     InferenceOverloaded,
@@ -31,6 +32,7 @@ from clawstream.inference.protocol import ToolChoice
 from clawstream.processors.app import WorkerTopics
 from clawstream.processors.caching import CacheControl, Caches, collecting
 from clawstream.processors.caching.report import current as cache_report
+from clawstream.processors.deltas import StepDeltas
 from clawstream.processors.emit import Emitter, now_ms
 from clawstream.processors.flow.acks import OrderedAcks
 from clawstream.processors.flow.dispatch import Dispatcher, Unlimited
@@ -39,6 +41,7 @@ from clawstream.processors.flow.limiter import PoolAdmission
 from clawstream.processors.flow.pools import estimate_tokens, smallest_pool
 from clawstream.processors.flow.scheduler import LaneScheduler, Pending
 from clawstream.processors.ledger import EffectLedger
+from clawstream.processors.observe import observe_step
 from clawstream.processors.records import Output
 from clawstream.processors.tools.base import Tool, ToolContext, ToolError
 from clawstream.schemas import DecodeError, decode_as
@@ -209,16 +212,24 @@ class StepExecutors:
             return self._result(cmd, started, error=_error(
                 ValueError("a model step command without a model call"), False))
         spec = self.settings.pools.get(pool or call["model"])
+
+        async def generate() -> GenerationResult:
+            deltas = (StepDeltas(self.emitter, cmd, self.settings.stream_delta_flush_ms)
+                      if call.get("stream") else None)
+            result = await self.inference.generate(
+                chat_messages(call), max_tokens=call["max_tokens"],
+                temperature=call["temperature"], model=spec.backend_model if spec else None,
+                tools=tool_functions(call), tool_choice=tool_choice(call),
+                on_delta=deltas.text if deltas else None, top_p=call.get("top_p"),
+                stop=call.get("stop") or (), seed=call.get("seed"))
+            if deltas is not None:
+                await deltas.finish(result)
+            return result
+
         try:
             outcome = await self.caches.model_step(
                 call, CacheControl.from_record(cmd.get("cache")), cache_report(),
-                lambda: asyncio.wait_for(
-                    self.inference.generate(chat_messages(call), max_tokens=call["max_tokens"],
-                                            temperature=call["temperature"],
-                                            model=spec.backend_model if spec else None,
-                                            tools=tool_functions(call),
-                                            tool_choice=tool_choice(call)),
-                    timeout=cmd["timeout_ms"] / 1000),
+                lambda: asyncio.wait_for(generate(), timeout=cmd["timeout_ms"] / 1000),
                 served_model=spec.backend_model if spec else None)
         except TimeoutError:
             return self._result(cmd, started, error=_error(
@@ -300,6 +311,8 @@ class StepExecutors:
             await self.emitter.dead_letter(item.event, f"processing failed: {output!r}",
                                            type(output).__name__, item.cmd)
         else:
+            if output.schema == STEP_RESULT:
+                observe_step(item.cmd, item.pool, cast(StepResult, output.record))
             await self.emitter.send(output)
         self.acks.done(item.event)
 

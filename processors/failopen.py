@@ -15,14 +15,13 @@ import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from prometheus_client import Counter
 from redis.exceptions import RedisError
+
+from clawstream.metrics import REDIS_FAIL_OPEN as FAILED_OPEN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError)
-FAILED_OPEN = Counter("clawstream_redis_fail_open_total",
-                      "Checks skipped (work let through) because Redis failed", ["check"])
 
 
 async def fail_open(check: str, call: Awaitable[T], default: T) -> T:

@@ -29,6 +29,9 @@ from clawstream.streams.topics import REQUESTS_INTERACTIVE, RESULTS
 
 class ClawstreamWorker(faust_fence.DrainingWorker):
     _watchdog: StallWatchdog | None = None
+    stopping_on_sigterm = False
+    """A SIGTERM began a clean stop (drain, commit, flush); ``main`` marks the local
+    store clean when the process then exits with success."""
 
     def __init__(self, app: faust.App, *, settings: Settings,
                  drain: Callable[[], Awaitable[object]], **kwargs: Any) -> None:
@@ -57,5 +60,6 @@ class ClawstreamWorker(faust_fence.DrainingWorker):
         self._watchdog.start()
 
     def on_sigterm_received(self) -> None:
+        self.stopping_on_sigterm = True
         if self._watchdog is not None:
             self._watchdog.stop()  # a draining worker moves nothing on purpose

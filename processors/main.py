@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from clawstream.config import Settings
+    from clawstream.processors import local_state
     from clawstream.processors.lifecycle import ClawstreamWorker
     from clawstream.processors.worker import build_worker
     from clawstream.streams.admin import wait_for_broker
@@ -27,15 +28,22 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     wait_for_broker(settings.bootstrap_servers)
+    datadir = settings.state_dir / "faust" / args.name
+    local_state.prepare(datadir)  # before Faust opens it: trusted only after a clean stop
     worker = build_worker(settings, args.name)
     worker.flag_reader.start()
     worker.canary_watcher.start()
-    (settings.state_dir / "faust" / args.name).mkdir(parents=True, exist_ok=True)
-    ClawstreamWorker(
+    faust_worker = ClawstreamWorker(
         worker.app, settings=settings,
         drain=lambda: worker.executors.drain(settings.drain_timeout_s),
         loglevel="info", loop=get_event_loop(), redirect_stdouts=False,
-    ).execute_from_commandline()
+    )
+    try:
+        faust_worker.execute_from_commandline()
+    except SystemExit as stopped:
+        if stopped.code in (0, None) and faust_worker.stopping_on_sigterm:
+            local_state.mark_clean(datadir)
+        raise
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class Policy:
     delegation_reserve_ms: int = 2000
     delegation_budget_share: float = 0.8
     delegation_grace_ms: int = 5000
+    max_model_tokens: int = 1024
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
@@ -58,6 +59,7 @@ class Policy:
             delegation_reserve_ms=s.delegation_reserve_ms,
             delegation_budget_share=s.delegation_budget_share,
             delegation_grace_ms=s.delegation_grace_ms,
+            max_model_tokens=s.model_max_tokens,
         )
 
     def step_limit_ms(self, lane: str, agent_limit_s: float | None,

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from clawstream.processors.agents import (
     DELEGATE,
-    PASSTHROUGH_MAX_TOKENS,
     AgentSpec,
     Catalog,
     ModelStep,
@@ -32,6 +31,7 @@ from clawstream.processors.keys import canonical_json
 from clawstream.processors.policy import Policy
 from clawstream.processors.records import step_command
 from clawstream.processors.state import ActiveRequest, Conversation, StepRun
+from clawstream.processors.validation import TRUTHY
 from clawstream.schemas.records import (
     AgentRequest,
     FunctionCall,
@@ -144,18 +144,25 @@ def plan_step(conv: Conversation, active: ActiveRequest, agent: AgentSpec, now_m
                             cache=cache)
     assert isinstance(step, ModelStep)  # a FanOut step is built by processors/delegation
     call = _model_call(agent, _with_notes(context(agent, conv, req, rules.policy),
-                                          active["notes"]), [])
+                                          active["notes"]), [], streams(req))
     limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, None)
     return step_command(req, active["run"], index, "model", now_ms, limit, call, None,
                         cache=cache)
 
 
-def _model_call(agent: AgentSpec, messages: list[Message], tools: list[FunctionSpec]
-                ) -> ModelCall:
+def streams(req: AgentRequest) -> bool:
+    """Whether the client streams the answer (the ``stream`` option): the request's model
+    steps then publish their output as it is generated."""
+    return req["options"].get("stream", "").strip().lower() in TRUTHY
+
+
+def _model_call(agent: AgentSpec, messages: list[Message], tools: list[FunctionSpec],
+                stream: bool) -> ModelCall:
     return {"model": "default", "prompt_version": prompt_version(agent),
             "messages": messages, "max_tokens": agent.max_tokens,
             "temperature": agent.temperature, "tools": tools,
-            "tool_choice": "auto" if tools else None}
+            "tool_choice": "auto" if tools else None, "top_p": None, "stop": [], "seed": None,
+            "stream": stream}
 
 
 def functions(agent: AgentSpec, req: AgentRequest, catalog: Catalog) -> list[FunctionSpec]:
@@ -194,13 +201,30 @@ def delegate_function(agent: AgentSpec, catalog: Catalog) -> FunctionSpec:
             "parameters_json": canonical_json(parameters)}
 
 
+def client_sampling(call: ModelCall, options: Mapping[str, str], max_tokens_cap: int) -> None:
+    """A governed call samples as its client asked (the options the gateway set, checked by
+    :func:`~clawstream.processors.validation.option_problem`); ``max_tokens`` at most the
+    cap."""
+    if "max_tokens" in options:
+        call["max_tokens"] = min(int(options["max_tokens"]), max_tokens_cap)
+    if "temperature" in options:
+        call["temperature"] = float(options["temperature"])
+    if "top_p" in options:
+        call["top_p"] = float(options["top_p"])
+    if "stop" in options:
+        call["stop"] = [str(s) for s in json.loads(options["stop"])]
+    if "seed" in options:
+        call["seed"] = int(options["seed"])
+
+
 def model_turn(active: ActiveRequest, agent: AgentSpec, now_ms: int, rules: Rules
                ) -> StepCommand:
     """A deciding agent's next model call, over its transcript so far."""
     req = active["request"]
-    call = _model_call(agent, list(active["transcript"]), functions(agent, req, rules.catalog))
-    if agent.passthrough and "max_tokens" in req["options"]:  # the client's own, capped
-        call["max_tokens"] = min(int(req["options"]["max_tokens"]), PASSTHROUGH_MAX_TOKENS)
+    call = _model_call(agent, list(active["transcript"]), functions(agent, req, rules.catalog),
+                       streams(req))
+    if agent.passthrough:
+        client_sampling(call, req["options"], rules.policy.max_model_tokens)
     limit = rules.policy.step_limit_ms(req["lane"], agent.step_timeout_s, None)
     return step_command(req, active["run"], active["step_index"], "model", now_ms, limit,
                         call, None, cache=control_for_request(req["options"],

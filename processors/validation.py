@@ -9,6 +9,7 @@ request topics.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ TRUTHY = frozenset({"1", "true", "yes", "on"})
 FALSY = frozenset({"0", "false", "no", "off", ""})
 POSITIVE_INT_OPTIONS = ("max_steps", "token_budget", "max_tokens")
 NON_NEGATIVE_OPTIONS = ("max_cache_age_s", "max-cache-age-s")
-SWITCH_OPTIONS = ("no-cache", "no_cache")
+SWITCH_OPTIONS = ("no-cache", "no_cache", "stream")
 RESERVED_OPTIONS = ("run",)
 """Set by the coordinator itself on queued requests; a client may not."""
 MAX_CONTEXT_EXCHANGES = 64
@@ -71,6 +72,38 @@ def _version_problems(options: dict[str, str]) -> str | None:
     return None
 
 
+SAMPLING_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
+"""Closed bounds of the numeric sampling options (top_p above 0)."""
+MAX_STOP_SEQUENCES = 4
+
+
+def _sampling_problem(options: dict[str, str]) -> str | None:
+    """A governed call's sampling options, as the gateway sets them."""
+    for name, (low, high) in SAMPLING_RANGES.items():
+        if name in options:
+            try:
+                value = float(options[name])
+            except ValueError:
+                value = math.nan
+            if not (low <= value <= high) or (name == "top_p" and value == 0):
+                return f"option {name} must be a number in [{low}, {high}], got {options[name]!r}"
+    if "seed" in options:
+        try:
+            int(options["seed"])
+        except ValueError:
+            return f"option seed must be an integer, got {options['seed']!r}"
+    if "stop" in options:
+        try:
+            stop = json.loads(options["stop"])
+        except ValueError:
+            stop = None
+        if (not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES
+                or not all(isinstance(s, str) and s for s in stop)):
+            return (f"option stop must be a JSON list of at most {MAX_STOP_SEQUENCES} "
+                    f"non-empty strings, got {options['stop']!r}")
+    return None
+
+
 def option_problem(options: dict[str, str]) -> str | None:
     for name in RESERVED_OPTIONS:
         if name in options:
@@ -92,7 +125,7 @@ def option_problem(options: dict[str, str]) -> str | None:
             if not (math.isfinite(seconds) and seconds >= 0):
                 return (f"option {name} must be a number of seconds >= 0, got "
                         f"{options[name]!r}")
-    problem = _version_problems(options)
+    problem = _version_problems(options) or _sampling_problem(options)
     if problem is not None:
         return problem
     for name in SWITCH_OPTIONS:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import faust
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from clawstream.config import Settings, upstream_models
 from clawstream.inference.client import InferenceClient
@@ -27,6 +28,7 @@ from clawstream.processors.executors import StepExecutors
 from clawstream.processors.flow.flags import FlagReader
 from clawstream.processors.flow.limiter import PoolAdmission
 from clawstream.processors.ledger import EffectLedger
+from clawstream.processors.observe import ConsumerLag
 from clawstream.processors.policy import Policy
 from clawstream.processors.registry import Registry, ToolResources, load_registry
 
@@ -71,6 +73,7 @@ def build_worker(settings: Settings, name: str, registry: Registry | None = None
     topics = create_topics(app)
     tables = create_tables(app, settings)
     add_pages(app, name, lambda: faust_fence.recovered(app))
+    REGISTRY.register(ConsumerLag(settings.app_id, lambda: faust_fence.consumer_positions(app)))
     emitter = Emitter(app)
     redis = aioredis.Redis.from_url(settings.redis_url)
     flag_reader = FlagReader(settings.bootstrap_servers, settings.flag_poll_s)

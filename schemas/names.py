@@ -11,6 +11,7 @@ DEAD_LETTER: Final = "clawstream.DeadLetter"
 CONTROL_FLAG: Final = "clawstream.ControlFlag"
 WAKEUP: Final = "clawstream.Wakeup"
 CANCEL: Final = "clawstream.Cancel"
+STEP_DELTA: Final = "clawstream.StepDelta"
 
 EVENT_SCHEMAS: Final = (
     AGENT_REQUEST,
@@ -22,4 +23,5 @@ EVENT_SCHEMAS: Final = (
     CONTROL_FLAG,
     WAKEUP,
     CANCEL,
+    STEP_DELTA,
 )

@@ -71,6 +71,10 @@ class ModelCall(TypedDict):
     temperature: float
     tools: list[FunctionSpec]
     tool_choice: str | None
+    top_p: float | None
+    stop: list[str]
+    seed: int | None
+    stream: bool
 
 
 class ToolCall(TypedDict):
@@ -275,8 +279,21 @@ class Cancel(TypedDict):
     by_request_id: str | None
 
 
+class StepDelta(TypedDict):
+    request_id: str
+    conversation_id: str
+    step_id: str
+    step_index: int
+    attempt: int
+    seq: int
+    text: str
+    tool_calls: list[FunctionCall]
+    finish_reason: str | None
+    at_ms: int
+
+
 WireRecord = (AgentRequest | StepCommand | StepResult | AgentEvent | AgentAnswer | DeadLetter
-              | ControlFlag | Wakeup | Cancel)
+              | ControlFlag | Wakeup | Cancel | StepDelta)
 """A record of one of the event schemas (``schemas.names.EVENT_SCHEMAS``)."""
 
 RECORD_TYPES: dict[str, type] = {
@@ -302,6 +319,7 @@ RECORD_TYPES: dict[str, type] = {
     "clawstream.Effect": Effect,
     "clawstream.Delegation": Delegation,
     "clawstream.Cancel": Cancel,
+    "clawstream.StepDelta": StepDelta,
 }
 """Every named record schema and its type (the test walks the schemas through this)."""
 

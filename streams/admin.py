@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -32,20 +32,67 @@ class TopicChanges:
     retention: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
+TRANSIENT_ADMIN_ERRORS = frozenset({
+    KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+    KafkaError._ALL_BROKERS_DOWN, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_CONTROLLER, KafkaError.LEADER_NOT_AVAILABLE,
+})
+
+
+def is_transient(exc: KafkaException) -> bool:
+    """True for the admin errors a cluster still settling gives (a broker handle dropped
+    while the metadata changed, a controller moving, a timeout): asking again helps."""
+    error = exc.args[0] if exc.args else None
+    if not isinstance(error, KafkaError):
+        return False
+    return error.retriable() or error.code() in TRANSIENT_ADMIN_ERRORS
+
+
 def ensure_topics(bootstrap: str, partitions: int, app_id: str,
                   retention_ms: Mapping[str, int] | None = None,
-                  timeout_s: float = 30.0) -> TopicChanges:
+                  timeout_s: float = 30.0, *, replication_factor: int = 1,
+                  min_insync_replicas: int = 1, attempts: int = 5,
+                  sleep: Callable[[float], None] = time.sleep) -> TopicChanges:
     """Create the catalogue's and the worker tables' topics that are missing, with the
     catalogue's retention overridden by ``retention_ms`` (topic name -> ms); set the
     retention of existing topics to the same values. Nothing else of an existing topic is
-    changed (partitions cannot shrink, and more would move conversations)."""
+    changed (partitions cannot shrink, and more would move conversations).
+
+    New topics get ``replication_factor`` replicas and, above one replica,
+    ``min.insync.replicas`` (with producers' acks=all, a record is acknowledged only once
+    that many replicas hold it).
+
+    A cluster whose brokers have just registered can drop a request while its metadata
+    settles; transient errors are asked again (``attempts`` in all, with a fresh client),
+    which is safe because each pass only creates what is still missing."""
     specs = with_retention(CATALOGUE + changelog_topics(app_id), retention_ms or {})
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
     changes = TopicChanges()
+
+    def once() -> TopicChanges:
+        _ensure_once(AdminClient({"bootstrap.servers": bootstrap}), specs, partitions,
+                     timeout_s, replication_factor, min_insync_replicas, changes)
+        return changes
+
+    for attempt in range(1, attempts):
+        try:
+            return once()
+        except KafkaException as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("creating topics failed (%s); asking again (%d of %d)",
+                        exc, attempt + 1, attempts)
+            sleep(min(5.0, 0.5 * 2 ** attempt))
+    return once()
+
+
+def _ensure_once(admin: AdminClient, specs: Sequence[TopicSpec], partitions: int,
+                 timeout_s: float, replication_factor: int, min_insync_replicas: int,
+                 changes: TopicChanges) -> None:
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
-        NewTopic(s.name, num_partitions=s.partitions(partitions), replication_factor=1,
-                 config=s.config())
+        NewTopic(s.name, num_partitions=s.partitions(partitions),
+                 replication_factor=replication_factor,
+                 config=_replicated(s.config(), min_insync_replicas))
         for s in specs
         if s.name not in existing
     ]
@@ -57,9 +104,14 @@ def ensure_topics(bootstrap: str, partitions: int, app_id: str,
             except KafkaException as exc:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
-    changes.retention = _align_retention(admin, [s for s in specs if s.name in existing],
-                                         timeout_s)
-    return changes
+    changes.retention.update(_align_retention(
+        admin, [s for s in specs if s.name in existing], timeout_s))
+
+
+def _replicated(config: dict[str, str], min_insync_replicas: int) -> dict[str, str]:
+    if min_insync_replicas <= 1:
+        return config
+    return {**config, "min.insync.replicas": str(min_insync_replicas)}
 
 
 def _align_retention(admin: AdminClient, specs: list[TopicSpec], timeout_s: float

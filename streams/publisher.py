@@ -30,6 +30,7 @@ from clawstream.schemas import encode
 from clawstream.schemas.names import AGENT_REQUEST
 from clawstream.schemas.records import AgentRequest
 from clawstream.streams.topics import parse_lane, request_topic
+from clawstream.streams.tracecontext import Headers, headers_for
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ class Publisher:
                 on_delivery: OnDelivery | None = None) -> Delivery:
         """Encode (raises at once on a record that does not fit ``schema``) and queue;
         the returned future settles with the broker's ack."""
-        return self._produce(topic, key.encode(), encode(schema, record), on_delivery)
+        return self._produce(topic, key.encode(), encode(schema, record), on_delivery,
+                             headers_for(schema, record))
 
     def publish_raw(self, topic: str, key: bytes | None, value: bytes, *,
                     on_delivery: OnDelivery | None = None) -> Delivery:
@@ -107,7 +109,8 @@ class Publisher:
         return self._produce(topic, key, value, on_delivery)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 on_delivery: OnDelivery | None) -> Delivery:
+                 on_delivery: OnDelivery | None,
+                 headers: Headers | None = None) -> Delivery:
         if self._closed.is_set():
             raise PublishError("publisher is closed")
         delivery: Delivery = Future()
@@ -127,7 +130,8 @@ class Publisher:
 
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=report)
+                self._producer.produce(topic, key=key, value=value, on_delivery=report,
+                                       headers=headers)
                 return delivery
             except BufferError as exc:
                 if not self._wait_for_room:

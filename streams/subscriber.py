@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from clawstream.schemas import DecodeError, decode, decode_as
 from clawstream.schemas.names import AGENT_ANSWER
@@ -115,6 +115,30 @@ class TopicTail(ConsumerLoop):
                 log.exception("tail handler failed on %s", msg.topic())
 
 
+def read_messages(bootstrap: str, topics: list[str], *, timeout_s: float = 10.0,
+                  from_beginning: bool = True) -> Iterator[Message]:
+    """Every message of ``topics`` (all partitions), undecoded, until nothing new arrives
+    for ``timeout_s``: for readers of what is not Avro (a table's changelog) or that need
+    where a record lies (partition, offset)."""
+    reader = _consumer(bootstrap)
+    try:
+        start = OFFSET_BEGINNING if from_beginning else -1  # -1 = end
+        assignment = []
+        for topic in topics:
+            metadata = reader.list_topics(topic, timeout=10.0).topics[topic]
+            assignment += [TopicPartition(topic, p, start) for p in metadata.partitions]
+        reader.assign(assignment)
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < timeout_s:
+            msg = reader.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            idle_since = time.monotonic()
+            yield msg
+    finally:
+        reader.close()
+
+
 def read_topic(
     bootstrap: str,
     topic: str,
@@ -125,26 +149,15 @@ def read_topic(
 ) -> Iterator[tuple[str, WireRecord]]:
     """Yield (schema name, record) from ``topic`` until ``until`` says stop or nothing new
     arrives for ``timeout_s`` (the topic's end for an analyst's replay)."""
-    consumer = _consumer(bootstrap)
-    try:
-        metadata = consumer.list_topics(topic, timeout=10.0).topics[topic]
-        start = OFFSET_BEGINNING if from_beginning else -1  # -1 = end
-        consumer.assign([TopicPartition(topic, p, start) for p in metadata.partitions])
-        idle_since = time.monotonic()
-        while time.monotonic() - idle_since < timeout_s:
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            idle_since = time.monotonic()
-            try:
-                name, record = decode(msg.value())
-            except DecodeError:
-                continue
-            yield name, record
-            if until is not None and until(name, record):
-                return
-    finally:
-        consumer.close()
+    for msg in read_messages(bootstrap, [topic], timeout_s=timeout_s,
+                             from_beginning=from_beginning):
+        try:
+            name, record = decode(msg.value())
+        except DecodeError:
+            continue
+        yield name, record
+        if until is not None and until(name, record):
+            return
 
 
 ANSWER_CLOCK_SLACK_MS = 5_000

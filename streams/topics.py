@@ -56,6 +56,9 @@ RESULTS: Final = TopicSpec("agent.results")
 FOREVER: Final = -1
 ANSWERS: Final = TopicSpec("agent.answers", retention_ms=FOREVER)
 EVENTS: Final = TopicSpec("agent.events", retention_ms=FOREVER)
+DELTAS: Final = TopicSpec("agent.deltas", retention_ms=DAY_MS)
+"""Model-step deltas (``StepDelta``) for streaming clients: a transport, not the record
+(the answer is), so a day is kept."""
 DLQ: Final = TopicSpec("agent.dlq", conversation_scoped=False, retention_ms=90 * DAY_MS,
                        fixed_partitions=1)
 CONTROL_FLAGS: Final = TopicSpec("control.flags", conversation_scoped=False, compacted=True,
@@ -70,6 +73,7 @@ CATALOGUE: Final = (
     RESULTS,
     ANSWERS,
     EVENTS,
+    DELTAS,
     DLQ,
     CONTROL_FLAGS,
 )

@@ -30,13 +30,15 @@ TEST_ENV = {
     **isolated_env(REPO_ROOT / ".clawstream-test", {
         "kafka_port": 29092, "kafka_controller_port": 29093, "redis_port": 26379,
         "ray_port": 26390, "serve_http_port": 28000, "worker_web_port": 26066,
-        "gateway_port": 28080}),
+        "gateway_port": 28080, "ray_metrics_port": 26392, "prometheus_port": 29090}),
     "CLAWSTREAM_INFERENCE_LLAMA_THREADS": "1",
     "CLAWSTREAM_CONTEXT_EXCHANGES": "4",
     "CLAWSTREAM_FAULT_INJECTION": "true",
     "CLAWSTREAM_AGENT_MODULES": "fixtures.faults,fixtures.team_agents",
     # Short run-time limits and backoff, so budget and retry tests take seconds.
     "CLAWSTREAM_RETRY_BASE_MS": "200",
+    # Metrics tests wait one scrape for what a request changed.
+    "CLAWSTREAM_PROMETHEUS_SCRAPE_INTERVAL_S": "1",
     "CLAWSTREAM_DRAIN_TIMEOUT_S": "10",
     "CLAWSTREAM_WORKER_STALL_TIMEOUT_S": "8",
     "CLAWSTREAM_POOLS": _pools_with_an_upstream(),

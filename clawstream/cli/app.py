@@ -16,7 +16,11 @@ from clawstream.cli.dlq import dlq_app
 from clawstream.cli.eval_cli import eval_command
 from clawstream.cli.flags_cli import app as flags_app
 from clawstream.cli.keys_cli import app as keys_app
+from clawstream.cli.load_cli import load as load_command
 from clawstream.cli.render import decisions_table, print_answer
+from clawstream.cli.top import top as top_command
+from clawstream.cli.trace_cli import replay as replay_command
+from clawstream.cli.trace_cli import trace as trace_command
 from clawstream.config import Settings
 from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT
 from clawstream.schemas.records import AgentAnswer, AgentEvent
@@ -29,6 +33,10 @@ app.add_typer(canary_app, name="canary")
 console = Console()
 app.command(name="cost")(cost_command)
 app.command(name="eval")(eval_command)
+app.command(name="top")(top_command)
+app.command(name="trace")(trace_command)
+app.command(name="replay")(replay_command)
+app.command(name="load")(load_command)
 
 
 def _settings() -> Settings:
@@ -37,7 +45,10 @@ def _settings() -> Settings:
 
 @app.command()
 def up(workers: Annotated[bool, typer.Option(help="Start the Faust workers too.")] = True,
-       gateway: Annotated[bool, typer.Option(help="Start the HTTP gateway too.")] = True
+       gateway: Annotated[bool, typer.Option(help="Start the HTTP gateway too.")] = True,
+       brokers: Annotated[int | None, typer.Option(
+           min=1, help="Kafka nodes (default: CLAWSTREAM_KAFKA_BROKERS, 1). From 3 on, "
+           "topics are replicated 3 times with min.insync.replicas=2.")] = None,
        ) -> None:
     """Start the local stack (Kafka, Redis, Ray Serve + model, topics, workers, gateway);
     idempotent."""
@@ -45,7 +56,7 @@ def up(workers: Annotated[bool, typer.Option(help="Start the Faust workers too."
     from clawstream.deploy.local import gateway as gateway_proc
     from clawstream.deploy.local import up as stack_up
 
-    settings = _settings()
+    settings = _settings() if brokers is None else Settings(kafka_brokers=brokers)
     try:
         stack_up(settings, with_workers=workers, progress=RichProgress(console))
         if gateway:

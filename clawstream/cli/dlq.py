@@ -19,6 +19,7 @@ from rich.table import Table
 from clawstream.config import Settings
 from clawstream.schemas.names import DEAD_LETTER
 from clawstream.schemas.records import DeadLetter
+from clawstream.streams.masking import mask, mask_text
 from clawstream.streams.publisher import Publisher
 from clawstream.streams.subscriber import read_topic
 from clawstream.streams.topics import DLQ
@@ -85,7 +86,8 @@ def list_(filter_: FilterOption = None) -> None:
     table = Table("id", "at (UTC)", "error", "tenant", "conversation", "attempts", "reason")
     for x in letters:
         table.add_row(x["dlq_id"], _when(x["at_ms"]), x["error_class"], x["tenant_id"] or "",
-                      x["conversation_id"] or "", str(len(x["attempts"])), x["reason"][:60])
+                      x["conversation_id"] or "", str(len(x["attempts"])),
+                      mask_text(x["reason"])[:60])
     console.print(table)
     console.print(f"{len(letters)} dead letter(s)")
 
@@ -101,7 +103,7 @@ def show(dlq_id: str) -> None:
     shown: dict[str, object] = {**found, "payload": f"<{len(found['payload'])} bytes>",
                                 "key": found["key"].decode(errors="replace")
                                 if found["key"] else None, "at": _when(found["at_ms"])}
-    console.print_json(json.dumps(shown, default=str))
+    console.print_json(json.dumps(mask(shown), default=str))
 
 
 @dlq_app.command("redrive")

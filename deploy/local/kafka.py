@@ -1,4 +1,5 @@
-"""A single-node Apache Kafka broker (combined KRaft broker + controller) on loopback.
+"""Apache Kafka on loopback: one KRaft node (combined broker + controller) by default, or a
+cluster of ``kafka_brokers`` such nodes, each with its own ports and dirs.
 
 The broker runs from the jars of ``org.apache.kafka:kafka_2.13`` that Maven lays into a
 cache outside the repository (``~/.cache/clawstream/kafka-<version>/libs``): the machine
@@ -15,6 +16,7 @@ import contextlib
 import shutil
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from clawstream.config import Settings
@@ -56,16 +58,30 @@ def ensure_jars(version: str, *, timeout: float = 900.0) -> Path:
                       timeout=timeout)
 
 
-def kafka_dir(settings: Settings) -> Path:
-    return settings.state_dir / "kafka"
+def node_name(node: int) -> str:
+    """Process name of KRaft node ``node``: node 1 is ``kafka`` (the one-broker stack's name),
+    the others ``kafka-2``, ``kafka-3`` ..."""
+    return NAME if node == 1 else f"{NAME}-{node}"
 
 
-def data_dir(settings: Settings) -> Path:
-    return kafka_dir(settings) / "data"
+def node_of(name: str) -> int | None:
+    """The node id of a process name of ours, None for other names."""
+    if name == NAME:
+        return 1
+    suffix = name.removeprefix(f"{NAME}-")
+    return int(suffix) if name.startswith(f"{NAME}-") and suffix.isdigit() else None
 
 
-def properties_file(settings: Settings) -> Path:
-    return kafka_dir(settings) / "server.properties"
+def kafka_dir(settings: Settings, node: int = 1) -> Path:
+    return settings.state_dir / node_name(node)
+
+
+def data_dir(settings: Settings, node: int = 1) -> Path:
+    return kafka_dir(settings, node) / "data"
+
+
+def properties_file(settings: Settings, node: int = 1) -> Path:
+    return kafka_dir(settings, node) / "server.properties"
 
 
 def _major(version: str) -> int:
@@ -75,33 +91,42 @@ def _major(version: str) -> int:
         return 0
 
 
-def server_properties(settings: Settings) -> dict[str, str]:
-    """The broker's configuration: one combined KRaft node, everything on 127.0.0.1.
+def server_properties(settings: Settings, node: int = 1) -> dict[str, str]:
+    """The configuration of KRaft node ``node``: a combined broker + controller, everything
+    on 127.0.0.1. The one place where broker configuration is made.
 
-    Replication factors are 1 (there is one broker); the first consumer group does not wait
-    3 s for more members (group.initial.rebalance.delay.ms=0); topics are not auto-created,
-    because the topic catalogue in ``streams`` creates every topic with its partitions and
-    configs, and a typo should fail loudly rather than create a one-partition topic.
+    With ``kafka_brokers`` nodes every node is a voter of the controller quorum (three
+    survive one loss). Internal topics (offsets, transactions) get the same replication as
+    ours, ``settings.topic_replication_factor``, and min.insync.replicas
+    ``settings.min_insync_replicas``. The first consumer group does not wait 3 s for more
+    members (group.initial.rebalance.delay.ms=0); topics are not auto-created, because the
+    topic catalogue in ``streams`` creates every topic with its partitions and configs, and
+    a typo should fail loudly rather than create a one-partition topic.
     """
-    port, ctrl = settings.kafka_port, settings.kafka_controller_port
+    port = settings.kafka_node_port(node)
+    ctrl = settings.kafka_node_controller_port(node)
+    voters = ",".join(f"{n}@127.0.0.1:{settings.kafka_node_controller_port(n)}"
+                      for n in settings.kafka_nodes)
+    replicas = str(settings.topic_replication_factor)
+    min_isr = str(settings.min_insync_replicas)
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{ctrl}",
+        "node.id": str(node),
+        "controller.quorum.voters": voters,
         "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctrl}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "log.dirs": str(data_dir(settings)),
+        "log.dirs": str(data_dir(settings, node)),
         "num.partitions": str(settings.partitions),
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replicas,
         # 50 partitions (the default) for one broker only slows the first group join.
         "offsets.topic.num.partitions": "8",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "4",
         "group.initial.rebalance.delay.ms": "0",
         # After a crash (SIGKILL) the controller refuses the restarted broker's registration
@@ -120,9 +145,13 @@ def server_properties(settings: Settings) -> dict[str, str]:
         "message.max.bytes": str(settings.kafka_max_message_bytes),
         "replica.fetch.max.bytes": str(settings.kafka_max_message_bytes),
     }
+    if settings.kafka_brokers > 1:
+        # A follower that was down (SIGKILL) is out of the ISR; it rejoins once it has
+        # caught up. Loopback followers fall behind only when dead: 10 s, not 30 s.
+        props["replica.lag.time.max.ms"] = "10000"
     if _major(settings.kafka_version) >= 4:
-        props["share.coordinator.state.topic.replication.factor"] = "1"
-        props["share.coordinator.state.topic.min.isr"] = "1"
+        props["share.coordinator.state.topic.replication.factor"] = replicas
+        props["share.coordinator.state.topic.min.isr"] = min_isr
     return props
 
 
@@ -132,10 +161,10 @@ def render_properties(props: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_properties(settings: Settings) -> Path:
-    path = properties_file(settings)
+def write_properties(settings: Settings, node: int = 1) -> Path:
+    path = properties_file(settings, node)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_properties(server_properties(settings)))
+    path.write_text(render_properties(server_properties(settings, node)))
     return path
 
 
@@ -156,34 +185,49 @@ def _java_cmd(java: str, libs: Path, heap: str, main: str, *args: str) -> list[s
     ]
 
 
-def broker_command(settings: Settings, java: str, libs: Path) -> list[str]:
-    return _java_cmd(java, libs, settings.kafka_heap, "kafka.Kafka", str(properties_file(settings)))
+def broker_command(settings: Settings, java: str, libs: Path, node: int = 1) -> list[str]:
+    return _java_cmd(java, libs, settings.kafka_heap, "kafka.Kafka",
+                     str(properties_file(settings, node)))
 
 
-def format_storage(settings: Settings, java: str, libs: Path) -> bool:
-    """Format the KRaft log dir once (``StorageTool random-uuid`` + ``format``).
+def cluster_id_file(settings: Settings) -> Path:
+    """Where the cluster id lives: every node of one cluster is formatted with it."""
+    return kafka_dir(settings, 1) / "cluster.id"
+
+
+def _cluster_id(settings: Settings, java: str, libs: Path) -> str:
+    path = cluster_id_file(settings)
+    if path.is_file():
+        return path.read_text().strip()
+    out = _run_tool(_java_cmd(java, libs, "256m", "kafka.tools.StorageTool", "random-uuid"))
+    lines = out.strip().splitlines()
+    if not lines:
+        raise StackError("kafka.tools.StorageTool random-uuid printed nothing")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(lines[-1].strip() + "\n")
+    return lines[-1].strip()
+
+
+def format_storage(settings: Settings, java: str, libs: Path, node: int = 1) -> bool:
+    """Format node ``node``'s KRaft log dir once, with the cluster's one id.
 
     Returns False if it was formatted already. A static quorum
     (``controller.quorum.voters``) is formatted without ``--standalone``.
     """
-    if (data_dir(settings) / "meta.properties").is_file():
+    if (data_dir(settings, node) / "meta.properties").is_file():
         return False
-    tool = "kafka.tools.StorageTool"
-    uuid = _run_tool(_java_cmd(java, libs, "256m", tool, "random-uuid")).strip().splitlines()
-    if not uuid:
-        raise StackError("kafka.tools.StorageTool random-uuid printed nothing")
     _run_tool(
         _java_cmd(
             java,
             libs,
             "256m",
-            tool,
+            "kafka.tools.StorageTool",
             "format",
             "--ignore-formatted",
             "-t",
-            uuid[-1].strip(),
+            _cluster_id(settings, java, libs),
             "-c",
-            str(properties_file(settings)),
+            str(properties_file(settings, node)),
         )
     )
     return True
@@ -199,16 +243,25 @@ def _run_tool(cmd: list[str]) -> str:
     return result.stdout
 
 
-def is_ready(settings: Settings, timeout: float = 2.0) -> bool:
-    """True if the broker answers a metadata (list topics) request within ``timeout``."""
+def live_brokers(bootstrap: str, timeout: float = 2.0) -> set[int] | None:
+    """The node ids of the brokers the cluster's metadata lists (registered, not fenced),
+    or None if no broker of ``bootstrap`` answers within ``timeout``."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 0})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
-        admin.list_topics(timeout=timeout)
+        return set(admin.list_topics(timeout=timeout).brokers)
     except Exception:
-        return False
-    return True
+        return None
+
+
+def is_ready(settings: Settings, timeout: float = 2.0, node: int | None = None) -> bool:
+    """True if the cluster answers a metadata (list topics) request within ``timeout``;
+    with ``node``, if that broker answers it and the metadata lists it."""
+    if node is None:
+        return live_brokers(settings.bootstrap_servers, timeout) is not None
+    live = live_brokers(f"127.0.0.1:{settings.kafka_node_port(node)}", timeout)
+    return live is not None and node in live
 
 
 def start(
@@ -217,60 +270,100 @@ def start(
     timeout: float = READY_TIMEOUT_S,
     note: Callable[[str], None] | None = None,
 ) -> ProcessInfo:
-    """Fetch jars if needed, write config, format once, start the broker, wait until ready.
+    """Fetch jars if needed, write config, format once, start every node that is not
+    running, and wait until all of them are registered; returns node 1's process.
 
-    Idempotent: a running broker is only probed for readiness.
+    Idempotent: running nodes are only probed for readiness. Nodes start together (a
+    quorum of several nodes elects no controller until most of its voters run).
     """
     say = note or (lambda _msg: None)
     procs = Processes(settings.run_dir, settings.log_dir)
-    info = procs.info(NAME)
-    if info is None:
-        procs.reclaim(NAME)  # leftovers of a crash may hold our ports
+    infos: dict[int, ProcessInfo] = {}
+    missing = []
+    for node in settings.kafka_nodes:
+        info = procs.info(node_name(node))
+        if info is None:
+            missing.append(node)
+        else:
+            infos[node] = info
+    if missing:
         java = require_java()
         if not jars_present(settings.kafka_version):
             say(f"fetching Kafka {settings.kafka_version} jars from Maven Central")
         libs = ensure_jars(settings.kafka_version)
-        ensure_ports_free(
-            {
-                "kafka_port": settings.kafka_port,
-                "kafka_controller_port": settings.kafka_controller_port,
-            },
-            component=NAME,
-        )
-        write_properties(settings)
-        if format_storage(settings, java, libs):
-            say(f"formatted KRaft storage in {data_dir(settings)}")
-        info = procs.start(NAME, broker_command(settings, java, libs))
-    wait_ready(settings, procs, timeout)
+        for node in missing:
+            procs.reclaim(node_name(node))  # leftovers of a crash may hold our ports
+            ensure_ports_free(
+                {
+                    "kafka_port": settings.kafka_node_port(node),
+                    "kafka_controller_port": settings.kafka_node_controller_port(node),
+                },
+                component=node_name(node),
+            )
+            write_properties(settings, node)
+            if format_storage(settings, java, libs, node):
+                say(f"formatted KRaft storage in {data_dir(settings, node)}")
+        for node in missing:
+            infos[node] = procs.start(node_name(node), broker_command(settings, java, libs, node))
+    for node in settings.kafka_nodes:
+        wait_ready(settings, procs, timeout, node)
+    return infos[1]
+
+
+def start_node(settings: Settings, node: int, timeout: float = READY_TIMEOUT_S) -> ProcessInfo:
+    """Start one node of the cluster again (after a crash) and wait until it is registered;
+    the others keep running."""
+    procs = Processes(settings.run_dir, settings.log_dir)
+    info = procs.info(node_name(node))
+    if info is None:
+        procs.reclaim(node_name(node))
+        java = require_java()
+        libs = ensure_jars(settings.kafka_version)
+        write_properties(settings, node)
+        format_storage(settings, java, libs, node)
+        info = procs.start(node_name(node), broker_command(settings, java, libs, node))
+    wait_ready(settings, procs, timeout, node)
     return info
 
 
-def wait_ready(settings: Settings, procs: Processes, timeout: float) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 0})
+def wait_ready(settings: Settings, procs: Processes, timeout: float, node: int = 1) -> None:
+    name = node_name(node)
+    address = f"127.0.0.1:{settings.kafka_node_port(node)}"
 
     def answers() -> bool:
-        admin.list_topics(timeout=1.0)
-        return True
+        return is_ready(settings, 1.0, node)
 
     def died() -> str | None:
-        return None if procs.is_running(NAME) else "the broker process exited"
+        return None if procs.is_running(name) else "the broker process exited"
 
     reason = wait_for(answers, timeout=timeout, interval=0.3, abort=died)
     if reason is not None:
         raise NotReadyError(
-            f"kafka on {settings.bootstrap_servers}: {reason}. "
-            f"Log {procs.log_file(NAME)} ends with:\n{procs.tail(NAME)}"
+            f"kafka node {node} on {address}: {reason}. "
+            f"Log {procs.log_file(name)} ends with:\n{procs.tail(name)}"
         )
 
 
+def running_nodes(settings: Settings) -> list[int]:
+    """The node ids with a live process (configured or left from a larger cluster)."""
+    procs = Processes(settings.run_dir, settings.log_dir)
+    nodes = (node_of(n) for n in procs.names())
+    return sorted(n for n in nodes if n is not None and procs.is_running(node_name(n)))
+
+
 def stop(settings: Settings, timeout: float = STOP_TIMEOUT_S) -> bool:
-    """Controlled shutdown (SIGTERM), SIGKILL after ``timeout``. True if it was running."""
-    return Processes(settings.run_dir, settings.log_dir).stop(NAME, timeout)
+    """Controlled shutdown (SIGTERM) of every node, SIGKILL after ``timeout``. True if one
+    was running. The brokers stop before the controllers' quorum is lost: all at once, so
+    none waits for a leader that has already gone."""
+    procs = Processes(settings.run_dir, settings.log_dir)
+    names = {node_name(n) for n in settings.kafka_nodes} | {
+        node_name(n) for n in running_nodes(settings)}
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        return any(list(pool.map(lambda name: procs.stop(name, timeout), sorted(names))))
 
 
 def purge(settings: Settings) -> None:
-    """Delete the broker's data and config (not the jar cache). Stop it first."""
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(kafka_dir(settings))
+    """Delete every node's data and config (not the jar cache). Stop them first."""
+    for node in settings.kafka_nodes:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(kafka_dir(settings, node))

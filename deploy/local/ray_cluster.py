@@ -99,6 +99,8 @@ def command(settings: Settings, ray: str, *, client_port: int, agent_port: int) 
         str(client_port),
         "--dashboard-agent-listen-port",
         str(agent_port),
+        "--metrics-export-port",
+        str(settings.ray_metrics_port),
         "--log-style",
         "record",
         "--log-color",
@@ -124,7 +126,8 @@ def start(
         procs.reclaim(NAME)  # leftovers of a crash may hold our ports
         ray = venv_script("ray")
         ensure_ports_free(
-            {"ray_port": settings.ray_port, "serve_http_port": settings.serve_http_port},
+            {"ray_port": settings.ray_port, "serve_http_port": settings.serve_http_port,
+             "ray_metrics_port": settings.ray_metrics_port},
             component=NAME,
         )
         temp_dir(settings).mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,15 @@ from typing import Any
 from rich.console import Console
 
 from clawstream.config import Settings
-from clawstream.deploy.local import gateway, kafka, ray_cluster, redis, worker
+from clawstream.deploy.local import (
+    code_version,
+    gateway,
+    kafka,
+    prometheus,
+    ray_cluster,
+    redis,
+    worker,
+)
 from clawstream.deploy.local.errors import StackError
 from clawstream.deploy.local.ports import port_holder, port_is_free
 from clawstream.deploy.local.process import Processes, ProcessInfo
@@ -96,11 +104,13 @@ def up(
     """
     say = progress or _quiet
     errors: dict[str, BaseException] = {}
+    version = code_version.current()
+    redeploy = _restart_other_code(settings, version, say) or redeploy
 
     def note(name: str) -> Callable[[str], None]:
         return lambda message: say(name, message)
 
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="clawstream-up") as pool:
+    with ThreadPoolExecutor(max_workers=6, thread_name_prefix="clawstream-up") as pool:
         f_redis = pool.submit(
             _step,
             say,
@@ -124,6 +134,10 @@ def up(
                 settings.ray_address,
                 lambda: ray_cluster.start(settings, note=note("ray")),
             )
+        f_prometheus: Future[ProcessInfo] | None = None
+        if settings.prometheus_enabled:
+            f_prometheus = pool.submit(_step, say, "prometheus", prometheus.url(settings),
+                                       lambda: prometheus.start(settings))
         f_topics = pool.submit(_topics_step, settings, say, f_kafka)
         f_workers: Future[None] | None = None
         if with_workers:
@@ -143,7 +157,7 @@ def up(
                     errors["serve"] = exc
 
         for name, fut in (("redis", f_redis), ("kafka", f_kafka), ("topics", f_topics),
-                          ("workers", f_workers)):
+                          ("workers", f_workers), ("prometheus", f_prometheus)):
             if fut is None:
                 continue
             try:
@@ -161,7 +175,23 @@ def up(
             f"the local stack did not come up ({', '.join(errors)} failed); "
             f"what did start keeps running until `down`.\n\n{detail}"
         )
+    code_version.stamp(settings, version)
     return status(settings)
+
+
+def _restart_other_code(settings: Settings, version: str, say: Progress) -> bool:
+    """Stop the workers and the gateway of a stack started by other code (they are started
+    again by this ``up``); True when the Serve app must be deployed again too."""
+    old = code_version.stamped(settings)
+    if old == version:
+        return False
+    stopped = worker.stop_all(settings)
+    if gateway.stop(settings):
+        stopped.append("gateway")
+    if stopped:
+        say("stack", f"was started by other code ({old or 'unstamped'}, now {version}): "
+                     f"stopped {', '.join(stopped)} to start them again")
+    return True
 
 
 def _serve_step(settings: Settings, say: Progress, *, fresh_ray: bool, redeploy: bool) -> None:
@@ -184,7 +214,9 @@ def _topics_step(settings: Settings, say: Progress, kafka_started: Future[Proces
     if kafka_started.exception() is not None:
         raise _Skipped("topics not checked")
     changes = ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id,
-                            settings.topic_retention_ms)
+                            settings.topic_retention_ms,
+                            replication_factor=settings.topic_replication_factor,
+                            min_insync_replicas=settings.min_insync_replicas)
     if changes.created:
         say("topics", f"created {', '.join(changes.created)}")
     for name, (old, new) in changes.retention.items():
@@ -222,8 +254,9 @@ def down(settings: Settings, purge: bool = False, progress: Progress | None = No
         if fn(settings):
             say(name, f"stopped ({time.monotonic() - t:.1f} s)")
 
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="clawstream-down") as pool:
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="clawstream-down") as pool:
         futures = [
+            pool.submit(stop, "prometheus", prometheus.stop),
             pool.submit(stop, "ray", ray_cluster.stop),
             pool.submit(stop, "kafka", kafka.stop),
             pool.submit(stop, "redis", redis.stop),
@@ -255,6 +288,10 @@ def _port_detail(port: int) -> str:
     return f"stopped (port {port} held by {holder or 'another process'})"
 
 
+def _kafka_probe(settings: Settings, node: int) -> Callable[[], bool]:
+    return lambda: kafka.is_ready(settings, timeout=1.5, node=node)
+
+
 def _worker_probe(settings: Settings, index: int) -> Callable[[], bool]:
     return lambda: worker.is_ready(settings, index)
 
@@ -280,12 +317,9 @@ def status(settings: Settings) -> list[ComponentStatus]:
         f"127.0.0.1:{settings.redis_port}",
         lambda: redis.is_ready(settings),
     )
-    row(
-        "kafka",
-        settings.kafka_port,
-        settings.bootstrap_servers,
-        lambda: kafka.is_ready(settings, timeout=1.5),
-    )
+    for node in sorted(set(settings.kafka_nodes) | set(kafka.running_nodes(settings))):
+        port = settings.kafka_node_port(node)
+        row(kafka.node_name(node), port, f"127.0.0.1:{port}", _kafka_probe(settings, node))
     row("ray", settings.ray_port, settings.ray_address, lambda: ray_cluster.is_ready(settings))
 
     ray_up = rows[-1].running
@@ -295,6 +329,9 @@ def status(settings: Settings) -> list[ComponentStatus]:
 
     row("gateway", settings.gateway_port, settings.gateway_url,
         lambda: gateway.is_ready(settings))
+    if settings.prometheus_enabled:
+        row("prometheus", settings.prometheus_port, prometheus.url(settings),
+            lambda: prometheus.is_ready(settings))
 
     indices = set(range(settings.worker_count))
     indices |= {worker.index_of(n) for n in worker.running(settings)}

@@ -15,6 +15,8 @@ INSTALL_HINTS = {
     "java": "apt-get install -y openjdk-17-jre-headless",
     "mvn": "apt-get install -y maven",
     "redis-server": "apt-get install -y redis-server",
+    "prometheus": "apt-get install -y --no-install-recommends prometheus (or set "
+                  "CLAWSTREAM_PROMETHEUS_ENABLED=false)",
     "ray": "pip install 'ray[serve]' (it is a dependency of clawstream: pip install -e .)",
 }
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
-from clawstream.inference.backends.base import Generation
+from clawstream.inference.backends.base import DEFAULT_SAMPLING, Generation, Piece, Sampling, paced
 from clawstream.inference.protocol import ChatMessage, ToolCall, ToolChoice, ToolFunction
 
 SIMULATED_MODEL_ID = "simulated-echo"
@@ -74,17 +74,40 @@ class SimulatedBackend:
         temperature: float,
         tools: Sequence[ToolFunction] = (),
         tool_choice: ToolChoice = "auto",
+        sampling: Sampling = DEFAULT_SAMPLING,
     ) -> Generation:
         """With ``tool_choice="required"`` it calls one of ``tools`` (picked from the prompt's
         digest) with empty arguments; otherwise it answers text. temperature is accepted for
-        interface parity and deliberately ignored: load tests need repeatable output
-        regardless of sampling parameters."""
+        interface parity and deliberately ignored, as is ``sampling``: load tests need
+        repeatable output regardless of sampling parameters."""
         digest = prompt_digest(messages)
         await asyncio.sleep(self.delay_ms / 1000.0)
         self._inject_faults(digest)
         if tools and tool_choice == "required":
             return self.call_tool(messages, tools, digest)
         return self.answer(messages, max_tokens, digest)
+
+    async def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[ToolFunction] = (),
+        tool_choice: ToolChoice = "auto",
+        sampling: Sampling = DEFAULT_SAMPLING,
+    ) -> AsyncIterator[Piece]:
+        """The text :meth:`generate` answers, in pieces spread over ``delay_ms``; a tool
+        call comes whole."""
+        if tools and tool_choice == "required":
+            yield await self.generate(messages, max_tokens, temperature, tools, tool_choice,
+                                      sampling)
+            return
+        digest = prompt_digest(messages)
+        self._inject_faults(digest)
+        generation = self.answer(messages, max_tokens, digest)
+        async for piece in paced(generation.text, self.delay_ms / 1000.0):
+            yield piece
+        yield generation
 
     @staticmethod
     def call_tool(

@@ -15,16 +15,17 @@ ever travels in the Authorization header: no message, log line or repr holds it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
 from clawstream.config import UpstreamSpec
-from clawstream.inference.backends.base import Generation
+from clawstream.inference.backends.base import DEFAULT_SAMPLING, Generation, Piece, Sampling
 from clawstream.inference.backends.simulated import approx_prompt_tokens, approx_tokens
 from clawstream.inference.client import parse_retry_after
 from clawstream.inference.errors import (
@@ -78,9 +79,10 @@ def chat_request(
     temperature: float,
     tools: Sequence[ToolFunction],
     tool_choice: ToolChoice,
+    sampling: Sampling = DEFAULT_SAMPLING,
 ) -> dict[str, Any]:
     """The request body; ``tools`` and ``tool_choice`` only when there are tools (some
-    servers refuse a tool_choice without tools)."""
+    servers refuse a tool_choice without tools), and the client's sampling where set."""
     body: dict[str, Any] = {
         "model": model,
         "messages": [openai_message(m) for m in messages],
@@ -91,6 +93,12 @@ def chat_request(
     if tools:
         body["tools"] = [{"type": "function", "function": t.model_dump()} for t in tools]
         body["tool_choice"] = tool_choice
+    if sampling.top_p is not None:
+        body["top_p"] = sampling.top_p
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
     return body
 
 
@@ -235,21 +243,13 @@ class OpenAICompatBackend:
         temperature: float,
         tools: Sequence[ToolFunction] = (),
         tool_choice: ToolChoice = "auto",
+        sampling: Sampling = DEFAULT_SAMPLING,
     ) -> Generation:
         body = chat_request(
-            self.upstream_model, messages, max_tokens, temperature, tools, tool_choice
+            self.upstream_model, messages, max_tokens, temperature, tools, tool_choice, sampling
         )
-        try:
+        with self._transport_errors():
             response = await self._http.post(CHAT_COMPLETIONS_PATH, json=body)
-        except httpx.TimeoutException as exc:
-            raise GenerationTimeout(
-                f"upstream for {self.model_id}: no answer within {self.timeout_s:g} s "
-                f"({type(exc).__name__})"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise BackendFailure(
-                f"upstream for {self.model_id} unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
         if not response.is_success:
             raise error_for_status(self.model_id, response)
         try:
@@ -259,3 +259,86 @@ class OpenAICompatBackend:
                 f"upstream for {self.model_id} answered non-JSON: {response.text[:200]!r}"
             ) from exc
         return parse_completion(data, messages)
+
+    async def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[ToolFunction] = (),
+        tool_choice: ToolChoice = "auto",
+        sampling: Sampling = DEFAULT_SAMPLING,
+    ) -> AsyncIterator[Piece]:
+        """The upstream's own stream (``stream: true``, usage asked for at its end): text as
+        it arrives; tool-call deltas are joined by index and come with the whole answer."""
+        body = chat_request(
+            self.upstream_model, messages, max_tokens, temperature, tools, tool_choice, sampling
+        )
+        body.update(stream=True, stream_options={"include_usage": True})
+        stream = StreamedCompletion()
+        with self._transport_errors():
+            async with self._http.stream("POST", CHAT_COMPLETIONS_PATH, json=body) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise error_for_status(self.model_id, response)
+                async for line in response.aiter_lines():
+                    piece = stream.take(line, self.model_id)
+                    if piece:
+                        yield piece
+        yield parse_completion(stream.completion(), messages)
+
+    @contextlib.contextmanager
+    def _transport_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            raise GenerationTimeout(
+                f"upstream for {self.model_id}: no answer within {self.timeout_s:g} s "
+                f"({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise BackendFailure(
+                f"upstream for {self.model_id} unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+class StreamedCompletion:
+    """An OpenAI chat-completion stream (``data:`` lines of chunks), put back together."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: object = None
+        self.usage: dict[str, Any] = {}
+
+    def take(self, line: str, model_id: str) -> str:
+        """One line of the stream; returns its new text ("" for none)."""
+        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+            return ""
+        try:
+            chunk = json.loads(line[5:])
+            self.usage = chunk.get("usage") or self.usage
+            text = ""
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                text += delta.get("content") or ""
+                for part in delta.get("tool_calls") or ():
+                    call = self.calls.setdefault(int(part.get("index", 0)), {
+                        "id": None, "function": {"name": "", "arguments": ""}})
+                    call["id"] = call["id"] or part.get("id")
+                    function = part.get("function") or {}
+                    call["function"]["name"] += function.get("name") or ""
+                    call["function"]["arguments"] += function.get("arguments") or ""
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise BackendFailure(f"upstream for {model_id} streamed something that is not a "
+                                 f"chat completion chunk: {line[:200]!r}") from exc
+        self.pieces.append(text)
+        return text
+
+    def completion(self) -> dict[str, Any]:
+        """The stream as the one chat completion :func:`parse_completion` reads."""
+        message = {"content": "".join(self.pieces),
+                   "tool_calls": [self.calls[i] for i in sorted(self.calls)]}
+        return {"choices": [{"message": message, "finish_reason": self.finish_reason}],
+                "usage": self.usage}

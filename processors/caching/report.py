@@ -14,20 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter
-
+from clawstream.metrics import CACHE_ERRORS as ERRORS
+from clawstream.metrics import CACHE_LOOKUPS as LOOKUPS
+from clawstream.metrics import CACHE_SAVED_COST as SAVED_COST
+from clawstream.metrics import CACHE_SAVED_TOKENS as SAVED_TOKENS
 from clawstream.schemas.records import CacheUsage
 
 LAYERS = ("prompt", "tool", "embedding")
-
-LOOKUPS = Counter("clawstream_cache_lookups_total", "Cache look-ups by layer and outcome",
-                  ["layer", "outcome"])
-SAVED_TOKENS = Counter("clawstream_cache_saved_tokens_total", "Tokens not billed thanks to a "
-                       "cache hit", ["layer"])
-SAVED_COST = Counter("clawstream_cache_saved_cost_usd_total", "USD not spent thanks to a cache "
-                     "hit", ["layer"])
-ERRORS = Counter("clawstream_cache_errors_total", "Cache operations that failed and were "
-                 "treated as misses (Redis down or slow)", ["layer", "op"])
 
 
 @dataclass

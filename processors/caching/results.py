@@ -90,6 +90,10 @@ class PromptCache(ResultCache):
         params = {"pool": call["model"], "max_tokens": call["max_tokens"],
                   "temperature": float(call["temperature"]), "tools": call["tools"],
                   "tool_choice": call["tool_choice"]}
+        # The client's sampling only where set: calls that set none keep their keys.
+        sampling = {"top_p": call.get("top_p"), "stop": call.get("stop") or None,
+                    "seed": call.get("seed")}
+        params.update({k: v for k, v in sampling.items() if v is not None})
         messages = [{"role": m["role"], "content": m["content"]} for m in call["messages"]]
         return prompt_cache_key(call["prompt_version"], model_id, params, messages)
 

@@ -32,9 +32,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
-from clawstream.processors.flow.scheduler import LaneScheduler, Pending
+from clawstream import metrics
+from clawstream.processors.flow.scheduler import LANES, LaneScheduler, Pending
 from clawstream.schemas.records import StepResult
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,11 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._room = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Read at scrape time: the dispatch loop pays nothing for them.
+        metrics.IN_FLIGHT.labels(name).set_function(lambda: self.running)
+        metrics.HELD.labels(name).set_function(lambda: float(self.overloaded))
+        for lane in LANES:
+            metrics.BUFFERED.labels(name, lane).set_function(partial(scheduler.count, lane))
 
     async def submit(self, item: Pending) -> None:
         """Queue a fetched step; wait first while its lane is full (that is the backpressure

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from clawstream import metrics
 from clawstream.config import Settings
 from clawstream.processors.failopen import fail_open
 from clawstream.processors.flow.buckets import TokenBuckets
@@ -58,7 +59,10 @@ class PoolAdmission:
             bucket_key("pool", item.pool), rate, capacity, item.cost, reserve), None)
         if take is None:
             return 0.0
+        metrics.POOL_RATE.labels(item.pool).set(rate)
+        metrics.POOL_LEVEL.labels(item.pool).set(take.level)
         if not take.allowed:
+            metrics.LIMITER_REFUSALS.labels(item.pool).inc()
             return take.retry_after_s
         item.extra["admitted_at_ms"] = take.at_ms
         item.extra["rate"] = rate

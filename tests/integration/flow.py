@@ -4,9 +4,11 @@ timeout fails the test); nothing sleeps."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +124,35 @@ def await_in_file(path: Path, offset: int, text: str, timeout_s: float = 30) -> 
                     return
         time.sleep(0.1)
     raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+@contextmanager
+def side_stack(name: str, port_base: int, **overrides: Any) -> Iterator[Settings]:
+    """A stack of its own beside the session's test stack (its own state dir
+    ``.clawstream-test-<name>`` and ports moved by ``port_base`` and
+    ``CLAWSTREAM_PORT_OFFSET``), for tests that need another shape (more brokers, the
+    simulated model); up on entry (``with_inference`` among ``overrides``), purged on exit.
+    Side stacks run no Prometheus (the session's scrapes its own stack)."""
+    from clawstream.deploy.local import down, up
+
+    base = int(os.environ.get("CLAWSTREAM_PORT_OFFSET", "0")) + port_base
+    with_inference = bool(overrides.pop("with_inference", True))
+    settings = Settings(
+        state_dir=Path(__file__).resolve().parents[2] / f".clawstream-test-{name}",
+        kafka_heap="384m", kafka_port=29100 + base, kafka_controller_port=29101 + base,
+        redis_port=26400 + base, worker_web_port=26100 + base, ray_port=26500 + base,
+        serve_http_port=28100 + base, gateway_port=28200 + base,
+        ray_metrics_port=26600 + base, prometheus_port=29200 + base,
+        **{"prometheus_enabled": False, **overrides})
+    down(settings, purge=True)
+    if with_inference:
+        import ray
+
+        # A handle client of an earlier test left this process connected to the session
+        # stack's Ray; Serve is deployed onto the side stack's Ray from a fresh driver.
+        ray.shutdown()
+    try:
+        up(settings, with_inference=with_inference)
+        yield settings
+    finally:
+        down(settings, purge=True)

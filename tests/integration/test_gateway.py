@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from clawstream.config import Settings
 from clawstream.deploy.local import gateway as gateway_proc
+from clawstream.deploy.local import redis as redis_local
 from clawstream.deploy.local.env import child_env
 from clawstream.deploy.local.ports import free_port
 from clawstream.deploy.local.wait import wait_for
@@ -77,6 +78,19 @@ def script(settings: Settings, marker: str, *turns: dict[str, Any]) -> None:
     response = httpx.post(f"{settings.serve_url}/script",
                           json={"marker": marker, "turns": list(turns)}, timeout=10)
     assert response.status_code == 204, response.text
+
+
+def reassemble(chunks: list[Any]) -> list[Any]:
+    """The tool calls a client builds from streamed deltas: per ``index``, the first part's
+    id, type and name, and the arguments of every part joined (as OpenAI streams them)."""
+    calls: dict[int, Any] = {}
+    for chunk in chunks:
+        for part in (chunk.choices[0].delta.tool_calls or ()) if chunk.choices else ():
+            if part.index not in calls:
+                calls[part.index] = part.model_copy(deep=True)
+            else:
+                calls[part.index].function.arguments += part.function.arguments or ""
+    return [calls[i] for i in sorted(calls)]
 
 
 def fetch(settings: Settings, key: str, request_id: str, wait: float = 120) -> httpx.Response:
@@ -173,7 +187,7 @@ def test_a_governed_model_call_returns_the_tool_call_then_the_final_text(
         chunks = list(oai.chat.completions.create(model=pool, messages=messages,
                                                   tools=[WEATHER_TOOL], stream=True))
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or ()]
+        calls = reassemble(chunks)
         finish = [c.choices[0].finish_reason for c in chunks
                   if c.choices and c.choices[0].finish_reason]
         return text or None, calls, finish[-1]
@@ -430,3 +444,12 @@ def test_gateway_sigkill_mid_stream_loses_no_request(gateway: Settings,
                                              REQUESTS_INTERACTIVE.name, timeout_s=3)
                  if name == AGENT_REQUEST and r["request_id"] == request_id]
     assert len(published) == 1
+
+
+def test_a_redis_restart_does_not_refuse_the_next_request(gateway: Settings) -> None:
+    """The gateway's pooled Redis connections die with Redis; the first request after a
+    restart must still be served (a fresh key: its check reads Redis, not the key cache)."""
+    ask(gateway, make_key(gateway, f"tr-{uuid.uuid4().hex[:6]}"))  # the pool is in use
+    assert redis_local.stop(gateway)
+    redis_local.start(gateway)
+    ask(gateway, make_key(gateway, f"tr-{uuid.uuid4().hex[:6]}"))

@@ -178,3 +178,31 @@ async def test_the_deployment_handle_transport_keeps_the_error_contract(stack: S
         assert all(o.retryable and o.retry_after == config.retry_after_s for o in shed)
     finally:
         await client.aclose()
+
+
+async def test_a_streamed_generation_is_the_same_text_in_pieces(stack: Settings,
+                                                                client: InferenceClient) -> None:
+    """llama.cpp token by token, over the model's HTTP route and over a streaming handle
+    call: the pieces join to what a non-streamed call answers (greedy), and a bad request
+    is still a validation error before any piece."""
+    from clawstream.inference.handle_client import HandleInferenceClient
+
+    whole = await client.generate(MESSAGES, max_tokens=24)
+    handle = HandleInferenceClient(stack.serve_url, ray_address=stack.ray_address,
+                                   retry_after_s=1.0, timeout=120.0)
+    try:
+        for transport in (client, handle):
+            pieces: list[str] = []
+
+            async def on_delta(piece: str, pieces: list[str] = pieces) -> None:
+                pieces.append(piece)
+
+            streamed = await transport.generate(MESSAGES, max_tokens=24, on_delta=on_delta)
+            assert len(pieces) >= 2, pieces
+            assert "".join(pieces) == streamed.text == whole.text
+            assert (streamed.prompt_tokens, streamed.completion_tokens) == (
+                whole.prompt_tokens, whole.completion_tokens)
+            with pytest.raises(InferenceValidationError):
+                await transport.generate(MESSAGES, model="gpt-4", on_delta=on_delta)
+    finally:
+        await handle.aclose()

@@ -27,6 +27,8 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from clawstream.inference.model_files import smollm2_gguf_path
 
@@ -84,6 +86,12 @@ class FaultProxy:
                     status_code=status, headers=headers, media_type="application/json",
                     content=b'{"error": {"message": "injected by the test proxy", '
                             b'"type": "rate_limit_exceeded"}}')
+            if body.get("stream"):  # passed through as it comes
+                upstream = await forward.send(forward.build_request(
+                    "POST", "/v1/chat/completions", json=body), stream=True)
+                return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
+                                         media_type=upstream.headers.get("content-type"),
+                                         background=BackgroundTask(upstream.aclose))
             answer = await forward.post("/v1/chat/completions", json=body)
             return Response(status_code=answer.status_code, content=answer.content,
                             media_type="application/json")

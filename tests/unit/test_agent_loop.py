@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from clawstream.config import Settings
-from clawstream.processors.agents import PASSTHROUGH_MAX_TOKENS, PASSTHROUGH_PREFIX, AgentSpec
+from clawstream.processors.agents import PASSTHROUGH_PREFIX, AgentSpec
 from clawstream.processors.api import Agent, tool
 from clawstream.processors.conversation import Decision, Rules, on_request, on_result
 from clawstream.processors.flow.flags import FlagView
@@ -185,17 +185,23 @@ def test_a_pass_through_call_returns_the_models_tool_calls_unchanged() -> None:
     assert not _commands(done, TOOL_REQUESTS.name)
 
 
-def test_a_pass_through_call_takes_the_clients_max_tokens_capped() -> None:
-    def max_tokens(options: dict[str, str]) -> int:
+def test_a_pass_through_call_samples_as_its_client_asked() -> None:
+    def model_call(options: dict[str, str]) -> dict[str, Any]:
         req = {**new_request(agent="passthrough", conversation_id="c", text="hi",
                              options=options)}
         decision = on_request(None, None, req, 0, RULES, "t/0/1")  # type: ignore[arg-type]
         [model] = _commands(decision, INFERENCE_REQUESTS.name)
-        return int(model["model_call"]["max_tokens"])
+        return dict(model["model_call"])
 
-    assert max_tokens({}) == PASS.max_tokens
-    assert max_tokens({"max_tokens": "7"}) == 7
-    assert max_tokens({"max_tokens": "100000"}) == PASSTHROUGH_MAX_TOKENS
+    default = model_call({})
+    assert (default["max_tokens"], default["temperature"], default["top_p"], default["stop"],
+            default["seed"], default["stream"]) == (PASS.max_tokens, 0.0, None, [], None, False)
+    assert model_call({"max_tokens": "7"})["max_tokens"] == 7
+    assert model_call({"max_tokens": "100000"})["max_tokens"] == RULES.policy.max_model_tokens
+    asked = model_call({"temperature": "0.8", "top_p": "0.5", "stop": '["END", "."]',
+                        "seed": "42", "stream": "true"})
+    assert (asked["temperature"], asked["top_p"], asked["stop"], asked["seed"],
+            asked["stream"]) == (0.8, 0.5, ["END", "."], 42, True)
 
 
 def test_a_worker_has_one_pass_through_agent_per_pool_routed_to_it() -> None:

@@ -124,3 +124,35 @@ def test_readiness_fails_fast_when_the_broker_is_not_running(settings: Settings)
     with pytest.raises(NotReadyError, match="exited"):
         kafka.wait_ready(settings, procs, timeout=30.0)
     assert time.monotonic() - t < 5.0
+
+
+def test_three_nodes_form_one_quorum_with_their_own_ports_and_dirs(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, kafka_brokers=3, kafka_port=39192,
+                        kafka_controller_port=39193)
+    props = [kafka.server_properties(settings, node) for node in (1, 2, 3)]
+    voters = "1@127.0.0.1:39193,2@127.0.0.1:39203,3@127.0.0.1:39213"
+    assert {p["controller.quorum.voters"] for p in props} == {voters}
+    assert [p["node.id"] for p in props] == ["1", "2", "3"]
+    assert [p["advertised.listeners"] for p in props] == [
+        f"PLAINTEXT://127.0.0.1:{port}" for port in (39192, 39202, 39212)]
+    assert len({p["log.dirs"] for p in props}) == 3
+    assert kafka.data_dir(settings, 2) == tmp_path / "kafka-2" / "data"
+    for p in props:
+        assert p["default.replication.factor"] == p["offsets.topic.replication.factor"] == "3"
+        assert p["min.insync.replicas"] == p["transaction.state.log.min.isr"] == "2"
+    assert settings.bootstrap_servers == "127.0.0.1:39192,127.0.0.1:39202,127.0.0.1:39212"
+
+
+def test_two_brokers_replicate_twice_and_keep_one_in_sync(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, kafka_brokers=2)
+    assert (settings.topic_replication_factor, settings.min_insync_replicas) == (2, 1)
+    many = Settings(state_dir=tmp_path, kafka_brokers=5)
+    assert (many.topic_replication_factor, many.min_insync_replicas) == (3, 2)
+
+
+@pytest.mark.parametrize(("name", "node"), [("kafka", 1), ("kafka-3", 3), ("kafka-x", None),
+                                            ("worker-1", None)])
+def test_node_names_round_trip(name: str, node: int | None) -> None:
+    assert kafka.node_of(name) == node
+    if node is not None:
+        assert kafka.node_name(node) == name

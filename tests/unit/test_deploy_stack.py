@@ -25,6 +25,7 @@ def settings(tmp_path: Path) -> Settings:
         serve_http_port=free_port(),
         worker_web_port=free_port(),
         gateway_port=free_port(),
+        prometheus_port=free_port(),
         worker_count=1,
     )
 
@@ -32,13 +33,19 @@ def settings(tmp_path: Path) -> Settings:
 def test_status_of_a_stopped_stack(settings: Settings) -> None:
     rows = status(settings)
     assert [r.name for r in rows] == ["redis", "kafka", "ray", "serve", "gateway",
-                                        "worker-0"]
+                                        "prometheus", "worker-0"]
     assert not any(r.running for r in rows)
     assert all(r.pid is None for r in rows)
     by_name = {r.name: r for r in rows}
     assert by_name["kafka"].address == settings.bootstrap_servers
     assert by_name["kafka"].detail == "stopped"
     assert by_name["serve"].detail == "ray is down"
+    assert by_name["prometheus"].address == f"http://127.0.0.1:{settings.prometheus_port}"
+
+
+def test_status_leaves_out_a_prometheus_switched_off(settings: Settings) -> None:
+    off = settings.model_copy(update={"prometheus_enabled": False})
+    assert "prometheus" not in [r.name for r in status(off)]
 
 
 def test_down_on_a_stopped_stack_is_a_no_op(settings: Settings) -> None:
@@ -84,3 +91,44 @@ def test_cli_up_starts_every_worker_the_settings_ask_for(
     monkeypatch.setattr(local, "status", lambda s: [])
     assert CliRunner().invoke(cli, ["up", "--no-gateway"]).exit_code == 0
     assert calls == [(True, 3)]  # the stack's up starts workers 0..count-1 (start_many)
+
+
+def test_code_version_follows_linked_folders_and_changes_with_any_source(
+        tmp_path: Path) -> None:
+    from clawstream.deploy.local import code_version
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "rules.py").write_text("X = 1\n")
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "linked").symlink_to(outside, target_is_directory=True)
+    (pkg / "notes.txt").write_text("not code")
+    before = code_version.current(pkg)
+    assert code_version.current(pkg) == before
+    (pkg / "notes.txt").write_text("still not code")
+    assert code_version.current(pkg) == before
+    (outside / "rules.py").write_text("X = 2\n")
+    assert code_version.current(pkg) != before
+
+
+def test_up_restarts_the_parts_that_run_code_when_the_stack_was_started_by_other_code(
+        settings: Settings) -> None:
+    from clawstream.deploy.local import code_version
+    from clawstream.deploy.local.stack import _restart_other_code
+
+    procs = Processes(settings.run_dir, settings.log_dir)
+    procs.start("worker-0", ["sleep", "60"])  # stand-ins: stopped by pid file
+    procs.start("gateway", ["sleep", "60"])
+    code_version.stamp(settings, "0123456789abcdef")
+    lines: list[tuple[str, str]] = []
+    assert _restart_other_code(settings, "fedcba9876543210", lambda c, m: lines.append((c, m)))
+    assert not procs.is_running("worker-0") and not procs.is_running("gateway")
+    assert lines and "0123456789abcdef" in lines[0][1] and "worker-0" in lines[0][1]
+
+    procs.start("worker-0", ["sleep", "60"])
+    code_version.stamp(settings, "fedcba9876543210")
+    assert not _restart_other_code(settings, "fedcba9876543210", lambda c, m: None)
+    assert procs.is_running("worker-0")
+    down(settings)

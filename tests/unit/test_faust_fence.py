@@ -56,6 +56,22 @@ def test_the_live_app_has_what_the_patches_read(tmp_path: Any) -> None:
     assert gapless.recovered(app) is False
 
 
+def test_the_live_app_produces_idempotently(tmp_path: Any) -> None:
+    """A batch retried after a leader's death must not be written twice (patch 4)."""
+    gapless.install()
+    app = create_app(Settings(state_dir=tmp_path), "worker-fence")
+    assert isinstance(app.producer, gapless.IdempotentProducer)
+
+    async def idempotent() -> bool:
+        client = app.producer._new_producer()  # type: ignore[attr-defined]
+        try:
+            return client._txn_manager is not None  # aiokafka's idempotence state
+        finally:
+            await client.stop()
+
+    assert asyncio.run(idempotent())
+
+
 def _consumer(earliest: int) -> Any:
     consumer: Any = gapless.GaplessConsumer.__new__(gapless.GaplessConsumer)
     consumer._committed_offset = defaultdict(lambda: None)
@@ -160,3 +176,28 @@ def test_a_rebalance_mid_batch_sends_each_partition_back_to_its_undelivered() ->
     consumer, seeks = _fetching([(A, 1), (B, 5), (A, 2), (B, 6), (A, 3)], rebalance_at_a2)
     assert _delivered(consumer) == [(A, 1), (B, 5)]
     assert seeks == [(A, 2), (B, 6)]
+
+
+def _acking(committed: int | None, acked: list[int], topic: str) -> tuple[Any, TP]:
+    tp = TP(topic, 1)
+    consumer: Any = gapless.GaplessConsumer.__new__(gapless.GaplessConsumer)
+    consumer._committed_offset = defaultdict(lambda: None, {tp: committed})
+    consumer._acked = defaultdict(list, {tp: list(acked)})
+    consumer._acked_index = defaultdict(set, {tp: set(acked)})
+    consumer._gap = defaultdict(IntervalTree)
+    return consumer, tp
+
+
+def test_no_commit_past_a_record_at_the_committed_offset_that_was_never_acked() -> None:
+    """Committed 233 (the next record to read); 234 and 235 acked, 233 never delivered:
+    Faust would commit 236. Ours commits nothing until 233 is acked."""
+    consumer, tp = _acking(233, [234, 235], REQUESTS_INTERACTIVE.name)
+    assert gapless.GaplessConsumer._new_offset(consumer, tp) is None
+    consumer._acked[tp].insert(0, 233)
+    consumer._acked_index[tp].add(233)
+    assert gapless.GaplessConsumer._new_offset(consumer, tp) == 236
+
+
+def test_faust_commits_past_it_on_a_compacted_topic_as_before() -> None:
+    consumer, tp = _acking(233, [234, 235], CONTROL_FLAGS.name)
+    assert gapless.GaplessConsumer._new_offset(consumer, tp) == 236  # Faust's own rule

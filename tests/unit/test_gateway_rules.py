@@ -26,8 +26,8 @@ from clawstream.gateway.models import (
     record_messages,
     record_tools,
 )
-from clawstream.gateway.openai_edge import _content_chunks
 from clawstream.gateway.service import answer_error
+from clawstream.inference.backends.base import split_text
 from clawstream.processors.keys import client_conversation_id, tenant_conversation_id
 
 
@@ -116,8 +116,8 @@ def test_a_governed_calls_chat_and_tools_become_the_request_events_fields() -> N
 
 
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=300))
-def test_chunks_put_the_text_back_together(text: str) -> None:
-    assert "".join(_content_chunks(text)) == text
+def test_pieces_put_the_text_back_together(text: str) -> None:
+    assert "".join(split_text(text)) == text
 
 
 def test_conversations_are_scoped_by_tenant() -> None:
@@ -183,6 +183,37 @@ def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
         return int(sent[0]["status"])
 
     assert asyncio.run(run()) == 408
+
+
+def test_after_the_body_a_long_response_is_not_cut_by_the_body_timeout() -> None:
+    """A streaming response listens for the client's disconnect from its start (Starlette
+    with ASGI spec 2.3, which uvicorn's h11 serves); that wait is not the body's."""
+    async def run() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(3600)  # the client stays connected
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def app(scope: Any, rcv: Any, snd: Any) -> None:
+            await rcv()
+            listening = asyncio.ensure_future(rcv())  # before the response starts
+            await asyncio.sleep(0.2)  # four body timeouts
+            assert not listening.done()
+            listening.cancel()
+            await snd({"type": "http.response.start", "status": 200, "headers": []})
+            await snd({"type": "http.response.body", "body": b"ok"})
+
+        await RequestLimits(app, 100, 0.05)({"type": "http", "headers": []}, receive, send)
+        return sent
+
+    assert [m.get("status") for m in asyncio.run(run())] == [200, None]
 
 
 def test_the_index_hands_each_watch_its_requests_records_and_forgets_closed_ones() -> None:

@@ -43,7 +43,12 @@ def test_defaults_are_greedy_and_leave_max_tokens_to_the_server() -> None:
         {"messages": [USER], "max_tokens": MAX_NEW_TOKENS_LIMIT + 1},
         {"messages": [USER], "temperature": -0.1},
         {"messages": [USER], "temperature": 2.5},
-        {"messages": [USER], "top_p": 0.9},
+        {"messages": [USER], "frequency_penalty": 0.9},
+        {"messages": [USER], "top_p": 0},
+        {"messages": [USER], "top_p": 1.1},
+        {"messages": [USER], "stop": ["a", "b", "c", "d", "e"]},
+        {"messages": [USER], "stop": [""]},
+        {"messages": [USER], "seed": -1},
         {"messages": "hello"},
     ],
 )

@@ -213,3 +213,49 @@ def test_one_model_id_cannot_name_two_upstreams() -> None:
     same = Settings(pools={"a": PoolSpec(capacity_tokens_per_s=1, upstream=SPEC),
                            "b": PoolSpec(capacity_tokens_per_s=1, upstream=SPEC)})
     assert {"a", "b"} <= set(same.pools)  # (settings merge the env's pools in too)
+
+
+def _sse(*chunks: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + \
+        b"data: [DONE]\n\n"
+
+
+async def test_a_stream_is_read_piece_by_piece_and_put_back_together(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=_sse(
+            {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+            {"choices": [{"index": 0, "delta": {"content": "Let me "}}]},
+            {"choices": [{"index": 0, "delta": {"content": "check."}}]},
+            {"choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "id": "call_9", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"ci'}}]}}]},
+            {"choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "function": {"arguments": 'ty": "Oslo"}'}}]}}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+            {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7}}))
+
+    backend = _backend(handler, monkeypatch)
+    items = [item async for item in backend.stream(LOOP[:2], 32, 0.0, [WEATHER])]
+    *pieces, whole = items
+    assert pieces == ["Let me ", "check."]
+    assert sent[0]["stream"] is True and sent[0]["stream_options"] == {"include_usage": True}
+    assert (whole.text, whole.finish_reason, whole.prompt_tokens, whole.completion_tokens) == (
+        "Let me check.", "tool_calls", 11, 7)
+    assert whole.tool_calls == (ToolCall(id="call_9", name="get_weather",
+                                         arguments='{"city": "Oslo"}'),)
+
+
+async def test_a_stream_refused_or_garbled_is_its_failure_kind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    refused = _backend(lambda r: httpx.Response(429, headers={"retry-after": "3"}, json={}),
+                       monkeypatch)
+    with pytest.raises(Overloaded):
+        [item async for item in refused.stream(LOOP[:2], 8, 0.0)]
+    garbled = _backend(lambda r: httpx.Response(200, content=b"data: {not json\n\n"),
+                       monkeypatch)
+    with pytest.raises(BackendFailure, match="not a chat completion chunk"):
+        [item async for item in garbled.stream(LOOP[:2], 8, 0.0)]

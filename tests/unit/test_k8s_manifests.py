@@ -1,0 +1,173 @@
+"""deploy/k8s validated offline: kubeconform (a Go tool of deploy/k8s/tools) against
+Kubernetes' JSON schemas (the kubernetes-validate package) and JSON schemas made from the
+operators' vendored CRDs (deploy/k8s/crds); the topics cannot drift from the catalogue."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from clawstream.config import Settings
+from clawstream.deploy import k8s_topics
+from clawstream.streams.topics import CATALOGUE, changelog_topics
+
+K8S = Path(k8s_topics.__file__).resolve().parent / "k8s"
+KUBERNETES_VERSION = "1.33.0"
+# The package's schemas, found without importing it (its import pulls in what we do not use).
+_SPEC = importlib.util.find_spec("kubernetes_validate")
+assert _SPEC is not None and _SPEC.submodule_search_locations, "pip install -e '.[dev]'"
+K8S_SCHEMAS = Path(next(iter(_SPEC.submodule_search_locations))) / "kubernetes-json-schema"
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _manifests() -> list[Path]:
+    return [K8S / name for name in _docs(K8S / "kustomization.yaml")[0]["resources"]]
+
+
+def _strict(schema: Any) -> Any:
+    """No field a CRD does not declare (kubeconform's -strict for Kubernetes' own kinds)."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+def crd_schemas(target: Path) -> list[str]:
+    """Write ``<group>/<kind>_<version>.json`` for every served version of every vendored
+    CRD; returns the kinds."""
+    kinds = []
+    for crd_file in sorted((K8S / "crds").glob("*/*.yaml")):
+        for crd in _docs(crd_file):
+            spec = crd["spec"]
+            for version in spec["versions"]:
+                schema = _strict(version["schema"]["openAPIV3Schema"])
+                kind = spec["names"]["kind"].lower()
+                out = target / spec["group"] / f"{kind}_{version['name']}.json"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(schema))
+            kinds.append(spec["names"]["kind"])
+    return kinds
+
+
+def kubeconform(files: list[Path], schemas: Path) -> subprocess.CompletedProcess[str]:
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+    return subprocess.run(
+        [go, "tool", "kubeconform", "-strict", "-summary", "-output", "json",
+         "-kubernetes-version", KUBERNETES_VERSION,
+         "-schema-location", f"{schemas}/{{{{ .NormalizedKubernetesVersion }}}}-local"
+         "{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json",
+         "-schema-location",
+         f"{schemas}/{{{{ .Group }}}}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json",
+         *map(str, files)],
+        cwd=K8S / "tools", env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def kubernetes_schemas(target: Path) -> None:
+    """Kubernetes' strict schemas of ``KUBERNETES_VERSION``, in kubeconform's layout, their
+    references to the shared definitions made relative to the file. The package's schemas
+    name themselves (``$id``) under https://kubernetes.io/api/ and resolve
+    ``/api/_definitions.json`` there with a loader of their own; kubeconform would go online
+    for it, so the ids go and the references point at the file beside them."""
+    folder = f"v{KUBERNETES_VERSION}-local-strict"
+    (target / folder).mkdir(parents=True)
+    for source in (K8S_SCHEMAS / folder).glob("*.json"):
+        schema = json.loads(source.read_text())
+        schema.pop("$id", None)
+        text = json.dumps(schema).replace('"/api/_definitions.json#', '"_definitions.json#')
+        (target / folder / source.name).write_text(text)
+
+
+@pytest.fixture(scope="module")
+def schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("schemas")
+    kubernetes_schemas(target)
+    assert set(crd_schemas(target)) == {"Kafka", "KafkaNodePool", "KafkaTopic", "RayService",
+                                        "ScaledObject"}
+    return target
+
+
+def test_every_manifest_validates(schemas: Path) -> None:
+    result = kubeconform(_manifests(), schemas)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    documents = sum(len(_docs(p)) for p in _manifests())
+    assert summary["valid"] == documents and summary["skipped"] == 0
+
+
+@pytest.mark.parametrize(("kind", "change"), [
+    ("KafkaTopic", lambda d: d["spec"].update(partitons=3)),
+    ("ScaledObject", lambda d: d["spec"].update(minReplicaCount="two")),
+    ("RayService", lambda d: d["spec"]["rayClusterConfig"].update(headGroup={})),
+    ("Deployment", lambda d: d["spec"].update(replica=2)),
+])
+def test_a_broken_manifest_is_refused(schemas: Path, tmp_path: Path, kind: str,
+                                      change: Any) -> None:
+    doc = next(d for p in _manifests() for d in _docs(p) if d["kind"] == kind)
+    change(doc)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(doc))
+    result = kubeconform([broken], schemas)
+    assert result.returncode != 0
+    assert json.loads(result.stdout)["summary"]["invalid"] == 1
+
+
+def test_every_catalogue_topic_has_a_kafka_topic() -> None:
+    declared = {d["spec"]["topicName"] for d in _docs(K8S / "topics.yaml")
+                if d["kind"] == "KafkaTopic"}
+    wanted = {t.name for t in (*CATALOGUE, *changelog_topics(Settings().app_id))}
+    assert not wanted - declared, f"no KafkaTopic for {sorted(wanted - declared)}"
+    assert (K8S / "topics.yaml").read_text() == k8s_topics.render(), \
+        "deploy/k8s/topics.yaml is stale: python -m clawstream.deploy.k8s_topics"
+
+
+def test_workers_scale_on_lag_of_catalogue_topics_and_keep_a_warm_pool() -> None:
+    scaled = next(d for d in _docs(K8S / "workers.yaml") if d["kind"] == "ScaledObject")
+    names = {t.name for t in CATALOGUE}
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["type"] == "kafka" and trigger["metadata"]["topic"] in names
+        assert trigger["metadata"]["consumerGroup"] == Settings().app_id
+    assert 1 <= scaled["spec"]["minReplicaCount"] < scaled["spec"]["maxReplicaCount"]
+    assert scaled["spec"]["maxReplicaCount"] <= k8s_topics.PARTITIONS
+
+
+def test_the_settings_config_map_names_real_settings_and_points_at_the_services() -> None:
+    data = next(d for d in _docs(K8S / "settings.yaml"))["data"]
+    fields = {f"CLAWSTREAM_{name.upper()}" for name in Settings.model_fields}
+    assert set(data) <= fields, f"not settings: {sorted(set(data) - fields)}"
+    settings = Settings(**{k.removeprefix("CLAWSTREAM_").lower(): v for k, v in data.items()})
+    assert settings.bootstrap_servers == "clawstream-kafka-bootstrap:9092"
+    assert settings.redis_url == "redis://clawstream-redis:6379/0"
+    assert settings.serve_url == "http://clawstream-inference-serve-svc:8000"
+
+
+def test_the_ray_service_serves_the_apps_the_local_stack_deploys() -> None:
+    from clawstream.inference.app import ROUTE_PREFIXES
+    from clawstream.inference.entry import build
+
+    service = _docs(K8S / "ray-service.yaml")[0]
+    apps = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    served = {a["name"]: a["route_prefix"] for a in apps}
+    assert served.items() <= ROUTE_PREFIXES.items()
+    for app in apps:
+        module, _, attr = app["import_path"].partition(":")
+        assert (module, attr) == ("clawstream.inference.entry", "build")
+        assert build(app["args"]) is not None
+    with pytest.raises(ValueError, match="unknown Serve application"):
+        build({"app": "nope"})

@@ -474,6 +474,13 @@ class Settings(BaseSettings):
     kafka_max_message_bytes: int = Field(
         default=8 * 1024 * 1024,
         description="Largest record our topics, the broker and our producers accept.")
+    answer_check_lookback_s: float = Field(
+        default=900.0, gt=0,
+        description="Before sending an answer, a worker checks the answers its partition "
+        "already holds from this far back (read once per partition after each rebalance): an "
+        "event handled again after a crash answers no second time. It must outlast the "
+        "longest time from a crash to the event read again (session timeout, restart, "
+        "an outage).")
     max_state_bytes: int = Field(
         default=4 * 1024 * 1024,
         description="A conversation state larger than this (as stored) is not written: its "

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from faust.exceptions import PartitionsMismatch
 
 from clawstream.config import Settings
+from clawstream.processors.answered import PriorAnswers, without_answers_to
 from clawstream.processors.app import WorkerTables, WorkerTopics
 from clawstream.processors.canary.routing import with_routes
 from clawstream.processors.conversation import (
@@ -116,7 +117,7 @@ class Coordinator:
 
     def __init__(self, *, worker_name: str, settings: Settings, rules: Rules,
                  tables: WorkerTables, emitter: Emitter, redis: aioredis.Redis,
-                 flags: Callable[[], FlagView]) -> None:
+                 flags: Callable[[], FlagView], prior_answers: PriorAnswers) -> None:
         self.worker_name = worker_name
         self.settings = settings
         self._rules = rules
@@ -125,6 +126,7 @@ class Coordinator:
         self.emitter = emitter
         self.redis = redis
         self.flags = flags
+        self.prior_answers = prior_answers
         self.batch_slots = BatchSlots(settings.coordinator_batch_active)
         self._due: dict[str, int] = {}
         self._woken: dict[str, tuple[int, int]] = {}  # conversation -> (due, when it went)
@@ -142,6 +144,12 @@ class Coordinator:
         app.agent(topics.coordinator, name="clawstream.coordinate")(self.coordinate)
         app.agent(topics.batch_requests, name="clawstream.admit_batch")(self.admit_batch)
         app.timer(interval=self.settings.sweep_interval_s, name="clawstream.sweep")(self.sweep)
+        app.on_partitions_assigned.connect(self._on_assigned)
+
+    async def _on_assigned(self, _app: Any, /, *_args: Any, signal: Any, **_kwargs: Any
+                           ) -> None:
+        """Partitions may have been another worker's since: read their answers again."""
+        self.prior_answers.forget()
 
     async def coordinate(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
@@ -272,7 +280,7 @@ class Coordinator:
         changelog), is applied again to the state before it and its outputs are sent
         again (step commands are claimed in the ledger, results of steps not in flight are
         ignored). The other order lost answers: see ``Emitter.deliver``."""
-        outputs = with_parent_results(decision.outputs)
+        outputs = with_parent_results(await self._first_answers_only(decision.outputs))
         await self.emitter.deliver(outputs)
         sys.audit(DELIVERED, conversation_id, tuple(o.schema for o in outputs))
         if decision.conversation is not None:  # a stray wake-up creates no conversation
@@ -282,8 +290,22 @@ class Coordinator:
         for output in outputs:
             if output.answer is not None:
                 self._mark_answered(output.answer)
+                self.prior_answers.note(conversation_id, output.answer["request_id"])
         self._track(conversation_id, decision.conversation)
         await self.batch_slots.track(conversation_id, decision.conversation)
+
+    async def _first_answers_only(self, outputs: list[Output]) -> list[Output]:
+        """``outputs`` less the answers the answers topic already has (an event handled
+        again after a crash: see ``processors.answered``). The state is still written as
+        decided: it says answered, as the log does."""
+        sent = {a["request_id"] for a in (o.answer for o in outputs)
+                if a is not None
+                and await self.prior_answers.already_sent(a["conversation_id"], a["request_id"])}
+        if not sent:
+            return outputs
+        log.warning("requests %s were answered already (the answers topic has them); "
+                    "not answering them again", sorted(sent))
+        return without_answers_to(outputs, sent, now_ms(), self.worker_name)
 
     def _mark_answered(self, a: AgentAnswer) -> None:
         """Whatever path answered a request (result, wake-up, rejection), its dedup entry

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from clawstream.config import Settings, upstream_models
 from clawstream.inference.client import InferenceClient
 from clawstream.processors import faust_fence
+from clawstream.processors.answered import PriorAnswers
 from clawstream.processors.app import add_pages, create_app, create_tables, create_topics
 from clawstream.processors.caching import Caches
 from clawstream.processors.canary.watcher import CanaryWatcher
@@ -81,7 +82,8 @@ def build_worker(settings: Settings, name: str, registry: Registry | None = None
     caches = Caches(settings, inference)
     rules = Rules(Policy.from_settings(settings), registry)
     coordinator = Coordinator(worker_name=name, settings=settings, rules=rules, tables=tables,
-                              emitter=emitter, redis=redis, flags=flag_reader.view)
+                              emitter=emitter, redis=redis, flags=flag_reader.view,
+                              prior_answers=PriorAnswers(settings))
     executors = StepExecutors(
         worker_name=name, settings=settings, emitter=emitter, inference=inference,
         caches=caches, ledger=EffectLedger(redis),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -169,6 +170,36 @@ def key_partition(key: str, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner puts ``key`` on: the publisher and
     Faust both use it, so a conversation's requests and answers share one partition."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def answered_in_partition(bootstrap: str, topic: str, partition: int, since_ms: int, *,
+                          timeout_s: float = 10.0) -> set[str]:
+    """The request ids answered on one partition of ``topic`` from ``since_ms`` (the broker's
+    time index) up to the partition's end as it is now. Raises ``TimeoutError`` when the end
+    is not reached within ``timeout_s`` (a broker away): the caller cannot know then."""
+    deadline = time.monotonic() + timeout_s
+    reader = _consumer(bootstrap)
+    try:
+        _low, high = reader.get_watermark_offsets(TopicPartition(topic, partition),
+                                                  timeout=timeout_s)
+        found = reader.offsets_for_times([TopicPartition(topic, partition, since_ms)],
+                                         timeout=timeout_s)[0]
+        start = found.offset if found.offset >= 0 else high
+        answered: set[str] = set()
+        if start >= high:
+            return answered
+        reader.assign([TopicPartition(topic, partition, start)])
+        while time.monotonic() < deadline:
+            msg = reader.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            with contextlib.suppress(DecodeError):
+                answered.add(decode_as(AGENT_ANSWER, msg.value())["request_id"])
+            if (msg.offset() or 0) >= high - 1:
+                return answered
+        raise TimeoutError(f"{topic}/{partition}: offset {high - 1} not reached in {timeout_s} s")
+    finally:
+        reader.close()
 
 
 def answer_since(request: AgentRequest) -> int | None:

@@ -42,7 +42,7 @@ def main(rate: float = 5.0, duration_s: float = 240.0, kill_every_s: float = 30.
          redis_down_s: float = 5.0, keep_stack: bool = False) -> None:
     from clawstream.deploy.local import worker as worker_proc
     from clawstream.deploy.local.supervision import read_state
-    from clawstream.processors import faust_fence, stall
+    from clawstream.processors import answered, faust_fence, stall
 
     with bench_stack(workers=2, env=faultload.FAULT_ENV, keep=keep_stack) as settings:
         schedule = _schedule(duration_s, kill_every_s, broker_at_s, redis_at_s)
@@ -78,7 +78,8 @@ def main(rate: float = 5.0, duration_s: float = 240.0, kill_every_s: float = 30.
                        for i in range(2))
         guards = {"records fetched again, not dropped": logs.count(faust_fence.FETCHED_AGAIN),
                   "restarts in place: stalled": logs.count(stall.STALLED),
-                  "restarts in place: records dropped by Faust": logs.count(faust_fence.DROPPED)}
+                  "restarts in place: records dropped by Faust": logs.count(faust_fence.DROPPED),
+                  "answers already on the log, not sent again": logs.count(answered.ALREADY_SENT)}
         restarts = {f"worker-{i}": (state.restarts if state else 0)
                     for i, state in ((i, read_state(settings, i)) for i in range(2))}
         evidence.keep("chaos", settings, sent, answers, {

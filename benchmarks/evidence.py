@@ -58,7 +58,7 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=repr))
 
 
-WATCHED = ("request_resumed", "request_aborted")
+WATCHED = ("request_resumed", "request_aborted", "answer_already_sent")
 
 
 def _records(settings: Settings) -> list[dict[str, Any]]:
@@ -107,7 +107,8 @@ def keep(bench: str, settings: Settings, sent: list[Record], answers: dict[str, 
     lost = {q["request_id"] for q in sent if q["request_id"] not in answers}
     records = _records(settings)
     # Besides the lost: requests not answered ok, and those a guard against lost state
-    # acted on (resumed, aborted), so a loss that was healed shows too.
+    # acted on (resumed, aborted, an answer not sent again), so a loss or a double that was
+    # healed shows too.
     marked = {str(r["record"].get("request_id")) for r in records
               if r.get("schema") and r["record"].get("event_type") in WATCHED}
     chosen = lost | marked | {k for k, v in answers.items() if v[0]["status"] != "ok"}

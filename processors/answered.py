@@ -28,6 +28,8 @@ from clawstream.streams.topics import ANSWERS
 
 log = logging.getLogger(__name__)
 
+ALREADY_SENT = "already answered on the log; not answered again"
+"""What the log says when the guard acts (``bench chaos`` counts it)."""
 MAX_HELD = 200_000
 """Answered ids held per partition; past it the set is read again from the log (which holds
 only the lookback's), so a long-lived worker's sets stay bounded."""

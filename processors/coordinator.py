@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from faust.exceptions import PartitionsMismatch
 
 from clawstream.config import Settings
-from clawstream.processors.answered import PriorAnswers, without_answers_to
+from clawstream.processors.answered import ALREADY_SENT, PriorAnswers, without_answers_to
 from clawstream.processors.app import WorkerTables, WorkerTopics
 from clawstream.processors.canary.routing import with_routes
 from clawstream.processors.conversation import (
@@ -303,8 +303,8 @@ class Coordinator:
                 and await self.prior_answers.already_sent(a["conversation_id"], a["request_id"])}
         if not sent:
             return outputs
-        log.warning("requests %s were answered already (the answers topic has them); "
-                    "not answering them again", sorted(sent))
+        for request_id in sorted(sent):
+            log.info("request %s: %s", request_id, ALREADY_SENT)
         return without_answers_to(outputs, sent, now_ms(), self.worker_name)
 
     def _mark_answered(self, a: AgentAnswer) -> None:

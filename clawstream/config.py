@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         description="Concurrent requests per generation replica; None = the backend's default "
         "(2 for llama_cpp, which runs one at a time; 64 for simulated).",
     )
+    inference_min_replicas: int = Field(
+        default=1, ge=1, description="Replicas of the local model's deployment Serve keeps "
+        "up (a warm pool: size it to cover 5-10 % of the daily peak).")
+    inference_max_replicas: int = Field(
+        default=1, ge=1, description="Replicas Serve may scale the local model's deployment "
+        "up to when ongoing requests per replica pass the replica's concurrency "
+        "(autoscaling_config); 1 locally (one model on 2 cores), a GPU cluster raises it.")
     inference_retry_after_s: float = Field(
         default=1.0, description="Retry-After sent with an overload (503) answer."
     )

@@ -400,6 +400,16 @@ def _deployment(decorated: object) -> Deployment:
     return decorated
 
 
+def generation_autoscaling(config: InferenceConfig) -> dict[str, float]:
+    """Serve scales the local model's replicas on ongoing requests: a replica busy at its
+    concurrency (``max_ongoing_requests``) is the signal to add one, between the warm
+    minimum and the maximum the cluster can place."""
+    return {"min_replicas": config.generate_min_replicas,
+            "initial_replicas": config.generate_min_replicas,
+            "max_replicas": config.generate_max_replicas,
+            "target_ongoing_requests": config.generate_max_ongoing_requests}
+
+
 def build_apps(config: InferenceConfig) -> dict[str, Application]:
     """The bound applications by name, deployment options taken from ``config``.
 
@@ -417,6 +427,7 @@ def build_apps(config: InferenceConfig) -> dict[str, Application]:
         .options(
             max_ongoing_requests=config.generate_max_ongoing_requests,
             max_queued_requests=config.max_queued_requests,
+            autoscaling_config=generation_autoscaling(config),
             backpressure_config=backpressure,
             logging_config=logging_config,
             ray_actor_options={"num_cpus": config.generate_num_cpus},

@@ -49,6 +49,9 @@ class InferenceConfig(BaseModel):
     # Serve back-pressure: past max_queued_requests waiting in the ingress's handle to a
     # model deployment, the request is answered 503 instead of waiting without bound.
     generate_max_ongoing_requests: int = Field(default=2, ge=1)
+    # Serve autoscaling of the local model's deployment on ongoing requests per replica.
+    generate_min_replicas: int = Field(default=1, ge=1)
+    generate_max_replicas: int = Field(default=1, ge=1)
     embed_max_ongoing_requests: int = Field(default=32, ge=1)
     max_queued_requests: int = Field(default=16, ge=1)
     retry_after_s: float = Field(default=1.0, ge=0.0)
@@ -85,6 +88,9 @@ class InferenceConfig(BaseModel):
             max_new_tokens=settings.max_new_tokens,
             simulated_delay_ms=settings.simulated_delay_ms,
             generate_max_ongoing_requests=ongoing,
+            generate_min_replicas=settings.inference_min_replicas,
+            generate_max_replicas=max(settings.inference_min_replicas,
+                                      settings.inference_max_replicas),
             max_queued_requests=settings.inference_max_queued_requests,
             retry_after_s=settings.inference_retry_after_s,
             n_threads=settings.inference_llama_threads,

@@ -171,3 +171,23 @@ def test_the_ray_service_serves_the_apps_the_local_stack_deploys() -> None:
         assert build(app["args"]) is not None
     with pytest.raises(ValueError, match="unknown Serve application"):
         build({"app": "nope"})
+
+
+def test_the_model_deployment_scales_within_the_gpu_groups_bounds() -> None:
+    from clawstream.inference.app import generation_autoscaling
+    from clawstream.inference.config import InferenceConfig
+
+    data = next(d for d in _docs(K8S / "settings.yaml"))["data"]
+    settings = Settings(**{k.removeprefix("CLAWSTREAM_").lower(): v for k, v in data.items()})
+    scaling = generation_autoscaling(InferenceConfig.from_settings(settings))
+    service = _docs(K8S / "ray-service.yaml")[0]
+    gpu = next(g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+               if g["groupName"] == "gpu")
+    assert 1 <= scaling["min_replicas"] == scaling["initial_replicas"] <= gpu["minReplicas"]
+    assert scaling["min_replicas"] < scaling["max_replicas"] <= gpu["maxReplicas"]
+    assert scaling["target_ongoing_requests"] == InferenceConfig.from_settings(
+        settings).generate_max_ongoing_requests
+    # Locally one replica; a maximum below the minimum is the minimum.
+    assert generation_autoscaling(InferenceConfig.from_settings(Settings()))["max_replicas"] == 1
+    low = Settings(inference_min_replicas=3, inference_max_replicas=2)
+    assert generation_autoscaling(InferenceConfig.from_settings(low))["max_replicas"] == 3

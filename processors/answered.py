@@ -9,7 +9,11 @@ the log itself is asked: after a rebalance (or a restart) a worker reads, once p
 partition it answers on, the request ids its answers partition already holds from
 ``answer_check_lookback_s`` back, and an answer for one of them becomes an
 ``answer_already_sent`` event instead. From then on the worker is the partition's only
-writer and keeps the set itself.
+writer and keeps the counts itself.
+
+A failed request may be redriven: its next run answers again under the same request id.
+So the check counts: run ``r`` of a request (``r`` = the redrives before it) answers unless
+the log already holds more than ``r`` answers of it.
 
 When the log cannot be read (the broker away), the answer is sent: a second answer with
 the same outcome is better than none.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 
 from clawstream.config import Settings
 from clawstream.processors.records import Output, event
@@ -36,11 +41,12 @@ only the lookback's), so a long-lived worker's sets stay bounded."""
 
 
 class PriorAnswers:
-    """The answered request ids of this worker's answer partitions, loaded lazily."""
+    """How often each request was answered on this worker's answer partitions, loaded
+    lazily."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._loads: dict[int, asyncio.Task[set[str]]] = {}
+        self._loads: dict[int, asyncio.Task[Counter[str]]] = {}
 
     def forget(self) -> None:
         """Partitions moved: another worker may have answered on them since the sets were
@@ -50,8 +56,9 @@ class PriorAnswers:
     def _partition(self, conversation_id: str) -> int:
         return key_partition(conversation_id, self._settings.partitions)
 
-    async def already_sent(self, conversation_id: str, request_id: str) -> bool:
-        """Whether the answers topic has an answer to ``request_id`` (within the lookback)."""
+    async def already_sent(self, conversation_id: str, request_id: str, run: int = 0) -> bool:
+        """Whether the answers topic has the answer of run ``run`` of ``request_id`` (within
+        the lookback): more than ``run`` answers of it."""
         partition = self._partition(conversation_id)
         load = self._loads.get(partition)
         if load is None:
@@ -67,7 +74,7 @@ class PriorAnswers:
             log.warning("could not read the answers of partition %d (%s); answering "
                         "without the check", partition, exc)
             return False
-        return request_id in answered
+        return answered[request_id] > run
 
     def note(self, conversation_id: str, request_id: str) -> None:
         """An answer this worker delivered: a later event of the same request finds it."""
@@ -76,7 +83,7 @@ class PriorAnswers:
         if load is None or not load.done() or load.exception() is not None:
             return
         answered = load.result()
-        answered.add(request_id)
+        answered[request_id] += 1
         if len(answered) > MAX_HELD:
             del self._loads[partition]
 

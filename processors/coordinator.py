@@ -280,7 +280,7 @@ class Coordinator:
         changelog), is applied again to the state before it and its outputs are sent
         again (step commands are claimed in the ledger, results of steps not in flight are
         ignored). The other order lost answers: see ``Emitter.deliver``."""
-        outputs = with_parent_results(await self._first_answers_only(decision.outputs))
+        outputs = with_parent_results(await self._first_answers_only(decision, dedup_key))
         await self.emitter.deliver(outputs)
         sys.audit(DELIVERED, conversation_id, tuple(o.schema for o in outputs))
         if decision.conversation is not None:  # a stray wake-up creates no conversation
@@ -294,18 +294,28 @@ class Coordinator:
         self._track(conversation_id, decision.conversation)
         await self.batch_slots.track(conversation_id, decision.conversation)
 
-    async def _first_answers_only(self, outputs: list[Output]) -> list[Output]:
-        """``outputs`` less the answers the answers topic already has (an event handled
-        again after a crash: see ``processors.answered``). The state is still written as
-        decided: it says answered, as the log does."""
-        sent = {a["request_id"] for a in (o.answer for o in outputs)
-                if a is not None
-                and await self.prior_answers.already_sent(a["conversation_id"], a["request_id"])}
+    async def _first_answers_only(self, decision: Decision, decided_key: str | None
+                                  ) -> list[Output]:
+        """The decision's outputs less the answers the answers topic already has (an event
+        handled again after a crash: see ``processors.answered``). The state is still
+        written as decided: it says answered, as the log does."""
+        sent: set[str] = set()
+        for a in (o.answer for o in decision.outputs):
+            if a is None:
+                continue
+            key = dedup_key(a["tenant_id"], a["conversation_id"], a["idempotency_key"])
+            entry = cast(DedupEntry | None, decision.dedup if key == decided_key
+                         else self.request_dedup.get(key))
+            run = (len(entry.get("redriven", []))
+                   if entry and entry["request_id"] == a["request_id"] else 0)
+            if await self.prior_answers.already_sent(a["conversation_id"], a["request_id"],
+                                                     run):
+                sent.add(a["request_id"])
         if not sent:
-            return outputs
+            return decision.outputs
         for request_id in sorted(sent):
             log.info("request %s: %s", request_id, ALREADY_SENT)
-        return without_answers_to(outputs, sent, now_ms(), self.worker_name)
+        return without_answers_to(decision.outputs, sent, now_ms(), self.worker_name)
 
     def _mark_answered(self, a: AgentAnswer) -> None:
         """Whatever path answered a request (result, wake-up, rejection), its dedup entry

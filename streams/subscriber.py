@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -173,10 +174,11 @@ def key_partition(key: str, partitions: int) -> int:
 
 
 def answered_in_partition(bootstrap: str, topic: str, partition: int, since_ms: int, *,
-                          timeout_s: float = 10.0) -> set[str]:
-    """The request ids answered on one partition of ``topic`` from ``since_ms`` (the broker's
-    time index) up to the partition's end as it is now. Raises ``TimeoutError`` when the end
-    is not reached within ``timeout_s`` (a broker away): the caller cannot know then."""
+                          timeout_s: float = 10.0) -> Counter[str]:
+    """How often each request id was answered on one partition of ``topic`` from
+    ``since_ms`` (the broker's time index) up to the partition's end as it is now. Raises
+    ``TimeoutError`` when the end is not reached within ``timeout_s`` (a broker away): the
+    caller cannot know then."""
     deadline = time.monotonic() + timeout_s
     reader = _consumer(bootstrap)
     try:
@@ -185,7 +187,7 @@ def answered_in_partition(bootstrap: str, topic: str, partition: int, since_ms: 
         found = reader.offsets_for_times([TopicPartition(topic, partition, since_ms)],
                                          timeout=timeout_s)[0]
         start = found.offset if found.offset >= 0 else high
-        answered: set[str] = set()
+        answered: Counter[str] = Counter()
         if start >= high:
             return answered
         reader.assign([TopicPartition(topic, partition, start)])
@@ -194,7 +196,7 @@ def answered_in_partition(bootstrap: str, topic: str, partition: int, since_ms: 
             if msg is None or msg.error():
                 continue
             with contextlib.suppress(DecodeError):
-                answered.add(decode_as(AGENT_ANSWER, msg.value())["request_id"])
+                answered[decode_as(AGENT_ANSWER, msg.value())["request_id"]] += 1
             if (msg.offset() or 0) >= high - 1:
                 return answered
         raise TimeoutError(f"{topic}/{partition}: offset {high - 1} not reached in {timeout_s} s")

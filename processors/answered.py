@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 
 from clawstream.config import Settings
 from clawstream.processors.records import Output, event
@@ -48,10 +49,22 @@ class PriorAnswers:
         self._settings = settings
         self._loads: dict[int, asyncio.Task[Counter[str]]] = {}
 
-    def forget(self) -> None:
-        """Partitions moved: another worker may have answered on them since the sets were
-        read. Loads in flight keep running; their results are no longer used."""
+    def forget(self, partitions: Iterable[int] = ()) -> None:
+        """Partitions moved: another worker may have answered on them since the counts were
+        read. The answers of ``partitions`` (those this worker now coordinates) start loading
+        at once, so that the first answer after a rebalance finds them read."""
         self._loads = {}
+        for partition in partitions:
+            self._load(partition)
+
+    def _load(self, partition: int) -> asyncio.Task[Counter[str]]:
+        since_ms = int((time.time() - self._settings.answer_check_lookback_s) * 1000)
+        load = self._loads[partition] = asyncio.ensure_future(asyncio.to_thread(
+            answered_in_partition, self._settings.bootstrap_servers, ANSWERS.name, partition,
+            since_ms))
+        # A load nobody awaits (forgotten, or failed before its first use) is not an error.
+        load.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return load
 
     def _partition(self, conversation_id: str) -> int:
         return key_partition(conversation_id, self._settings.partitions)
@@ -61,11 +74,8 @@ class PriorAnswers:
         the lookback): more than ``run`` answers of it."""
         partition = self._partition(conversation_id)
         load = self._loads.get(partition)
-        if load is None:
-            since_ms = int((time.time() - self._settings.answer_check_lookback_s) * 1000)
-            load = self._loads[partition] = asyncio.ensure_future(asyncio.to_thread(
-                answered_in_partition, self._settings.bootstrap_servers, ANSWERS.name,
-                partition, since_ms))
+        if load is None or (load.done() and load.exception() is not None):
+            load = self._load(partition)  # never read, or read while the broker was away
         try:
             answered = await load
         except Exception as exc:  # a broker away: unknown, so the answer goes out

@@ -26,6 +26,7 @@ from typing import Any, cast
 import faust
 import redis.asyncio as aioredis
 from faust.exceptions import PartitionsMismatch
+from faust.types import TP
 
 from clawstream.config import Settings
 from clawstream.processors.answered import ALREADY_SENT, PriorAnswers, without_answers_to
@@ -146,10 +147,12 @@ class Coordinator:
         app.timer(interval=self.settings.sweep_interval_s, name="clawstream.sweep")(self.sweep)
         app.on_partitions_assigned.connect(self._on_assigned)
 
-    async def _on_assigned(self, _app: Any, /, *_args: Any, signal: Any, **_kwargs: Any
-                           ) -> None:
-        """Partitions may have been another worker's since: read their answers again."""
-        self.prior_answers.forget()
+    async def _on_assigned(self, _app: Any, /, *assigned: set[TP], signal: Any,
+                           **_kwargs: Any) -> None:
+        """Partitions may have been another worker's since: read their answers again (Faust's
+        signal passes the topic partitions now assigned)."""
+        self.prior_answers.forget({tp.partition for tps in assigned for tp in tps
+                                   if tp.topic in ACCEPTED})
 
     async def coordinate(self, stream: faust.StreamT) -> None:
         async for event in stream.events():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 DEPLOY_TIMEOUT_S = 180.0
 _POLL_INTERVAL_S = 0.5
+_CONNECT_RETRY_S = 2.0
+logger = logging.getLogger(__name__)
 _MAX_DETAIL_CHARS = 3000  # replica tracebacks can be long; their end says why
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -58,13 +61,13 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
     config = InferenceConfig.from_settings(settings)
     deadline = time.monotonic() + timeout_s
     _require_cluster(settings.ray_address)
-    ray.init(
+    _connect_driver(lambda: ray.init(
         address=settings.ray_address,
         log_to_driver=False,
         logging_level=logging.WARNING,
         configure_logging=False,
         runtime_env=job_runtime_env(),
-    )
+    ), settings.ray_address, deadline)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": settings.serve_http_port},
                     # The proxy and the controller: no access log line per request.
@@ -85,6 +88,29 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
         _wait_healthy(settings.serve_url, tuple(apps), deadline, timeout_s)
     finally:
         ray.shutdown()
+
+
+def _connect_driver(connect: Callable[[], object], address: str, deadline: float) -> None:
+    """Connect this process as a driver, again while the deploy deadline allows.
+
+    The GCS port answers before the head's raylet has registered with it; a driver that
+    connects in between (a loaded 2-core machine, Kafka and Redis starting beside Ray)
+    gets Ray's bare "Failed to connect to Ray cluster" after Ray's own 60 s of looking
+    for the node. One CI run lost its whole integration suite to that.
+    """
+    while True:
+        try:
+            connect()
+            return
+        except ConnectionError as exc:
+            # Ray's message hides the reason in the chained exception.
+            reason = f"{exc} ({exc.__cause__})" if exc.__cause__ else str(exc)
+            if time.monotonic() + _CONNECT_RETRY_S >= deadline:
+                raise InferenceDeployError(
+                    f"could not connect to the Ray cluster at {address} as a driver: {reason}"
+                ) from exc
+            logger.warning("Ray driver connect failed, trying again: %s", reason)
+            time.sleep(_CONNECT_RETRY_S)
 
 
 def _require_cluster(address: str) -> None:

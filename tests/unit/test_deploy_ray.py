@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import pytest
 
 from clawstream.config import Settings
 from clawstream.deploy.local import ray_cluster
@@ -40,3 +43,31 @@ def test_not_ready_without_a_cluster(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, ray_port=36492, serve_http_port=38492)
     assert not ray_cluster.is_ready(settings)
     assert not ray_cluster.serve_is_ready(settings)
+
+
+def test_a_driver_connect_that_fails_is_tried_again_until_it_succeeds() -> None:
+    from clawstream.inference import deploy
+
+    failures = [ConnectionError("Failed to connect to Ray cluster")] * 2
+    calls: list[int] = []
+
+    def connect() -> None:
+        calls.append(1)
+        if failures:
+            raise failures.pop()
+
+    deploy._connect_driver(connect, "127.0.0.1:1", time.monotonic() + 60)
+    assert len(calls) == 3
+
+
+def test_a_driver_connect_that_keeps_failing_names_rays_hidden_reason() -> None:
+    from clawstream.inference import deploy
+
+    def connect() -> None:
+        try:
+            raise RuntimeError("No node info found matching attributes")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at x") from cause
+
+    with pytest.raises(deploy.InferenceDeployError, match="No node info found"):
+        deploy._connect_driver(connect, "127.0.0.1:1", time.monotonic())

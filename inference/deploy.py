@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
 DEPLOY_TIMEOUT_S = 180.0
 _POLL_INTERVAL_S = 0.5
-_CONNECT_RETRY_S = 2.0
-logger = logging.getLogger(__name__)
 _MAX_DETAIL_CHARS = 3000  # replica tracebacks can be long; their end says why
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -67,7 +65,7 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
         logging_level=logging.WARNING,
         configure_logging=False,
         runtime_env=job_runtime_env(),
-    ), settings.ray_address, deadline)
+    ), settings.ray_address)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": settings.serve_http_port},
                     # The proxy and the controller: no access log line per request.
@@ -90,27 +88,16 @@ def deploy(settings: Settings, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
         ray.shutdown()
 
 
-def _connect_driver(connect: Callable[[], object], address: str, deadline: float) -> None:
-    """Connect this process as a driver, again while the deploy deadline allows.
-
-    The GCS port answers before the head's raylet has registered with it; a driver that
-    connects in between (a loaded 2-core machine, Kafka and Redis starting beside Ray)
-    gets Ray's bare "Failed to connect to Ray cluster" after Ray's own 60 s of looking
-    for the node. One CI run lost its whole integration suite to that.
-    """
-    while True:
-        try:
-            connect()
-            return
-        except ConnectionError as exc:
-            # Ray's message hides the reason in the chained exception.
-            reason = f"{exc} ({exc.__cause__})" if exc.__cause__ else str(exc)
-            if time.monotonic() + _CONNECT_RETRY_S >= deadline:
-                raise InferenceDeployError(
-                    f"could not connect to the Ray cluster at {address} as a driver: {reason}"
-                ) from exc
-            logger.warning("Ray driver connect failed, trying again: %s", reason)
-            time.sleep(_CONNECT_RETRY_S)
+def _connect_driver(connect: Callable[[], object], address: str) -> None:
+    """Connect this process as a driver; Ray's "Failed to connect to Ray cluster" hides
+    its reason (a wrong auth token, no node found) in the chained exception."""
+    try:
+        connect()
+    except ConnectionError as exc:
+        reason = f"{exc} ({exc.__cause__})" if exc.__cause__ else str(exc)
+        raise InferenceDeployError(
+            f"could not connect to the Ray cluster at {address} as a driver: {reason}"
+        ) from exc
 
 
 def _require_cluster(address: str) -> None:

@@ -54,6 +54,12 @@ RAY_ENV = {
     # Idle footprint: no Python workers started ahead of the first driver (the deploy
     # driver needs none; the replicas start their own).
     "RAY_prestart_worker_first_driver": "0",
+    # Ray 2.60's `ray start` turns token authentication on by itself when a token file
+    # exists in the user's home (~/.ray/auth_token, which any local `ray.init()` without an
+    # address leaves behind), while a driver that connects by address stays in the mode it
+    # read when it imported ray: unset, so no token, and every driver is refused
+    # ("Failed to connect to Ray cluster"). The mode is this stack's choice, not the home's.
+    "RAY_AUTH_MODE": "disabled",
 }
 STOP_TIMEOUT_S = 30.0
 

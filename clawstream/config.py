@@ -60,10 +60,22 @@ class PoolSpec(BaseModel):
     local generator.
     """
 
-    capacity_tokens_per_s: float = Field(gt=0)
+    capacity_tokens_per_s: float = Field(
+        gt=0, description="Prompt + output tokens/s the pool takes; with capacity_per_replica "
+        "(the default) per replica of the Serve deployment serving it.")
     rank: int = Field(default=0, description="Size order: degrade routes to the lowest rank.")
     backend_model: str | None = None
     upstream: UpstreamSpec | None = None
+    capacity_per_replica: bool = Field(
+        default=True, description="The dispatcher's limiter multiplies the capacity by the "
+        "replicas of the serving deployment that are running (Serve's own count, read every "
+        "pool_replicas_poll_s; at least one, and one while Serve cannot be asked), so a "
+        "scale-out raises the pool's tokens/s and a lost replica lowers it.")
+    replicas_of: str | None = Field(
+        default=None, pattern=r"^[^/\s]+/[^/\s]+$",
+        description="The Serve deployment (APP/DEPLOYMENT) whose replicas serve the pool, "
+        "e.g. a vLLM app's LLMServer behind the pool's upstream. Default: the local model's "
+        "deployment for a pool without upstream; none for an upstream pool (fixed capacity).")
 
     @model_validator(mode="after")
     def _upstream_model_id(self) -> PoolSpec:
@@ -342,6 +354,9 @@ class Settings(BaseSettings):
         description="The tokens/s limiter runs this fraction under a pool's stated capacity.",
     )
     pool_burst_s: float = Field(default=1.0, description="Bucket depth in seconds of rate.")
+    pool_replicas_poll_s: float = Field(
+        default=5.0, gt=0, description="How often a worker asks the Serve app how many "
+        "replicas each deployment runs (pools with capacity_per_replica follow it).")
     dispatch_buffer_per_lane: int = Field(
         default=8, description="Step commands a dispatcher holds per lane before it pauses "
         "that lane's partitions.")

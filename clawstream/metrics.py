@@ -85,10 +85,13 @@ LIMITER_REFUSALS = Counter(
     "model pool refused (the step waited and asked again)", ["pool"])
 POOL_RATE = Gauge(
     "clawstream_pool_rate_tokens_per_second", "The refill rate of a model pool's bucket at "
-    "its last admission (settings and flags)", ["pool"])
+    "its last admission (settings, flags and the pool's running replicas)", ["pool"])
 POOL_LEVEL = Gauge(
     "clawstream_pool_bucket_tokens", "Tokens left in a model pool's bucket at its last "
     "admission", ["pool"])
+POOL_REPLICAS = Gauge(
+    "clawstream_pool_replicas", "Running replicas of the Serve deployment serving a model "
+    "pool, as the worker last read them (its limiter's capacity is per replica)", ["pool"])
 
 # -- caches and Redis (workers) ---------------------------------------------------------
 CACHE_LOOKUPS = Counter("clawstream_cache_lookups_total", "Cache look-ups by layer and "

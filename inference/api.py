@@ -28,6 +28,7 @@ from clawstream.inference.faults import FaultRule
 from clawstream.inference.protocol import (
     EMBED_PATH,
     GENERATE_PATH,
+    REPLICAS_PATH,
     STREAM_SUFFIX,
     UPSTREAM_GENERATE_PATH,
     EmbeddingResult,
@@ -36,6 +37,7 @@ from clawstream.inference.protocol import (
     GenerateRequest,
     GenerationResult,
     HealthReport,
+    ReplicaReport,
 )
 from clawstream.inference.scripted import Script
 
@@ -50,6 +52,8 @@ class ModelGateway(Protocol):
     async def health(self) -> HealthReport:
         """Raise :class:`NotReady` while a model deployment cannot answer yet."""
         ...
+
+    async def replicas(self) -> ReplicaReport: ...
 
 
 def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -191,9 +195,9 @@ def create_embedding_api(embed: Embed) -> FastAPI:
 
 def create_api(gateway: ModelGateway, add_fault: AddFault | None = None,
                add_script: AddScript | None = None) -> FastAPI:
-    """The ingress's surface: /generate (routed by model), /embed, /health; on a test stack
-    ``add_fault`` (POST /faults) and ``add_script`` (the scripted fixture, POST /script),
-    None in production. The models' own paths (:data:`GENERATE_PATH`,
+    """The ingress's surface: /generate (routed by model), /embed, /health, /replicas; on
+    a test stack ``add_fault`` (POST /faults) and ``add_script`` (the scripted fixture,
+    POST /script), None in production. The models' own paths (:data:`GENERATE_PATH`,
     :data:`UPSTREAM_GENERATE_PATH`, :data:`EMBED_PATH`), which Serve routes to their
     replicas directly, answer here too, so the in-process app serves a client unchanged."""
     api = create_model_api(gateway.generate,
@@ -204,6 +208,10 @@ def create_api(gateway: ModelGateway, add_fault: AddFault | None = None,
     @api.get("/health", response_model=HealthReport)
     async def health() -> HealthReport:
         return await gateway.health()
+
+    @api.get(REPLICAS_PATH, response_model=ReplicaReport)
+    async def replicas() -> ReplicaReport:
+        return await gateway.replicas()
 
     if add_fault is not None:
         on_fault = add_fault

@@ -39,7 +39,7 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.deployment import Application, Deployment
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
-from ray.serve.schema import LoggingConfig
+from ray.serve.schema import LoggingConfig, ReplicaState
 
 from clawstream import metrics
 from clawstream.inference.api import create_api, create_embedding_api, create_model_api
@@ -74,10 +74,12 @@ from clawstream.inference.protocol import (
     GenerateRequest,
     GenerationResult,
     HealthReport,
+    ReplicaReport,
 )
 from clawstream.inference.routing import LOCAL, UPSTREAM, BackendRouter, deployment_for
 from clawstream.inference.scripted import Script, ScriptedFixtureBackend
 
+_REPLICAS_CACHE_S = 1.0
 APP_NAME = "clawstream-inference"
 EMBEDDER_APP_NAME = "clawstream-embedder"
 ALL_APP_NAMES = (GENERATOR_APP_NAME, UPSTREAM_APP_NAME, EMBEDDER_APP_NAME, APP_NAME)
@@ -290,6 +292,7 @@ class HandleGateway:
         self._handles: dict[str, DeploymentHandle] = {}
         self._config = config
         self._ready: HealthReport | None = None
+        self._replicas: tuple[float, ReplicaReport] | None = None
 
     def _handle(self, deployment: str, app_name: str) -> DeploymentHandle:
         handle = self._handles.get(deployment)
@@ -352,6 +355,18 @@ class HandleGateway:
     async def embed(self, request: EmbedRequest) -> EmbeddingResult:
         result: EmbeddingResult = await self._call(self._embedder.embed.remote(request.texts))
         return result
+
+    async def replicas(self) -> ReplicaReport:
+        """Serve's controller's count, cached for a second: every dispatcher asks every few
+        seconds, and a controller call per ask would grow with the workers."""
+        now = time.monotonic()
+        if self._replicas is None or now - self._replicas[0] > _REPLICAS_CACHE_S:
+            status = await asyncio.to_thread(serve.status)
+            running = {f"{app}/{name}": deployment.replica_states.get(ReplicaState.RUNNING, 0)
+                       for app, app_status in status.applications.items()
+                       for name, deployment in app_status.deployments.items()}
+            self._replicas = (now, ReplicaReport(running=running))
+        return self._replicas[1]
 
     async def health(self) -> HealthReport:
         # Once both deployments have answered, they stay up for the replica's lifetime

@@ -243,6 +243,18 @@ class HealthReport(BaseModel):
     models: list[ComponentHealth] = Field(default_factory=list)
 
 
+REPLICAS_PATH = "/replicas"
+"""The ingress's report of running replicas per Serve deployment (the dispatcher's
+tokens/s limiter scales a pool's capacity by it)."""
+
+
+class ReplicaReport(BaseModel):
+    """Serve's own count of RUNNING replicas, keyed ``app/deployment``, over every app of
+    the cluster (a vLLM app deployed beside ours too)."""
+
+    running: dict[str, int]
+
+
 class ErrorBody(BaseModel):
     """Every non-2xx answer of the app has this shape; ``error`` is the machine-readable kind."""
 

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     local_state.prepare(datadir)  # before Faust opens it: trusted only after a clean stop
     worker = build_worker(settings, args.name)
     worker.flag_reader.start()
+    worker.serve_replicas.start()
     worker.canary_watcher.start()
     faust_worker = ClawstreamWorker(
         worker.app, settings=settings,

@@ -28,6 +28,7 @@ from clawstream.processors.emit import Emitter
 from clawstream.processors.executors import StepExecutors
 from clawstream.processors.flow.flags import FlagReader
 from clawstream.processors.flow.limiter import PoolAdmission
+from clawstream.processors.flow.replicas import ServeReplicas
 from clawstream.processors.ledger import EffectLedger
 from clawstream.processors.observe import ConsumerLag
 from clawstream.processors.policy import Policy
@@ -41,6 +42,8 @@ class Worker:
     app: faust.App
     registry: Registry
     flag_reader: FlagReader
+    serve_replicas: ServeReplicas
+    """Serve's replica count per deployment, for the limiter (starts with its ``start``)."""
     coordinator: Coordinator
     executors: StepExecutors
     canary_watcher: CanaryWatcher
@@ -66,8 +69,8 @@ def inference_client(settings: Settings) -> InferenceClient:
 def build_worker(settings: Settings, name: str, registry: Registry | None = None) -> Worker:
     """A worker named ``name``; ``registry`` defaults to the built-ins plus
     ``settings.agent_modules``. Creates clients (they connect lazily) and no threads: the
-    flag reader and the canary watcher start with their ``start``, the app with a Faust
-    worker."""
+    flag reader, the replica count and the canary watcher start with their ``start``, the
+    app with a Faust worker."""
     faust_fence.install()
     registry = registry or load_registry(settings)
     app = create_app(settings, name)
@@ -78,6 +81,7 @@ def build_worker(settings: Settings, name: str, registry: Registry | None = None
     emitter = Emitter(app)
     redis = aioredis.Redis.from_url(settings.redis_url)
     flag_reader = FlagReader(settings.bootstrap_servers, settings.flag_poll_s)
+    serve_replicas = ServeReplicas(settings)
     inference = inference_client(settings)
     caches = Caches(settings, inference)
     rules = Rules(Policy.from_settings(settings), registry)
@@ -88,8 +92,10 @@ def build_worker(settings: Settings, name: str, registry: Registry | None = None
         worker_name=name, settings=settings, emitter=emitter, inference=inference,
         caches=caches, ledger=EffectLedger(redis),
         tools=registry.build_tools(ToolResources(settings, redis, caches.embeddings)),
-        admission=PoolAdmission(redis, settings, flag_reader.view), flags=flag_reader.view)
+        admission=PoolAdmission(redis, settings, flag_reader.view, serve_replicas.running),
+        flags=flag_reader.view)
     coordinator.install(app, topics)
     executors.install(app, topics)
     watcher = CanaryWatcher(settings, registry, flag_reader.view, name)
-    return Worker(name, settings, app, registry, flag_reader, coordinator, executors, watcher)
+    return Worker(name, settings, app, registry, flag_reader, serve_replicas, coordinator,
+                  executors, watcher)

@@ -2,7 +2,8 @@
 
 Admission charges the step's *estimated* tokens (prompt + max output) to its pool's bucket;
 when the result reports the actual usage, the difference is refunded (or charged), so over
-a window the pool receives its configured tokens/s of *actual* work. The bucket lives in
+a window the pool receives its configured tokens/s of *actual* work (per replica of the
+deployment serving it, as ``running`` last counted them). The bucket lives in
 Redis, so every dispatcher replica draws from the same rate. Each admitted step is logged
 (capped list per pool) with its admission time, estimate, actual usage and settle time:
 the measured tokens/s of the tests and the benchmark are computed from that log.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,14 +34,16 @@ ADMISSION_LOG_MAX = 5000
 
 class PoolAdmission:
     def __init__(self, redis: aioredis.Redis, settings: Settings,
-                 flags: Callable[[], FlagView]) -> None:
+                 flags: Callable[[], FlagView],
+                 running: Callable[[], Mapping[str, int]] = dict) -> None:
         self._redis = redis
         self._buckets = TokenBuckets(redis)
         self._settings = settings
         self._flags = flags
+        self._running = running
 
     def _rate(self, pool: str) -> tuple[float, float]:
-        rate = pool_rate(pool, self._settings, self._flags())
+        rate = pool_rate(pool, self._settings, self._flags(), self._running())
         return rate, max(1.0, rate * self._settings.pool_burst_s)
 
     async def admit(self, item: Pending) -> float:

@@ -3,14 +3,17 @@
 Pools are logical (settings.pools): locally both are served by the one Serve app, each
 with its own stated capacity and limiter, so routing is real (the step command names the
 pool, the limiter charges that pool's bucket, events show it) even with one model file.
+A pool's capacity is per replica of the deployment serving it: the limiter follows the
+replicas Serve runs (``processors/flow/replicas.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from clawstream.config import Settings
+from clawstream.config import PoolSpec, Settings
+from clawstream.inference.protocol import GENERATOR_APP_NAME, GENERATOR_DEPLOYMENT
 from clawstream.processors.flow.flags import FlagView
 from clawstream.schemas.records import Message
 
@@ -58,15 +61,36 @@ def route(task_class: str, settings: Settings, flags: FlagView) -> Route:
     return Route(wanted)
 
 
-def pool_rate(pool: str, settings: Settings, flags: FlagView) -> float:
-    """Tokens/s of the pool's limiter: a ``rate.pool.*`` flag, else the stated capacity less
-    the headroom (15 % by default), so the provider's own limit is never the one that bites."""
+def serving_deployment(spec: PoolSpec) -> str | None:
+    """The Serve deployment (``app/deployment``) whose replicas serve the pool: the one it
+    names, else the local model's for a pool without upstream; None for an upstream outside
+    Serve."""
+    if spec.replicas_of is not None:
+        return spec.replicas_of
+    return None if spec.upstream is not None else f"{GENERATOR_APP_NAME}/{GENERATOR_DEPLOYMENT}"
+
+
+def replica_factor(spec: PoolSpec, running: Mapping[str, int]) -> int:
+    """How many replicas' worth of capacity the pool has: the running replicas of its
+    deployment, at least one (a replica being replaced still has its work to finish, and a
+    limiter at 0 would hold every step until its deadline); one when unknown."""
+    deployment = serving_deployment(spec)
+    if not spec.capacity_per_replica or deployment is None:
+        return 1
+    return max(1, running.get(deployment, 1))
+
+
+def pool_rate(pool: str, settings: Settings, flags: FlagView,
+              running: Mapping[str, int] | None = None) -> float:
+    """Tokens/s of the pool's limiter: a ``rate.pool.*`` flag, else the stated capacity (per
+    replica, times ``running``'s count for the pool's deployment) less the headroom (15 % by
+    default), so the provider's own limit is never the one that bites."""
     override = flags.pool_rate(pool)
     if override is not None:
         return override
     spec = settings.pools.get(pool)
-    capacity = spec.capacity_tokens_per_s if spec else min(
-        p.capacity_tokens_per_s for p in settings.pools.values())
+    capacity = (spec.capacity_tokens_per_s * replica_factor(spec, running or {}) if spec
+                else min(p.capacity_tokens_per_s for p in settings.pools.values()))
     return capacity * (1.0 - settings.pool_headroom)
 
 

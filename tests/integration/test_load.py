@@ -5,11 +5,13 @@ verdict matches what the topics say when read back independently; nothing is los
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -18,15 +20,17 @@ from clawstream.config import Settings
 from clawstream.deploy.local.env import settings_env
 from clawstream.streams.subscriber import read_topic
 from clawstream.streams.topics import ANSWERS, DLQ, LANE_TOPICS
-from tests.integration.flow import side_stack
+from tests.integration.flow import ask, side_stack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def load_stack() -> Iterator[Settings]:
+    # Two replicas of the model deployment: the limiter test below counts them.
     with side_stack("load", 42, inference_backend="simulated", worker_count=2,
-                    agent_modules=["fixtures.faults"]) as settings:
+                    agent_modules=["fixtures.faults"], inference_min_replicas=2,
+                    inference_max_replicas=2) as settings:
         yield settings
 
 
@@ -69,3 +73,32 @@ def test_a_compressed_seed_profile_with_every_fault_loses_nothing(
     # The faults showed: tool retries and model 503s took attempts beyond the first.
     attempts = [e["attempt"] for a in firsts.values() for e in a["timeline"]]
     assert max(attempts) >= 2
+
+
+def _worker_gauges(settings: Settings, index: int, name: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from clawstream.deploy.local.worker import web_port
+
+    text = httpx.get(f"http://127.0.0.1:{web_port(settings, index)}/metrics", timeout=5).text
+    return {s.labels["pool"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == name}
+
+
+def test_the_limiter_counts_the_model_replicas_serve_runs(load_stack: Settings) -> None:
+    """Serve runs two replicas of the model here: its /replicas says so, every worker's
+    limiter counts both, and a model step admitted now gets two replicas' tokens/s."""
+    running = httpx.get(f"{load_stack.serve_url}/replicas", timeout=10).json()["running"]
+    assert running["clawstream-generator/generator"] == 2
+    for index in range(load_stack.worker_count):
+        deadline = time.monotonic() + 60
+        while _worker_gauges(load_stack, index, "clawstream_pool_replicas").get("small") != 2:
+            assert time.monotonic() < deadline, f"worker {index} never counted 2 replicas"
+            time.sleep(load_stack.pool_replicas_poll_s / 5)  # the worker polls Serve
+    answer = ask(load_stack, agent="chat", conversation_id=f"replicas-{time.time_ns()}",
+                 text="count the replicas")
+    assert answer["status"] == "ok", answer["reason"]
+    per_replica = load_stack.pools["small"].capacity_tokens_per_s
+    rates = [_worker_gauges(load_stack, i, "clawstream_pool_rate_tokens_per_second")
+             .get("small", 0.0) for i in range(load_stack.worker_count)]
+    assert max(rates) == pytest.approx(2 * per_replica * (1 - load_stack.pool_headroom))

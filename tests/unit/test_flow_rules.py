@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clawstream.config import Settings
+from clawstream.config import PoolSpec, Settings, UpstreamSpec
 from clawstream.processors.flow.budgets import Budget, conversation_budget, exhausted
 from clawstream.processors.flow.flags import FlagView, validate
 from clawstream.processors.flow.limiter import excess_over_rate, measured_rate
@@ -59,6 +59,34 @@ def test_pool_rate_is_under_capacity_unless_a_flag_says() -> None:
     assert pool_rate("large", settings, FlagView({})) == pytest.approx(cap * 0.85)
     assert pool_rate("large", settings, FlagView({"rate.pool.large": "42"})) == 42.0
     assert estimate_tokens([{"role": "user", "content": "x" * 40}], 16) == 10 + 4 + 16
+
+
+def test_a_pools_rate_follows_the_running_replicas_of_its_deployment() -> None:
+    remote = UpstreamSpec(base_url="http://vllm", model="qwen")
+    settings = Settings(pools={
+        "local": PoolSpec(capacity_tokens_per_s=100.0),
+        "fixed": PoolSpec(capacity_tokens_per_s=100.0, capacity_per_replica=False),
+        "remote": PoolSpec(capacity_tokens_per_s=100.0, upstream=remote),
+        "vllm": PoolSpec(capacity_tokens_per_s=100.0, upstream=remote,
+                         replicas_of="clawstream-vllm/LLMServer:qwen")},
+        pool_headroom=0.0)
+    running = {"clawstream-generator/generator": 3, "clawstream-vllm/LLMServer:qwen": 5}
+    flags = FlagView({})
+    assert pool_rate("local", settings, flags, running) == 300.0
+    assert pool_rate("fixed", settings, flags, running) == 100.0
+    assert pool_rate("remote", settings, flags, running) == 100.0  # outside Serve: fixed
+    assert pool_rate("vllm", settings, flags, running) == 500.0
+    # Unknown (Serve not asked yet, or not answering): one replica's worth; none running
+    # (all being replaced): still one, so steps are not held until their deadlines.
+    assert pool_rate("local", settings, flags) == 100.0
+    assert pool_rate("local", settings, flags, {"clawstream-generator/generator": 0}) == 100.0
+    # An operator's flag still wins.
+    assert pool_rate("local", settings, FlagView({"rate.pool.local": "42"}), running) == 42.0
+
+
+def test_a_pool_names_its_deployment_as_app_slash_deployment() -> None:
+    with pytest.raises(ValueError, match="replicas_of"):
+        PoolSpec(capacity_tokens_per_s=1.0, replicas_of="LLMServer:qwen")
 
 
 def test_budgets_can_only_be_lowered_and_name_their_reason() -> None:

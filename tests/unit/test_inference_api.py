@@ -36,6 +36,7 @@ from clawstream.inference.protocol import (
     GenerateRequest,
     GenerationResult,
     HealthReport,
+    ReplicaReport,
 )
 from clawstream.inference.scripted import Script
 
@@ -84,6 +85,9 @@ class FakeGateway:
             raise self.fail_with
         component = ComponentHealth(model="fake", backend="fake")
         return HealthReport(status="ok", generation=component, embedding=component)
+
+    async def replicas(self) -> ReplicaReport:
+        return ReplicaReport(running={"clawstream-generator/generator": 3})
 
 
 @pytest.fixture
@@ -166,6 +170,12 @@ async def test_health_not_ready_is_503(http: httpx.AsyncClient, gateway: FakeGat
     response = await http.get("/health")
     assert response.status_code == 503
     assert response.json()["error"] == "not_ready"
+
+
+async def test_the_replicas_route_reports_the_gateways_count(http: httpx.AsyncClient) -> None:
+    response = await http.get("/replicas")
+    assert response.status_code == 200
+    assert response.json() == {"running": {"clawstream-generator/generator": 3}}
 
 
 async def test_client_raises_by_kind(client: InferenceClient, gateway: FakeGateway) -> None:

@@ -20,6 +20,7 @@ from clawstream.deploy import k8s_topics
 from clawstream.streams.topics import CATALOGUE, changelog_topics
 
 K8S = Path(k8s_topics.__file__).resolve().parent / "k8s"
+VLLM_APP = "clawstream-vllm"
 KUBERNETES_VERSION = "1.33.0"
 # The package's schemas, found without importing it (its import pulls in what we do not use).
 _SPEC = importlib.util.find_spec("kubernetes_validate")
@@ -147,11 +148,19 @@ def test_workers_scale_on_lag_of_catalogue_topics_and_keep_a_warm_pool() -> None
     assert scaled["spec"]["maxReplicaCount"] <= k8s_topics.PARTITIONS
 
 
-def test_the_settings_config_map_names_real_settings_and_points_at_the_services() -> None:
+def _cluster_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings as a pod reads them: from the ConfigMap's variables (JSON for the pools)."""
+    for name, value in next(d for d in _docs(K8S / "settings.yaml"))["data"].items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def test_the_settings_config_map_names_real_settings_and_points_at_the_services(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     data = next(d for d in _docs(K8S / "settings.yaml"))["data"]
     fields = {f"CLAWSTREAM_{name.upper()}" for name in Settings.model_fields}
     assert set(data) <= fields, f"not settings: {sorted(set(data) - fields)}"
-    settings = Settings(**{k.removeprefix("CLAWSTREAM_").lower(): v for k, v in data.items()})
+    settings = _cluster_settings(monkeypatch)
     assert settings.bootstrap_servers == "clawstream-kafka-bootstrap:9092"
     assert settings.redis_url == "redis://clawstream-redis:6379/0"
     assert settings.serve_url == "http://clawstream-inference-serve-svc:8000"
@@ -161,8 +170,7 @@ def test_the_ray_service_serves_the_apps_the_local_stack_deploys() -> None:
     from clawstream.inference.app import ROUTE_PREFIXES
     from clawstream.inference.entry import build
 
-    service = _docs(K8S / "ray-service.yaml")[0]
-    apps = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    apps = [a for a in _serve_config()["applications"] if a["name"] != VLLM_APP]
     served = {a["name"]: a["route_prefix"] for a in apps}
     assert served.items() <= ROUTE_PREFIXES.items()
     for app in apps:
@@ -173,12 +181,58 @@ def test_the_ray_service_serves_the_apps_the_local_stack_deploys() -> None:
         build({"app": "nope"})
 
 
-def test_the_model_deployment_scales_within_the_gpu_groups_bounds() -> None:
+def _serve_config() -> dict[str, Any]:
+    service = _docs(K8S / "ray-service.yaml")[0]
+    config: dict[str, Any] = yaml.safe_load(service["spec"]["serveConfigV2"])
+    return config
+
+
+def test_the_serve_config_is_one_serve_accepts() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(_serve_config())
+    assert {a.name for a in schema.applications} >= {VLLM_APP, "clawstream-inference"}
+
+
+def test_the_vllm_app_serves_the_pool_that_counts_its_replicas(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool `large` calls the vLLM app through the Serve service and takes its tokens/s
+    per replica of the app's LLMServer deployment; its LLM config is one Ray accepts.
+
+    Ray Serve LLM's public module imports vLLM (a GPU install), so the config is checked
+    with its LLMConfig model from the internal module, and the deployment's name with the
+    rule in its builder (``LLMServer:`` + deployment_config.name); both checks read the
+    installed Ray, so a Ray that moves them fails here, not in a cluster."""
+    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+
+    app = next(a for a in _serve_config()["applications"] if a["name"] == VLLM_APP)
+    assert app["import_path"] == "ray.serve.llm:build_openai_app"
+    [raw] = app["args"]["llm_configs"]
+    llm = LLMConfig.model_validate(raw)
+    assert llm.llm_engine == "vLLM" and llm.engine_kwargs["enable_auto_tool_choice"] is True
+    builder = importlib.util.find_spec("ray.llm._internal.serve.core.server.builder")
+    assert builder is not None and builder.origin is not None
+    assert 'name_prefix or f"{deployment_cls.__name__}:"' in Path(builder.origin).read_text()
+    deployment = f"LLMServer:{raw['deployment_config']['name']}"
+
+    pool = _cluster_settings(monkeypatch).pools["large"]
+    assert pool.replicas_of == f"{VLLM_APP}/{deployment}" and pool.capacity_per_replica
+    assert pool.upstream is not None and pool.upstream.model == llm.model_id
+    assert pool.upstream.base_url == (
+        f"http://clawstream-inference-serve-svc:8000{app['route_prefix']}")
+    scaling = raw["deployment_config"]["autoscaling_config"]
+    gpu = next(g for g in _docs(K8S / "ray-service.yaml")[0]["spec"]["rayClusterConfig"]
+               ["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert 1 <= scaling["min_replicas"] <= gpu["minReplicas"]
+    assert scaling["max_replicas"] <= gpu["maxReplicas"]
+
+
+def test_the_model_deployment_scales_within_the_gpu_groups_bounds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from clawstream.inference.app import generation_autoscaling
     from clawstream.inference.config import InferenceConfig
 
-    data = next(d for d in _docs(K8S / "settings.yaml"))["data"]
-    settings = Settings(**{k.removeprefix("CLAWSTREAM_").lower(): v for k, v in data.items()})
+    settings = _cluster_settings(monkeypatch)
     scaling = generation_autoscaling(InferenceConfig.from_settings(settings))
     service = _docs(K8S / "ray-service.yaml")[0]
     gpu = next(g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
@@ -188,6 +242,7 @@ def test_the_model_deployment_scales_within_the_gpu_groups_bounds() -> None:
     assert scaling["target_ongoing_requests"] == InferenceConfig.from_settings(
         settings).generate_max_ongoing_requests
     # Locally one replica; a maximum below the minimum is the minimum.
+    monkeypatch.undo()
     assert generation_autoscaling(InferenceConfig.from_settings(Settings()))["max_replicas"] == 1
     low = Settings(inference_min_replicas=3, inference_max_replicas=2)
     assert generation_autoscaling(InferenceConfig.from_settings(low))["max_replicas"] == 3

@@ -517,6 +517,11 @@ class Settings(BaseSettings):
         default=True, description="`up` starts a Prometheus (Debian's package) scraping "
         "every process of the stack; false leaves it out.")
     prometheus_port: int = 9090
+    otlp_endpoint: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="An OTLP/HTTP collector's base URL (e.g. http://otel-collector:4318): "
+        "each worker exports the spans of every answered request to <url>/v1/traces. "
+        "None: no spans exported.")
     prometheus_scrape_interval_s: float = Field(
         default=5.0, gt=0, description="How often Prometheus scrapes each process.")
     kafka_bootstrap: str | None = Field(

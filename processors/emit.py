@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import faust
@@ -14,8 +14,8 @@ from clawstream.processors.keys import short_hash
 from clawstream.processors.observe import observe_output
 from clawstream.processors.records import Output
 from clawstream.schemas import encode
-from clawstream.schemas.names import DEAD_LETTER
-from clawstream.schemas.records import DeadLetter
+from clawstream.schemas.names import AGENT_ANSWER, DEAD_LETTER
+from clawstream.schemas.records import AgentAnswer, DeadLetter
 from clawstream.streams.topics import DLQ
 from clawstream.streams.tracecontext import headers_for
 
@@ -25,11 +25,14 @@ def now_ms() -> int:
 
 
 class Emitter:
-    """One worker's producer side: topics are made once per name, not per send."""
+    """One worker's producer side: topics are made once per name, not per send; each
+    answer sent is also handed to ``on_answer`` (the OTLP span export, when configured)."""
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App,
+                 on_answer: Callable[[AgentAnswer], None] | None = None) -> None:
         self._app = app
         self._topics: dict[str, faust.TopicT] = {}
+        self._on_answer = on_answer
 
     def _topic(self, name: str) -> faust.TopicT:
         topic = self._topics.get(name)
@@ -41,6 +44,8 @@ class Emitter:
         """Hand ``output`` to the producer; returns its delivery (awaited: the broker has
         it, or an error)."""
         observe_output(output)
+        if self._on_answer is not None and output.schema == AGENT_ANSWER:
+            self._on_answer(cast(AgentAnswer, output.record))
         return await self._app.send(self._topic(output.topic), key=output.key.encode(),
                                     value=encode(output.schema, output.record),
                                     headers=cast(list[tuple[str, bytes]] | None,

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         if stopped.code in (0, None) and faust_worker.stopping_on_sigterm:
             local_state.mark_clean(datadir)
         raise
+    finally:
+        if worker.spans is not None:
+            worker.spans.shutdown()  # what is queued goes out before the process ends
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from clawstream.processors.flow.limiter import PoolAdmission
 from clawstream.processors.flow.replicas import ServeReplicas
 from clawstream.processors.ledger import EffectLedger
 from clawstream.processors.observe import ConsumerLag
+from clawstream.processors.otlp import AnswerSpans, otlp_exporter
 from clawstream.processors.policy import Policy
 from clawstream.processors.registry import Registry, ToolResources, load_registry
 
@@ -48,6 +49,8 @@ class Worker:
     executors: StepExecutors
     canary_watcher: CanaryWatcher
     """Rolls a failing canary back (starts with :meth:`CanaryWatcher.start`)."""
+    spans: AnswerSpans | None
+    """The answers' spans going to an OTLP collector (None: no endpoint configured)."""
 
 
 def inference_client(settings: Settings) -> InferenceClient:
@@ -78,7 +81,8 @@ def build_worker(settings: Settings, name: str, registry: Registry | None = None
     tables = create_tables(app, settings)
     add_pages(app, name, lambda: faust_fence.recovered(app))
     REGISTRY.register(ConsumerLag(settings.app_id, lambda: faust_fence.consumer_positions(app)))
-    emitter = Emitter(app)
+    spans = otlp_exporter(settings.otlp_endpoint, name) if settings.otlp_endpoint else None
+    emitter = Emitter(app, on_answer=spans.export if spans else None)
     redis = aioredis.Redis.from_url(settings.redis_url)
     flag_reader = FlagReader(settings.bootstrap_servers, settings.flag_poll_s)
     serve_replicas = ServeReplicas(settings)
@@ -98,4 +102,4 @@ def build_worker(settings: Settings, name: str, registry: Registry | None = None
     executors.install(app, topics)
     watcher = CanaryWatcher(settings, registry, flag_reader.view, name)
     return Worker(name, settings, app, registry, flag_reader, serve_replicas, coordinator,
-                  executors, watcher)
+                  executors, watcher, spans)

@@ -13,6 +13,7 @@ import pytest
 from clawstream.config import PoolSpec, Settings
 from clawstream.deploy.local.env import isolated_env
 from tests.integration import upstream
+from tests.integration.otlp_collector import Collector, collector
 
 
 def _pools_with_an_upstream() -> str:
@@ -26,6 +27,7 @@ def _pools_with_an_upstream() -> str:
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+OTLP_PORT = 24318 + int(os.environ.get("CLAWSTREAM_PORT_OFFSET", "0"))
 TEST_ENV = {
     **isolated_env(REPO_ROOT / ".clawstream-test", {
         "kafka_port": 29092, "kafka_controller_port": 29093, "redis_port": 26379,
@@ -42,11 +44,20 @@ TEST_ENV = {
     "CLAWSTREAM_DRAIN_TIMEOUT_S": "10",
     "CLAWSTREAM_WORKER_STALL_TIMEOUT_S": "8",
     "CLAWSTREAM_POOLS": _pools_with_an_upstream(),
+    # Every worker exports its answers' spans to the session's OTLP collector.
+    "CLAWSTREAM_OTLP_ENDPOINT": f"http://127.0.0.1:{OTLP_PORT}",
     # The upstream's API key reaches the Serve replicas through Ray's environment, as a
     # provider key would; the fault proxy checks that it arrives.
     upstream.KEY_ENV: upstream.KEY,
 }
 os.environ.update(TEST_ENV)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def otlp() -> Iterator[Collector]:
+    """Up for the whole session: every worker of every test stack exports to it."""
+    with collector(OTLP_PORT) as sink:
+        yield sink
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pyarrow.parquet as pq
 import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from typer.testing import CliRunner
 
 from clawstream.cli.app import app
@@ -33,6 +34,7 @@ from tests.integration.flow import (
     script_marker,
     send,
 )
+from tests.integration.otlp_collector import Collector
 from tests.integration.test_gateway import fetch, http, make_key
 
 pytestmark = pytest.mark.integration
@@ -58,6 +60,35 @@ def test_a_retried_request_is_traced_from_its_partition_and_by_id_alone(
     assert out.index("retry_scheduled") < out.rindex("answer")
     assert "in flight" not in out
     assert trace(answer["request_id"]).count("retry_scheduled") == 1  # without its conversation
+
+
+def test_the_answers_spans_reach_an_otlp_collector(worker: Settings, otlp: Collector) -> None:
+    """The request and each step attempt as spans in the request's W3C trace, decoded by
+    the OpenTelemetry project's own protobuf classes: times, parents, statuses."""
+    marker = script_marker()
+    script(worker, marker, {"text": "fine after one failure", "error": {"status": 500}})
+    answer = ask(worker, agent="assistant", conversation_id=f"ot-{marker[-8:]}",
+                 text=f"Say something. {marker}")
+    steps = answer["timeline"]
+    assert answer["status"] == "ok" and steps
+    received = otlp.await_spans(w3c_trace_id(answer["trace_id"]), 1 + len(steps))
+    spans = {span.span_id: (resource, span) for resource, span in received}  # once each
+    assert len(spans) == 1 + len(steps)
+    [(resource, root)] = [(r, s) for r, s in spans.values() if not s.parent_span_id]
+    assert resource["service.name"] == "clawstream-worker"
+    assert resource["service.instance.id"] == "worker-0"
+    assert root.name == "request assistant"
+    assert root.start_time_unix_nano == answer["created_at_ms"] * 1_000_000
+    assert root.end_time_unix_nano == answer["answered_at_ms"] * 1_000_000
+    attributes = {a.key: a.value for a in root.attributes}
+    assert attributes["clawstream.request_id"].string_value == answer["request_id"]
+    assert attributes["clawstream.status"].string_value == "ok"
+    children = [s for _, s in spans.values() if s.parent_span_id == root.span_id]
+    assert sorted((c.name, c.start_time_unix_nano) for c in children) == sorted(
+        (f"{e['step_type']} {e['name']}", e["issued_at_ms"] * 1_000_000) for e in steps)
+    errors = sum(c.status.code == Status.STATUS_CODE_ERROR for c in children)
+    assert errors == sum(e["status"] != "ok" for e in steps)
+    assert all(c.end_time_unix_nano >= c.start_time_unix_nano for c in children)
 
 
 def test_every_hop_carries_the_requests_w3c_traceparent(worker: Settings) -> None:

@@ -37,8 +37,8 @@ def test_a_ray_token_in_the_home_does_not_lock_the_drivers_out(
     monkeypatch.setenv("HOME", str(home))  # `ray start` and the driver both see the token
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     offset = int(os.environ.get("CLAWSTREAM_PORT_OFFSET", "0"))
-    settings = Settings(state_dir=tmp_path / "state", ray_port=26572 + offset,
-                        ray_metrics_port=26672 + offset)
+    settings = Settings(state_dir=tmp_path / "state", ray_port=26572 + offset,  # its own
+                        ray_metrics_port=26672 + offset, serve_http_port=28172 + offset)
     try:
         ray_cluster.start(settings)
         driver = subprocess.run([sys.executable, "-c", DRIVER, settings.ray_address],

@@ -151,7 +151,10 @@ class Settings(BaseSettings):
     inference_max_replicas: int = Field(
         default=1, ge=1, description="Replicas Serve may scale the local model's deployment "
         "up to when ongoing requests per replica pass the replica's concurrency "
-        "(autoscaling_config); 1 locally (one model on 2 cores), a GPU cluster raises it.")
+        "(autoscaling_config); 1 locally (one model on 2 cores), a GPU cluster raises it. "
+        "Each local replica reserves one of the local Ray node's CLAWSTREAM_RAY_NUM_CPUS "
+        "(the other deployments need 0.8 more): raise that with it, or Serve cannot place "
+        "the other apps.")
     inference_retry_after_s: float = Field(
         default=1.0, description="Retry-After sent with an overload (503) answer."
     )

@@ -27,10 +27,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def load_stack() -> Iterator[Settings]:
-    # Two replicas of the model deployment: the limiter test below counts them.
+    # Two replicas of the model deployment (a CPU of Ray's each): the limiter test below
+    # counts them.
     with side_stack("load", 42, inference_backend="simulated", worker_count=2,
                     agent_modules=["fixtures.faults"], inference_min_replicas=2,
-                    inference_max_replicas=2) as settings:
+                    inference_max_replicas=2, ray_num_cpus=4) as settings:
         yield settings
 
 

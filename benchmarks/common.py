@@ -54,11 +54,12 @@ UNLIMITED = {
 
 @contextmanager
 def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
-                keep: bool = False, timings: dict[str, float] | None = None
-                ) -> Iterator[Settings]:
-    """Start a fresh benchmark stack (simulated model unless ``env`` says otherwise) with
-    ``workers`` Faust workers, and stop it afterwards unless ``keep``. ``timings`` gets
-    ``up_s`` (Kafka, Redis, Ray and the Serve deploy) and ``workers_s``."""
+                keep: bool = False, timings: dict[str, float] | None = None,
+                inference: bool = True) -> Iterator[Settings]:
+    """Start a fresh benchmark stack (simulated model unless ``env`` says otherwise; no
+    Ray at all without ``inference``) with ``workers`` Faust workers, and stop it
+    afterwards unless ``keep``. ``timings`` gets ``up_s`` (Kafka, Redis, Ray and the Serve
+    deploy) and ``workers_s``."""
     os.environ.update(BENCH_ENV)
     os.environ.update(env or {})
     from clawstream.config import get_settings
@@ -72,7 +73,8 @@ def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
     try:
         # Inside the try: what did come up of a stack that failed is stopped too.
         t = time.monotonic()
-        up(settings, with_workers=False, progress=RichProgress(console), redeploy=True)
+        up(settings, with_workers=False, with_inference=inference,
+           progress=RichProgress(console), redeploy=inference)
         up_s = time.monotonic() - t
         ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id,
                       replication_factor=settings.topic_replication_factor,

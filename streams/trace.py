@@ -100,17 +100,22 @@ def plan(bootstrap: str, ranges: Mapping[str, Sequence[int]], since_ms: int,
         reader.close()
 
 
-def read_range(bootstrap: str, ranges: Mapping[str, Sequence[int]], since_ms: int
-               ) -> Iterator[Found]:
+def read_range(bootstrap: str, ranges: Mapping[str, Sequence[int]], since_ms: int,
+               conversation_id: str | None = None) -> Iterator[Found]:
     """Every decodable record of the given partitions of each topic, from ``since_ms`` to
-    the end each had when the read began (a trace is a snapshot; it does not wait)."""
-    return read_plan(bootstrap, plan(bootstrap, ranges, since_ms))
+    the end each had when the read began (a trace is a snapshot; it does not wait); with
+    ``conversation_id``, only that conversation's."""
+    return read_plan(bootstrap, plan(bootstrap, ranges, since_ms),
+                     conversation_id=conversation_id)
 
 
-def read_plan(bootstrap: str, todo_plan: Plan, advance: Callable[[int], None] | None = None
-              ) -> Iterator[Found]:
+def read_plan(bootstrap: str, todo_plan: Plan, advance: Callable[[int], None] | None = None,
+              conversation_id: str | None = None) -> Iterator[Found]:
     """The records of a :func:`plan`; ``advance(n)`` hears of every record read (decodable
-    or not), for a progress bar over the plan's total."""
+    or not), for a progress bar over the plan's total. With ``conversation_id`` only the
+    records keyed by it (every conversation-scoped record is), told apart by the key
+    before anything is decoded: a conversation's partition holds many others'."""
+    key = conversation_id.encode() if conversation_id is not None else None
     if not todo_plan:
         return
     reader = consumer(bootstrap)
@@ -135,6 +140,8 @@ def read_plan(bootstrap: str, todo_plan: Plan, advance: Callable[[int], None] | 
                 continue
             if advance is not None:
                 advance(1)
+            if key is not None and msg.key() != key:
+                continue
             try:
                 name, record = decode(msg.value())
             except DecodeError:

@@ -75,7 +75,8 @@ def trace(
                           "[/red]")
             raise typer.Exit(1)
     ranges = partitions_of(settings.bootstrap_servers, conversation, TRACE_TOPICS)
-    result = build(list(read_range(settings.bootstrap_servers, ranges, since_ms)), request_id)
+    result = build(list(read_range(settings.bootstrap_servers, ranges, since_ms,
+                                   conversation)), request_id)
     if not result.entries:
         console.print(f"[red]nothing about {request_id or conversation} since {since}[/red]")
         raise typer.Exit(1)
@@ -109,7 +110,7 @@ def replay(
     with Progress(console=console) as progress:
         task = progress.add_task("reading", total=total)
         found = select(read_plan(settings.bootstrap_servers, todo,
-                                 lambda n: progress.advance(task, n)),
+                                 lambda n: progress.advance(task, n), conversation),
                        Selection(conversation, tenant, agent))
         if not raw:
             found = (replace(f, record=mask(f.record)) for f in found)

@@ -30,6 +30,7 @@ from tests.integration.flow import (
     ask,
     events_of,
     has_event,
+    same_partition_ids,
     script,
     script_marker,
     send,
@@ -50,9 +51,14 @@ def test_a_retried_request_is_traced_from_its_partition_and_by_id_alone(
         worker: Settings) -> None:
     marker = script_marker()
     script(worker, marker, {"text": "fine after one failure", "error": {"status": 500}})
-    answer = ask(worker, agent="assistant", conversation_id=f"tr-{marker[-8:]}",
+    mine, neighbour = same_partition_ids(f"tr-{marker[-8:]}", worker.partitions, 2)
+    other = ask(worker, agent="chat", conversation_id=neighbour, text="Hello there.")
+    answer = ask(worker, agent="assistant", conversation_id=mine,
                  text=f"Say something. {marker}")
     assert answer["status"] == "ok"
+    # The conversation alone: its own request only, not its partition's other ones.
+    whole = trace("--conversation", mine)
+    assert answer["trace_id"] in whole and other["trace_id"] not in whole
     out = trace(answer["request_id"], "--conversation", answer["conversation_id"])
     for seen in ("request", "step_issued", "model result", "retry_scheduled", "answer",
                  " error "):

@@ -28,6 +28,7 @@ from clawstream.config import Settings
 from clawstream.deploy.load import plan as plans
 from clawstream.deploy.load import report as reports
 from clawstream.deploy.load.run import execute, run_id
+from clawstream.streams.masking import mask_text
 
 WORKERS = 2
 SOAK_ENV = {**faultload.FAULT_ENV, "CLAWSTREAM_KAFKA_BROKERS": "3"}
@@ -55,6 +56,10 @@ def _run(settings: Settings, name: str, rate: float, seconds: float, faults: pla
     directory = settings.state_dir / "soak" / name
     summary = reports.write(out, phases, directory)
     console.print(f"  report: {directory / 'report.html'}")
+    for answers in out.answers.values():
+        if answers[0]["status"] != "ok":
+            console.print(f"  {name}: {answers[0]['status']} {answers[0]['request_id']}: "
+                          f"{mask_text(answers[0]['reason'] or '')[:200]}")
     return summary
 
 
@@ -78,7 +83,7 @@ def main(rate: float = 3.0, seconds: float = 600.0, baseline_s: float = 120.0,
                   "", "")
     table.add_row("late sends (client behind schedule)", str(base["late_sends"]),
                   str(soak["late_sends"]), "", "")
-    console.print(table)
+    console.print(table, width=max(console.width, 120))
     for reason, count in soak["statuses_by_reason"].items():
         console.print(f"  soak: {count} x {reason}")
     console.print(f"  soak faults done: {', '.join(soak['faults'])}")

@@ -6,7 +6,9 @@ reported per call. The send path of every record the workers emit pays
 ``observe_output`` (an answer, an event, or a pass for commands and results) and
 ``headers_for`` (its W3C ``traceparent``); an executor
 pays ``observe_step`` once per step attempt; the coordinator ``observe_result_back`` once
-per result. Compare with the coordinator's per-record time in ``bench e2e``.
+per result; with an OTLP endpoint, the coordinator builds each answer's spans
+(``answer_spans``; the export itself runs in the SDK's thread). Compare with the
+coordinator's per-record time in ``bench e2e``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import timeit
 from typing import Any
 
+from opentelemetry.sdk.resources import Resource
 from rich.console import Console
 from rich.table import Table
 
@@ -22,6 +25,7 @@ from clawstream.processors.observe import (
     observe_result_back,
     observe_step,
 )
+from clawstream.processors.otlp import answer_spans
 from clawstream.processors.records import Output, answer, event
 from clawstream.schemas.names import STEP_COMMAND, STEP_RESULT
 from clawstream.schemas.records import empty_usage
@@ -47,6 +51,13 @@ def main() -> None:
                    "usage": usage}
     traced = {**result, "trace_id": req["trace_id"], "request_id": req["request_id"],
               "step_id": "model:c:abc", "attempt": 1}
+    step: Any = {"step_id": "model:c:abc", "step_type": "model", "name": "small",
+                 "status": "ok", "worker": "worker-0", "attempt": 1, "issued_at_ms": 1000,
+                 "queue_wait_ms": 4.0, "run_ms": 196.0, "result_wait_ms": 10.0,
+                 "cache_hit": False, "usage": usage, "request_id": None,
+                 "conversation_id": None, "agent_status": None, "depth": 0}
+    spanned: Any = {**an_answer.record, "timeline": [step, {**step, "attempt": 2}]}
+    resource = Resource.create({"service.name": "clawstream-worker"})
     cases = {
         "observe_output(answer)": lambda: observe_output(an_answer),
         "observe_output(event)": lambda: observe_output(an_event),
@@ -54,6 +65,7 @@ def main() -> None:
         "observe_step(model step)": lambda: observe_step(cmd, "small", result),
         "observe_result_back(result)": lambda: observe_result_back(result, 1210),
         "headers_for(step result): traceparent": lambda: headers_for(STEP_RESULT, traced),
+        "answer_spans(answer, 2 steps): OTLP export": lambda: answer_spans(spanned, resource),
     }
     table = Table(title=f"metrics record path, {CALLS:,} calls each (best of 5)")
     table.add_column("call")

@@ -184,6 +184,11 @@ def main(conversations: int = 10_000, events_per: int = 100, hours: float = 10.0
             found = list(read_range(bootstrap, ranges, day_ago, conversation))
             return len(build(found, request_id).entries)
 
+        def trace_decoding_all() -> int:
+            """As trace read before it told conversations apart by key: decode the whole
+            partition, keep the request's records."""
+            return len(build(list(read_range(bootstrap, ranges, day_ago)), request_id).entries)
+
         def trace_by_id() -> int:
             found_in = find_conversation(bootstrap, request_id, day_ago)
             assert found_in == conversation
@@ -204,6 +209,8 @@ def main(conversations: int = 10_000, events_per: int = 100, hours: float = 10.0
             rows = [
                 ("trace, with conversation", span, timed(runs, trace_one),
                  timed(runs, lambda: floor_read(settings, mine))),
+                ("trace, decoding every record", span, timed(runs, trace_decoding_all),
+                 None),
                 ("trace, by id alone", span + requests_read,
                  timed(runs, trace_by_id), None),
                 ("replay conversation, JSONL", span, timed(runs, replay_one),

@@ -162,12 +162,15 @@ async def test_the_deployment_handle_transport_keeps_the_error_contract(stack: S
         assert (first.model, first.backend) == (GENERATION_MODEL_ID, "llama_cpp")
         with pytest.raises(InferenceValidationError):
             await client.generate(MESSAGES, model="gpt-4")
-        burst = config.generate_max_ongoing_requests + config.max_queued_requests + 8
+        # Well over the queue, and generations long enough that the queue is still full
+        # when the last ones arrive (the handle's calls leave one by one: on a loaded
+        # machine, 8 tokens each let the first finish before the last were sent).
+        burst = config.generate_max_ongoing_requests + config.max_queued_requests + 16
 
         async def attempt(i: int) -> GenerationResult | InferenceError:
             try:
                 return await client.generate([{"role": "user", "content": f"Count to {i}."}],
-                                             max_tokens=8)
+                                             max_tokens=32)
             except InferenceError as exc:
                 return exc
 

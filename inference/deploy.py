@@ -1,14 +1,16 @@
 """Put the inference app onto an already running Ray cluster and return once it answers.
 
-The local stack starts Ray (``ray start --head``) and then calls :func:`deploy`. The
-driver only submits the app: it disconnects at the end and the app stays in the
-cluster, owned by Serve's detached controller.
+The local stack starts Ray (``ray start --head``) and then runs this module as a process
+of its own (:func:`main`), which calls :func:`deploy`. The driver only submits the app: it
+disconnects at the end and the app stays in the cluster, owned by Serve's detached
+controller.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -189,3 +191,22 @@ def _wait_healthy(base_url: str, app_names: tuple[str, ...], deadline: float,
                     "started with)"
                 )
             time.sleep(_POLL_INTERVAL_S)
+
+
+def main() -> int:
+    """``python -m clawstream.inference.deploy``, the settings as JSON on stdin: the local
+    stack deploys from a driver process of its own (``ray_cluster.deploy_serve`` says
+    why). The reason of a failed deploy is the last line on stderr."""
+    from clawstream.config import Settings
+
+    settings = Settings.model_validate_json(sys.stdin.read())
+    try:
+        deploy(settings)
+    except InferenceDeployError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,8 +23,9 @@ bytes, which a deep state dir would break).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,11 @@ RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",
 }
 STOP_TIMEOUT_S = 30.0
+DEPLOY_MODULE = "clawstream.inference.deploy"
+DEPLOY_PROCESS_TIMEOUT_S = 240.0
+"""Past the deploy's own deadline (``inference.deploy.DEPLOY_TIMEOUT_S``, 180 s): that one
+reports why; this one only ends a driver that hangs."""
+_DEPLOY_TAIL = 4000
 
 
 def temp_dir(settings: Settings) -> Path:
@@ -157,18 +163,27 @@ def start(
 def deploy_serve(settings: Settings) -> None:
     """Deploy the Serve app onto the running cluster (blocks until it answers health).
 
-    ``clawstream.inference.deploy`` is imported here, not at module level, so the stack can start
-    Kafka and Redis on a machine where the inference dependencies do not import (and by
-    name, so type-checking ``deploy`` does not type-check the inference app).
+    From a driver process of its own (``python -m clawstream.inference.deploy``, the
+    settings as JSON on stdin), never from this one. A process keeps Ray and Serve state
+    from every cluster it was a driver of: Serve caches its controller's handle by job id,
+    and the first job of a fresh cluster has the id the first job of the previous one had,
+    so the second stack brought up by one process (the tests' side stacks) was deployed
+    through the dead controller of the first ("a Ray object whose owner is unknown"). A
+    fresh process also reads the stack's Ray auth mode, not the one this process imported.
     """
     if not is_ready(settings):
         raise StackError(f"Ray is not running on {settings.ray_address}; start it first")
     try:
-        module = importlib.import_module("clawstream.inference.deploy")
-    except ImportError as exc:
-        raise StackError(f"cannot import inference.deploy: {exc}") from exc
-    deploy: Callable[[Settings], None] = module.deploy
-    deploy(settings)
+        done = subprocess.run(
+            [sys.executable, "-m", DEPLOY_MODULE], input=settings.model_dump_json(),
+            env=child_env(settings, RAY_ENV), capture_output=True, text=True,
+            timeout=DEPLOY_PROCESS_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"the Serve deploy did not end in {DEPLOY_PROCESS_TIMEOUT_S:.0f} s"
+                         ) from exc
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip() or "no output")[-_DEPLOY_TAIL:]
+        raise StackError(f"the Serve deploy failed (exit {done.returncode}): {said}")
 
 
 def serve_is_ready(settings: Settings, timeout: float = 1.0) -> bool:

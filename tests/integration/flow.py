@@ -145,12 +145,6 @@ def side_stack(name: str, port_base: int, **overrides: Any) -> Iterator[Settings
         ray_metrics_port=26600 + base, prometheus_port=29200 + base,
         **{"prometheus_enabled": False, **overrides})
     down(settings, purge=True)
-    if with_inference:
-        import ray
-
-        # A handle client of an earlier test left this process connected to the session
-        # stack's Ray; Serve is deployed onto the side stack's Ray from a fresh driver.
-        ray.shutdown()
     try:
         up(settings, with_inference=with_inference)
         yield settings

@@ -38,13 +38,8 @@ from clawstream.processors.conversation import (
     abort,
     fresh_dedup,
     hard_abort,
-    keep_within,
     needs_gate,
     next_due_ms,
-    on_cancel,
-    on_request,
-    on_result,
-    on_wakeup,
     refuse_unprocessable,
     reject,
 )
@@ -52,6 +47,7 @@ from clawstream.processors.delegation import with_parent_results
 from clawstream.processors.emit import Emitter, now_ms
 from clawstream.processors.flow import coordination
 from clawstream.processors.flow.flags import FlagView
+from clawstream.processors.handling import decide, settle
 from clawstream.processors.keys import dedup_key
 from clawstream.processors.observe import observe_result_back
 from clawstream.processors.records import Output
@@ -234,44 +230,27 @@ class Coordinator:
         await self._apply(conversation_id, decision)
 
     async def _handle(self, name: str, record: WireRecord, source: str) -> None:
-        if name == AGENT_REQUEST:
-            await self._on_request(cast(AgentRequest, record), source)
-            return
-        if name == STEP_RESULT:
-            result = cast(StepResult, record)
-            observe_result_back(result, now_ms())
-            conv = self._state(result["conversation_id"])
-            coordination.count_result(conv, result)
-            decision = on_result(conv, result, now_ms(), self.rules)
-            conversation_id = result["conversation_id"]
-        elif name == CANCEL:
-            cancel = cast(Cancel, record)
-            conversation_id = cancel["conversation_id"]
-            decision = on_cancel(self._state(conversation_id), cancel, now_ms(), self.rules)
-        else:
-            conversation_id = cast(Wakeup, record)["conversation_id"]
-            decision = on_wakeup(self._state(conversation_id), now_ms(), self.rules)
-        await self._route_and_apply(conversation_id, decision)
-
-    async def _on_request(self, request: AgentRequest, source: str) -> None:
-        conversation_id = request["conversation_id"]
+        conversation_id = cast(AgentRequest | StepResult | Wakeup | Cancel,
+                               record)["conversation_id"]
         conv = self._state(conversation_id)
-        key = dedup_key(request["tenant_id"], conversation_id, request["idempotency_key"])
-        dedup = fresh_dedup(self.request_dedup.get(key), request)
-        rejection = None
-        if needs_gate(dedup, request, self.rules):
-            rejection = await coordination.gate(request, conv, self.settings, self.flags(),
-                                                self.redis)
-        decision = on_request(conv, dedup, request, now_ms(), self.rules, source, rejection)
+        key = dedup = rejection = None
+        if name == AGENT_REQUEST:
+            request = cast(AgentRequest, record)
+            key = dedup_key(request["tenant_id"], conversation_id, request["idempotency_key"])
+            dedup = fresh_dedup(self.request_dedup.get(key), request)
+            if needs_gate(dedup, request, self.rules):
+                rejection = await coordination.gate(request, conv, self.settings,
+                                                    self.flags(), self.redis)
+        elif name == STEP_RESULT:
+            observe_result_back(cast(StepResult, record), now_ms())
+        decision = decide(name, record, conv, dedup, now_ms(), self.rules, source, rejection)
         await self._route_and_apply(conversation_id, decision, key)
 
     async def _route_and_apply(self, conversation_id: str, decision: Decision,
                                dedup_key: str | None = None) -> None:
-        routed = coordination.route_and_cut(decision, self.rules, self.settings, self.flags(),
-                                            now_ms())
-        await coordination.archive(self.redis, routed.archive)
-        await self._apply(conversation_id, keep_within(
-            routed.decision, self.settings.max_state_bytes, now_ms(), self.rules), dedup_key)
+        settled = settle(decision, self.rules, self.settings, self.flags(), now_ms())
+        await coordination.archive(self.redis, settled.archive)
+        await self._apply(conversation_id, settled.decision, dedup_key)
 
     async def _apply(self, conversation_id: str, decision: Decision,
                      dedup_key: str | None = None) -> None:

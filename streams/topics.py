@@ -88,8 +88,13 @@ def changelog_topics(app_id: str) -> tuple[TopicSpec, ...]:
     race to create them, and one whose metadata still lacks a changelog fails every write
     to that table (PartitionsMismatch: "the changelog topic has 0 partitions"); seen in
     ``bench recovery``, where it dead-lettered every request of a run."""
-    return tuple(TopicSpec(f"{app_id}-{table}-changelog", compacted=True, retention_ms=FOREVER)
+    return tuple(TopicSpec(changelog_topic(app_id, table), compacted=True,
+                           retention_ms=FOREVER)
                  for table in (CONVERSATIONS_TABLE, DEDUP_TABLE))
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    return f"{app_id}-{table}-changelog"
 
 
 def with_retention(specs: tuple[TopicSpec, ...], overrides: Mapping[str, int]

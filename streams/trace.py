@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from clawstream.schemas import DecodeError, decode
 from clawstream.schemas.names import (
@@ -111,11 +111,25 @@ def read_range(bootstrap: str, ranges: Mapping[str, Sequence[int]], since_ms: in
 
 def read_plan(bootstrap: str, todo_plan: Plan, advance: Callable[[int], None] | None = None,
               conversation_id: str | None = None) -> Iterator[Found]:
-    """The records of a :func:`plan`; ``advance(n)`` hears of every record read (decodable
-    or not), for a progress bar over the plan's total. With ``conversation_id`` only the
-    records keyed by it (every conversation-scoped record is), told apart by the key
-    before anything is decoded: a conversation's partition holds many others'."""
+    """The decodable records of a :func:`plan`; ``advance(n)`` hears of every record read
+    (decodable or not), for a progress bar over the plan's total. With ``conversation_id``
+    only the records keyed by it (every conversation-scoped record is)."""
     key = conversation_id.encode() if conversation_id is not None else None
+    for msg in read_messages(bootstrap, todo_plan, advance, key):
+        try:
+            name, record = decode(msg.value())
+        except DecodeError:
+            continue
+        yield Found(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
+                    msg.timestamp()[1], name, record, cast(Headers, msg.headers() or []))
+
+
+def read_messages(bootstrap: str, todo_plan: Plan,
+                  advance: Callable[[int], None] | None = None, key: bytes | None = None
+                  ) -> Iterator[Message]:
+    """The raw messages of a :func:`plan`, each partition in offset order; with ``key``
+    only those with that key, told apart before anything is decoded (a conversation's
+    partition holds many others')."""
     if not todo_plan:
         return
     reader = consumer(bootstrap)
@@ -142,12 +156,7 @@ def read_plan(bootstrap: str, todo_plan: Plan, advance: Callable[[int], None] | 
                 advance(1)
             if key is not None and msg.key() != key:
                 continue
-            try:
-                name, record = decode(msg.value())
-            except DecodeError:
-                continue
-            yield Found(topic, partition, offset, msg.timestamp()[1], name, record,
-                        cast(Headers, msg.headers() or []))
+            yield msg
     finally:
         reader.close()
 

@@ -10,10 +10,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from clawstream.cli.cost import parse_since
+from clawstream.cli.reading import planned, read_with_progress
+from clawstream.cli.rebuild_cli import compare
 from clawstream.config import Settings
 from clawstream.streams.masking import mask, mask_text
 from clawstream.streams.replay import Selection, select, write_jsonl, write_parquet
@@ -25,7 +26,6 @@ from clawstream.streams.trace import (
     find_conversation,
     partitions_of,
     plan,
-    read_plan,
     read_range,
 )
 
@@ -84,8 +84,9 @@ def trace(
 
 
 def replay(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The file to write: .parquet for "
-                                      "Parquet, anything else JSON lines.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The file to write: "
+                                             ".parquet for Parquet, anything else JSON "
+                                             "lines.")] = None,
     conversation: Annotated[str | None, typer.Option(
         help="One conversation: read only its partition.")] = None,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's requests.")] = None,
@@ -93,9 +94,21 @@ def replay(
     since: Annotated[str, typer.Option(help="From: 30m, 2h, 7d or an ISO time.")] = "24h",
     until: Annotated[str | None, typer.Option(help="To (default: now), same forms.")] = None,
     raw: Annotated[bool, typer.Option(help="Export personal data unmasked.")] = False,
+    rebuild: Annotated[str | None, typer.Option(
+        metavar="CONVERSATION", help="Run the coordinator's rules again over this "
+        "conversation's events (all of them) and compare the state they arrive at with the "
+        "live tables and answers; exit 1 on a difference.")] = None,
 ) -> None:
     """Decoded records of every conversation-scoped topic to JSONL or Parquet, by
-    conversation, tenant, agent and time range, with progress over the range read."""
+    conversation, tenant, agent and time range, with progress over the range read; or,
+    with --rebuild, the event-sourcing check of one conversation."""
+    if rebuild is not None:
+        if out is not None or tenant is not None or agent is not None:
+            raise typer.BadParameter("--rebuild CONVERSATION reads all of that conversation's "
+                                     "events: no --out, --tenant or --agent with it")
+        raise typer.Exit(compare(rebuild, raw))
+    if out is None:
+        raise typer.BadParameter("give --out FILE (or --rebuild CONVERSATION)")
     settings = Settings()
     now = int(time.time() * 1000)
     since_ms = parse_since(since, now)
@@ -105,18 +118,14 @@ def replay(
     else:
         ranges = all_partitions(settings.bootstrap_servers, TRACE_TOPICS)
     todo = plan(settings.bootstrap_servers, ranges, since_ms, until_ms)
-    total = sum(end - tp.offset for tp, end in todo)
     console = Console(stderr=True)
-    with Progress(console=console) as progress:
-        task = progress.add_task("reading", total=total)
-        found = select(read_plan(settings.bootstrap_servers, todo,
-                                 lambda n: progress.advance(task, n), conversation),
-                       Selection(conversation, tenant, agent))
-        if not raw:
-            found = (replace(f, record=mask(f.record)) for f in found)
-        if out.suffix == ".parquet":
-            written = write_parquet(found, out)
-        else:
-            with out.open("w") as sink:
-                written = write_jsonl(found, sink)
-    console.print(f"{written} record(s) of {total} read -> {out}")
+    found = select(read_with_progress(settings.bootstrap_servers, todo, conversation, console),
+                   Selection(conversation, tenant, agent))
+    if not raw:
+        found = (replace(f, record=mask(f.record)) for f in found)
+    if out.suffix == ".parquet":
+        written = write_parquet(found, out)
+    else:
+        with out.open("w") as sink:
+            written = write_jsonl(found, sink)
+    console.print(f"{written} record(s) of {planned(todo)} read -> {out}")

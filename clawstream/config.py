@@ -536,6 +536,25 @@ class Settings(BaseSettings):
     serve_host: str = Field(default="127.0.0.1", description="Where Ray Serve's HTTP proxy "
                             "runs (a cluster: the RayService's serve Service).")
 
+    # Cold archive (`clawstream archive`, streams/archive.py): finished requests' records as
+    # Parquet, so the hot topics may keep a short retention and the audit trail stays whole.
+    archive_url: str = Field(
+        default="", description="Where `clawstream archive` writes: a directory or any fsspec "
+        "URL (s3://bucket/prefix in a cluster), partitioned tenant=/day=. Empty: "
+        "<state_dir>/archive.")
+    archive_grace_s: float = Field(
+        default=7200.0, gt=0, description="A request still unanswered this long after its "
+        "first record is archived as it stands, and an archived answer is remembered this "
+        "long for records that arrive after it (a late step result). Longer than any "
+        "request's deadline (batch_request_deadline_s), shorter than the hot topics' "
+        "retention.")
+
+    @model_validator(mode="after")
+    def _archive_under_state_dir(self) -> Settings:
+        if not self.archive_url:
+            self.archive_url = str(self.state_dir / "archive")
+        return self
+
     @property
     def bootstrap_servers(self) -> str:
         """Every broker, so a client still bootstraps while one of them is down."""

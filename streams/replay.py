@@ -18,10 +18,13 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from clawstream.schemas.names import AGENT_ANSWER, AGENT_REQUEST
 from clawstream.streams.trace import Found
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,10 @@ def write_jsonl(found: Iterable[Found], out: IO[str]) -> int:
 ID_COLUMNS = ("request_id", "conversation_id", "tenant_id", "agent")
 
 
-def write_parquet(found: Iterable[Found], path: Path) -> int:
-    """The records as one Parquet table (see the module docstring); returns the count."""
+def parquet_table(found: Iterable[Found]) -> pa.Table:
+    """The records as the one flat table of the module docstring: the shape every Parquet
+    file of ours has (an export, the cold archive), so one query reads them all."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     columns: dict[str, list[Any]] = {name: [] for name in (
         "topic", "partition", "offset", "timestamp_ms", "schema", *ID_COLUMNS, "record_json")}
@@ -98,5 +101,13 @@ def write_parquet(found: Iterable[Found], path: Path) -> int:
                         ("offset", pa.int64()), ("timestamp_ms", pa.int64()),
                         ("schema", pa.string()), *((n, pa.string()) for n in ID_COLUMNS),
                         ("record_json", pa.string())])
-    pq.write_table(pa.table(columns, schema=schema), path)
-    return len(columns["topic"])
+    return pa.table(columns, schema=schema)
+
+
+def write_parquet(found: Iterable[Found], path: Path) -> int:
+    """The records as one Parquet table (see the module docstring); returns the count."""
+    import pyarrow.parquet as pq
+
+    table = parquet_table(found)
+    pq.write_table(table, path)
+    return table.num_rows

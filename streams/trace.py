@@ -184,6 +184,18 @@ def all_partitions(bootstrap: str, topics: Sequence[str]) -> dict[str, list[int]
         reader.close()
 
 
+def watermarks(bootstrap: str, ranges: Mapping[str, Sequence[int]]
+               ) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per (topic, partition): the first offset it still holds (retention moves it) and its
+    end now."""
+    reader = consumer(bootstrap)
+    try:
+        return {(topic, p): reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
+                for topic, partitions in ranges.items() for p in partitions}
+    finally:
+        reader.close()
+
+
 def find_conversation(bootstrap: str, request_id: str, since_ms: int) -> str | None:
     """The conversation of a request, from the request topics (every partition, from
     ``since_ms``): the slow path, for a trace given only a request id."""

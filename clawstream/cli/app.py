@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from clawstream.cli.archive_cli import archive_command
 from clawstream.cli.canary_cli import app as canary_app
 from clawstream.cli.cost_cli import cost as cost_command
 from clawstream.cli.dlq import dlq_app
@@ -36,6 +37,7 @@ app.command(name="eval")(eval_command)
 app.command(name="top")(top_command)
 app.command(name="trace")(trace_command)
 app.command(name="replay")(replay_command)
+app.command(name="archive")(archive_command)
 app.command(name="load")(load_command)
 
 

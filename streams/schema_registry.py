@@ -120,13 +120,16 @@ def register_all(client: RegistryClient) -> dict[str, int]:
 
 class RegistryIds:
     """The codec's :class:`~clawstream.schemas.codec.SchemaIds` over a registry: ids looked
-    up once and kept; a schema the registry cannot give an id for now is asked again after
-    :data:`RETRY_AFTER_S` (its records are written single-object meanwhile)."""
+    up once and kept. A schema the registry has no id for, or every schema while the
+    registry cannot be reached, is asked again after :data:`RETRY_AFTER_S` (its records are
+    written single-object meanwhile), so an outage costs one failed call, not one per
+    record."""
 
     def __init__(self, client: RegistryClient) -> None:
         self._client = client
         self._ids: dict[str, int] = {}
         self._missed: dict[str, float] = {}
+        self._away_until = 0.0
         self._lock = threading.Lock()
 
     def id_of(self, name: str, schema: Schema) -> int | None:
@@ -134,24 +137,22 @@ class RegistryIds:
         if known is not None:
             return known
         with self._lock:
-            missed = self._missed.get(name)
-            if missed is not None and time.monotonic() - missed < RETRY_AFTER_S:
+            now = time.monotonic()
+            if now < self._away_until or now < self._missed.get(name, 0.0):
                 return None
             try:
                 found = self._client.lookup(name, schema)
             except RegistryError as exc:
-                log.warning("%s; writing %s single-object for now", exc, name)
-                found = None
-            else:
-                if found is None:
-                    log.error("%s is not registered in the schema registry at %s (run "
-                              "`clawstream schemas register`); writing it single-object "
-                              "for now", name, self._client.url)
+                log.warning("%s; writing single-object for %.0f s", exc, RETRY_AFTER_S)
+                self._away_until = now + RETRY_AFTER_S
+                return None
             if found is None:
-                self._missed[name] = time.monotonic()
+                log.error("%s is not registered in the schema registry at %s (run "
+                          "`clawstream schemas register`); writing it single-object for "
+                          "now", name, self._client.url)
+                self._missed[name] = now + RETRY_AFTER_S
                 return None
             self._ids[name] = found
-            self._missed.pop(name, None)
             return found
 
     def schema_of(self, schema_id: int) -> Schema:

@@ -100,15 +100,20 @@ class Client:
 
 def test_ids_are_looked_up_once_and_a_miss_is_asked_again_only_later(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    client = Client([RegistryError("down"), 12])
+    client = Client([RegistryError("down"), None, 12, 13])
     ids = RegistryIds(client)  # type: ignore[arg-type]
     clock = [100.0]
     monkeypatch.setattr(schema_registry.time, "monotonic", lambda: clock[0])
     assert ids.id_of(WAKEUP, CURRENT[WAKEUP]) is None
-    assert ids.id_of(WAKEUP, CURRENT[WAKEUP]) is None and client.asked == 1
+    # The registry is away: no schema is asked for until the retry time.
+    assert ids.id_of(CONTROL_FLAG, CURRENT[CONTROL_FLAG]) is None and client.asked == 1
     clock[0] += schema_registry.RETRY_AFTER_S
-    assert ids.id_of(WAKEUP, CURRENT[WAKEUP]) == 12
-    assert ids.id_of(WAKEUP, CURRENT[WAKEUP]) == 12 and client.asked == 2
+    assert ids.id_of(WAKEUP, CURRENT[WAKEUP]) is None  # not registered
+    assert ids.id_of(CONTROL_FLAG, CURRENT[CONTROL_FLAG]) == 12  # another schema is asked
+    assert ids.id_of(WAKEUP, CURRENT[WAKEUP]) is None and client.asked == 3
+    clock[0] += schema_registry.RETRY_AFTER_S
+    assert ids.id_of(WAKEUP, CURRENT[WAKEUP]) == 13
+    assert ids.id_of(CONTROL_FLAG, CURRENT[CONTROL_FLAG]) == 12 and client.asked == 4
 
 
 def test_binding_learns_the_current_ids_so_reading_our_records_never_asks() -> None:

@@ -139,3 +139,10 @@ def test_an_install_ships_one_top_level_package(tmp_path: Path) -> None:
                               "PYTHONPATH": str(target)}).stdout.splitlines()
     assert Path(out[0]).is_relative_to(target)
     assert not Path(out[1]).is_relative_to(target)
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    # pytest imports test modules by basename (no packages under tests/): two files with
+    # one name stop the whole suite at collection.
+    names = [p.name for p in (Path(__file__).parents[1]).rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

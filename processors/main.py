@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     from clawstream.processors.lifecycle import ClawstreamWorker
     from clawstream.processors.worker import build_worker
     from clawstream.streams.admin import wait_for_broker
+    from clawstream.streams.schema_registry import bind_settings
 
     settings = Settings()
     # Faust cannot bootstrap without a broker and exits: wait for one instead, so a worker
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     wait_for_broker(settings.bootstrap_servers)
+    bind_settings(settings)  # what it writes: the registry's wire format
     datadir = settings.state_dir / "faust" / args.name
     local_state.prepare(datadir)  # before Faust opens it: trusted only after a clean stop
     worker = build_worker(settings, args.name)

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from clawstream.config import Settings
 from clawstream.schemas.codec import CURRENT, Schema, use_registry
 
 log = logging.getLogger(__name__)
@@ -163,3 +164,9 @@ def bind(url: str | None) -> None:
     """Write this process's records in the Confluent format with ``url``'s ids (None: no
     registry, single-object)."""
     use_registry(RegistryIds(RegistryClient(url)) if url else None)
+
+
+def bind_settings(settings: Settings) -> None:
+    """:func:`bind` to the settings' registry, when it is on: every process that writes
+    records calls it at its start (workers, gateway, CLI)."""
+    bind(settings.schema_registry_url if settings.schema_registry_enabled else None)

@@ -63,13 +63,16 @@ def otlp() -> Iterator[Collector]:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Settings]:
     from clawstream.deploy.local import down, up
+    from clawstream.streams.schema_registry import bind, bind_settings
 
     settings = Settings()
     down(settings, purge=True)
     up(settings, with_workers=False)
+    bind_settings(settings)  # what the tests publish: the registry's wire format
     try:
         yield settings
     finally:
+        bind(None)
         down(settings, purge=True)
 
 

@@ -19,18 +19,21 @@ from clawstream.cli.flags_cli import app as flags_app
 from clawstream.cli.keys_cli import app as keys_app
 from clawstream.cli.load_cli import load as load_command
 from clawstream.cli.render import decisions_table, print_answer
+from clawstream.cli.schemas_cli import app as schemas_app
 from clawstream.cli.top import top as top_command
 from clawstream.cli.trace_cli import replay as replay_command
 from clawstream.cli.trace_cli import trace as trace_command
 from clawstream.config import Settings
 from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT
 from clawstream.schemas.records import AgentAnswer, AgentEvent
+from clawstream.streams.schema_registry import bind_settings
 
 app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(flags_app, name="flags")
 app.add_typer(keys_app, name="keys")
 app.add_typer(canary_app, name="canary")
+app.add_typer(schemas_app, name="schemas")
 console = Console()
 app.command(name="cost")(cost_command)
 app.command(name="eval")(eval_command)
@@ -43,6 +46,13 @@ app.command(name="load")(load_command)
 
 def _settings() -> Settings:
     return Settings()
+
+
+@app.callback()
+def _bind_registry() -> None:
+    """What a command publishes (ask, flags, canary, dlq redrive) goes out in the schema
+    registry's wire format, as the workers' records do."""
+    bind_settings(_settings())
 
 
 @app.command()

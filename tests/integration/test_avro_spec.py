@@ -2,6 +2,8 @@
 ``BinaryMessageEncoder``/``BinaryMessageDecoder``, tests/avro_spec/SingleObject.java): a
 request written by it is answered by the worker, and every record the worker wrote for that
 request is read by it. Either way fails if our single-object header differs from the spec's.
+The worker writes the registry's wire format when there is a registry: its records are
+written again single-object by our codec for the reference reader.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from clawstream.config import Settings
 from clawstream.deploy.local.maven import cache_root, fetch_libs
 from clawstream.deploy.local.tools import require_java
-from clawstream.schemas import CURRENT
+from clawstream.schemas import CURRENT, decode, encode
+from clawstream.schemas.codec import use_registry
 from clawstream.schemas.names import (
     AGENT_ANSWER,
     AGENT_EVENT,
@@ -30,6 +33,7 @@ from clawstream.schemas.names import (
     STEP_RESULT,
 )
 from clawstream.streams.publisher import Publisher, new_request
+from clawstream.streams.schema_registry import bind_settings
 from clawstream.streams.topics import ANSWERS, EVENTS, RESULTS, TOOL_REQUESTS, request_topic
 from tests.integration.flow import answer_to
 
@@ -81,6 +85,20 @@ def _raw_records(settings: Settings, topic: str, key: str, until_count: int,
         consumer.close()
 
 
+def single_object(value: bytes) -> bytes:
+    """A record the worker wrote in the registry's wire format (tested against Confluent's
+    deserializer in test_schema_registry.py), written again as single-object by our codec
+    without a registry: what a process writes when there is none."""
+    if value[:2] == b"\xc3\x01":
+        return value
+    name, record = decode(value)
+    use_registry(None)
+    try:
+        return encode(name, record)
+    finally:
+        bind_settings(Settings())
+
+
 def test_the_reference_implementation_and_our_worker_read_each_other(
         worker: Settings, tmp_path: Path) -> None:
     conversation = f"spec-{uuid.uuid4().hex[:8]}"
@@ -104,7 +122,8 @@ def test_the_reference_implementation_and_our_worker_read_each_other(
             STEP_RESULT: _raw_records(worker, RESULTS.name, conversation, 1),
             AGENT_ANSWER: _raw_records(worker, ANSWERS.name, conversation, 1),
             AGENT_EVENT: _raw_records(worker, EVENTS.name, conversation, 4)}
-    lines = [f"{name}\t{value.hex()}" for name, values in ours.items() for value in values]
+    lines = [f"{name}\t{single_object(value).hex()}" for name, values in ours.items()
+             for value in values]
     read = _java("decode", lines, tmp_path)
     assert [r for r in read if r.startswith("ERROR")] == []
     decoded = [json.loads(r) for r in read]

@@ -7,7 +7,7 @@ export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
 default:
     @just --list
 
-# Start the local stack: Kafka (KRaft), Redis, Ray Serve with the model, supervised Faust workers, the gateway
+# Start the local stack: Kafka (KRaft), Redis, the schema registry, Ray Serve with the model, supervised Faust workers, the gateway
 up:
     clawstream up
 

@@ -23,7 +23,8 @@ BENCH_ENV = {
     **isolated_env(REPO_ROOT / ".clawstream-bench", {
         "kafka_port": 39092, "kafka_controller_port": 39093, "redis_port": 36379,
         "ray_port": 36390, "serve_http_port": 38000, "worker_web_port": 36066,
-        "gateway_port": 38080, "ray_metrics_port": 36392, "prometheus_port": 39090}),
+        "gateway_port": 38080, "ray_metrics_port": 36392, "prometheus_port": 39090,
+        "schema_registry_port": 38085}),
     "CLAWSTREAM_INFERENCE_BACKEND": "simulated",
 }
 console = Console()

@@ -113,6 +113,15 @@ class Settings(BaseSettings):
         "defaults in streams/topics.py (answers and events forever, work queues 7 days, "
         "dead letters 90 days). Applied when topics are created, and by `up` to existing ones.")
 
+    # Schema registry (Apicurio Registry's Confluent-compatible API; deploy/local)
+    schema_registry_enabled: bool = Field(
+        default=True, description="`up` starts the schema registry (Apicurio Registry, from "
+        "Maven Central) with the stack; false leaves it out.")
+    schema_registry_port: int = 8085
+    schema_registry_version: str = Field(
+        default="2.6.13.Final", description="Apicurio Registry's version (3.x needs Java 21+).")
+    schema_registry_heap: str = "256m"
+
     # Redis
     redis_port: int = 6379
     redis_maxmemory: str = "256mb"
@@ -587,6 +596,11 @@ class Settings(BaseSettings):
     @property
     def redis_url(self) -> str:
         return f"redis://{self.redis_host}:{self.redis_port}/0"
+
+    @property
+    def schema_registry_url(self) -> str:
+        """The registry's Confluent-compatible API: the base URL Confluent's clients take."""
+        return f"http://127.0.0.1:{self.schema_registry_port}/apis/ccompat/v7"
 
     @property
     def serve_url(self) -> str:

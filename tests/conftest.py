@@ -32,7 +32,8 @@ TEST_ENV = {
     **isolated_env(REPO_ROOT / ".clawstream-test", {
         "kafka_port": 29092, "kafka_controller_port": 29093, "redis_port": 26379,
         "ray_port": 26390, "serve_http_port": 28000, "worker_web_port": 26066,
-        "gateway_port": 28080, "ray_metrics_port": 26392, "prometheus_port": 29090}),
+        "gateway_port": 28080, "ray_metrics_port": 26392, "prometheus_port": 29090,
+        "schema_registry_port": 28085}),
     "CLAWSTREAM_INFERENCE_LLAMA_THREADS": "1",
     "CLAWSTREAM_CONTEXT_EXCHANGES": "4",
     "CLAWSTREAM_FAULT_INJECTION": "true",

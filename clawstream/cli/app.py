@@ -62,8 +62,8 @@ def up(workers: Annotated[bool, typer.Option(help="Start the Faust workers too."
            min=1, help="Kafka nodes (default: CLAWSTREAM_KAFKA_BROKERS, 1). From 3 on, "
            "topics are replicated 3 times with min.insync.replicas=2.")] = None,
        ) -> None:
-    """Start the local stack (Kafka, Redis, Ray Serve + model, topics, workers, gateway);
-    idempotent."""
+    """Start the local stack (Kafka, Redis, schema registry, Ray Serve + model, topics,
+    workers, gateway); idempotent."""
     from clawstream.deploy.local import RichProgress, StackError
     from clawstream.deploy.local import gateway as gateway_proc
     from clawstream.deploy.local import up as stack_up

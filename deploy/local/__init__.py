@@ -1,8 +1,9 @@
-"""The local stack: real Kafka, Redis, Ray Serve and Faust workers as detached processes.
+"""The local stack: real Kafka, Redis, a schema registry, Ray Serve and Faust workers as
+detached processes.
 
 Entry points: ``up``, ``down``, ``status`` (``clawstream.deploy.local.stack``); one module per
-component (``kafka``, ``redis``, ``ray_cluster``, ``worker``), each with ``start``/``stop``;
-``process.Processes`` for pid files, logs and crash tests (``kill``).
+component (``kafka``, ``redis``, ``schema_registry``, ``ray_cluster``, ``worker``), each with
+``start``/``stop``; ``process.Processes`` for pid files, logs and crash tests (``kill``).
 """
 
 from clawstream.deploy.local.errors import (

@@ -29,4 +29,4 @@ class NotReadyError(StackError):
 
 
 class FetchError(StackError):
-    """Fetching the Kafka jars from Maven Central failed."""
+    """Fetching a Java program (Kafka's jars, the schema registry) from Maven Central failed."""

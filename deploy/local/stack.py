@@ -1,11 +1,12 @@
 """The local stack as one unit: ``up``, ``down``, ``status``.
 
-Start order follows dependencies, not a list: Redis, the Kafka broker and the Ray head node
-need nothing from each other and start concurrently (the JVM and Ray each spend seconds
-starting, and the machine has cores to spare while they wait on I/O); once Kafka answers
-the topics are created (and existing ones get the retention the settings say); the Faust
-workers start once Redis and the topics are ready, while the Serve app deploys onto Ray
-(model loading is the slowest step, and workers do not need it to join their group).
+Start order follows dependencies, not a list: Redis, the Kafka broker, the schema registry
+and the Ray head node need nothing from each other and start concurrently (the JVMs and Ray
+each spend seconds starting, and the machine has cores to spare while they wait on I/O);
+once Kafka answers the topics are created (and existing ones get the retention the settings
+say); the Faust workers start once Redis and the topics are ready, while the Serve app
+deploys onto Ray (model loading is the slowest step, and workers do not need it to join
+their group).
 ``down`` stops the gateway and the workers first, so they commit offsets and leave their
 group while the broker still runs, then everything else at once. The gateway itself is
 started by the caller once the topics exist (``clawstream up``), see
@@ -36,6 +37,7 @@ from clawstream.deploy.local import (
     prometheus,
     ray_cluster,
     redis,
+    schema_registry,
     worker,
 )
 from clawstream.deploy.local.errors import StackError
@@ -110,7 +112,7 @@ def up(
     def note(name: str) -> Callable[[str], None]:
         return lambda message: say(name, message)
 
-    with ThreadPoolExecutor(max_workers=6, thread_name_prefix="clawstream-up") as pool:
+    with ThreadPoolExecutor(max_workers=7, thread_name_prefix="clawstream-up") as pool:
         f_redis = pool.submit(
             _step,
             say,
@@ -138,6 +140,11 @@ def up(
         if settings.prometheus_enabled:
             f_prometheus = pool.submit(_step, say, "prometheus", prometheus.url(settings),
                                        lambda: prometheus.start(settings))
+        f_registry: Future[ProcessInfo] | None = None
+        if settings.schema_registry_enabled:
+            f_registry = pool.submit(
+                _step, say, schema_registry.NAME, settings.schema_registry_url,
+                lambda: schema_registry.start(settings, note=note(schema_registry.NAME)))
         f_topics = pool.submit(_topics_step, settings, say, f_kafka)
         f_workers: Future[None] | None = None
         if with_workers:
@@ -157,7 +164,8 @@ def up(
                     errors["serve"] = exc
 
         for name, fut in (("redis", f_redis), ("kafka", f_kafka), ("topics", f_topics),
-                          ("workers", f_workers), ("prometheus", f_prometheus)):
+                          ("workers", f_workers), ("prometheus", f_prometheus),
+                          (schema_registry.NAME, f_registry)):
             if fut is None:
                 continue
             try:
@@ -239,8 +247,9 @@ def _start_workers(settings: Settings, say: Progress, needs: list[Future[Any]]) 
 def down(settings: Settings, purge: bool = False, progress: Progress | None = None) -> None:
     """Stop everything this stack runs (workers first); with ``purge``, delete its state.
 
-    ``purge`` removes the state dir (broker data, Redis files, logs, pid files, worker
-    tables) and this stack's Ray temp dir; the Kafka jar cache outside it is kept.
+    ``purge`` removes the state dir (broker data, Redis files, the registry's schemas,
+    logs, pid files, worker tables) and this stack's Ray temp dir; the cache of Kafka's
+    jars and the registry's app outside it is kept.
     """
     say = progress or _quiet
     if gateway.stop(settings):
@@ -254,9 +263,10 @@ def down(settings: Settings, purge: bool = False, progress: Progress | None = No
         if fn(settings):
             say(name, f"stopped ({time.monotonic() - t:.1f} s)")
 
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="clawstream-down") as pool:
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="clawstream-down") as pool:
         futures = [
             pool.submit(stop, "prometheus", prometheus.stop),
+            pool.submit(stop, schema_registry.NAME, schema_registry.stop),
             pool.submit(stop, "ray", ray_cluster.stop),
             pool.submit(stop, "kafka", kafka.stop),
             pool.submit(stop, "redis", redis.stop),
@@ -332,6 +342,9 @@ def status(settings: Settings) -> list[ComponentStatus]:
     if settings.prometheus_enabled:
         row("prometheus", settings.prometheus_port, prometheus.url(settings),
             lambda: prometheus.is_ready(settings))
+    if settings.schema_registry_enabled:
+        row(schema_registry.NAME, settings.schema_registry_port, settings.schema_registry_url,
+            lambda: schema_registry.is_ready(settings))
 
     indices = set(range(settings.worker_count))
     indices |= {worker.index_of(n) for n in worker.running(settings)}

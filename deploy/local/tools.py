@@ -63,6 +63,7 @@ def require_java(minimum: int = JAVA_MIN) -> str:
     if major is None or major < minimum:
         raise MissingToolError(
             f"`{java}` is Java {major if major is not None else '(unknown version)'}; the Kafka "
-            f"broker needs Java {minimum}+. Install it with: {INSTALL_HINTS['java']}"
+            f"broker and the schema registry need Java {minimum}+. Install it with: "
+            f"{INSTALL_HINTS['java']}"
         )
     return java

@@ -143,6 +143,7 @@ def side_stack(name: str, port_base: int, **overrides: Any) -> Iterator[Settings
         redis_port=26400 + base, worker_web_port=26100 + base, ray_port=26500 + base,
         serve_http_port=28100 + base, gateway_port=28200 + base,
         ray_metrics_port=26600 + base, prometheus_port=29200 + base,
+        schema_registry_port=28300 + base,
         **{"prometheus_enabled": False, **overrides})
     down(settings, purge=True)
     try:

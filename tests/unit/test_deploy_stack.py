@@ -26,6 +26,7 @@ def settings(tmp_path: Path) -> Settings:
         worker_web_port=free_port(),
         gateway_port=free_port(),
         prometheus_port=free_port(),
+        schema_registry_port=free_port(),
         worker_count=1,
     )
 
@@ -33,7 +34,7 @@ def settings(tmp_path: Path) -> Settings:
 def test_status_of_a_stopped_stack(settings: Settings) -> None:
     rows = status(settings)
     assert [r.name for r in rows] == ["redis", "kafka", "ray", "serve", "gateway",
-                                        "prometheus", "worker-0"]
+                                        "prometheus", "registry", "worker-0"]
     assert not any(r.running for r in rows)
     assert all(r.pid is None for r in rows)
     by_name = {r.name: r for r in rows}
@@ -59,11 +60,13 @@ def test_down_stops_processes_and_purges_state(settings: Settings) -> None:
     procs.start("redis", ["sleep", "60"])  # stand-in: down stops by pid file
     procs.start("worker-0", ["sleep", "60"])
     procs.start("gateway", ["sleep", "60"])
+    procs.start("registry", ["sleep", "60"])
     out = io.StringIO()
     down(settings, purge=True, progress=RichProgress(Console(file=out, width=120)))
     assert not settings.state_dir.exists()
     text = out.getvalue()
     assert "worker-0" in text and "redis" in text and "gateway" in text and "purged" in text
+    assert "registry" in text
 
 
 def test_purge_refuses_the_working_directory(tmp_path: Path,

@@ -44,6 +44,7 @@ from clawstream.deploy.local.errors import StackError
 from clawstream.deploy.local.ports import port_holder, port_is_free
 from clawstream.deploy.local.process import Processes, ProcessInfo
 from clawstream.streams.admin import ensure_topics
+from clawstream.streams.schema_registry import RegistryClient, register_all
 
 Progress = Callable[[str, str], None]
 """``progress(component, message)``: one line about one component's step."""
@@ -146,9 +147,17 @@ def up(
                 _step, say, schema_registry.NAME, settings.schema_registry_url,
                 lambda: schema_registry.start(settings, note=note(schema_registry.NAME)))
         f_topics = pool.submit(_topics_step, settings, say, f_kafka)
+        f_schemas: Future[None] | None = None
+        if f_registry is not None:
+            f_schemas = pool.submit(_schemas_step, settings, say, f_registry)
         f_workers: Future[None] | None = None
         if with_workers:
-            f_workers = pool.submit(_start_workers, settings, say, [f_redis, f_kafka, f_topics])
+            # Workers start once this release's schemas have their ids: the first records
+            # they write are then in the registry's wire format.
+            needs: list[Future[Any]] = [f_redis, f_kafka, f_topics]
+            if f_schemas is not None:
+                needs.append(f_schemas)
+            f_workers = pool.submit(_start_workers, settings, say, needs)
 
         # Serve deploys from this (the main) thread: it makes this process a Ray driver,
         # and Ray expects its driver on the main thread (signal handlers).
@@ -165,7 +174,7 @@ def up(
 
         for name, fut in (("redis", f_redis), ("kafka", f_kafka), ("topics", f_topics),
                           ("workers", f_workers), ("prometheus", f_prometheus),
-                          (schema_registry.NAME, f_registry)):
+                          (schema_registry.NAME, f_registry), ("schemas", f_schemas)):
             if fut is None:
                 continue
             try:
@@ -231,10 +240,24 @@ def _topics_step(settings: Settings, say: Progress, kafka_started: Future[Proces
         say("topics", f"retention of {name}: {old} -> {new} ms")
 
 
+def _schemas_step(settings: Settings, say: Progress,
+                  registry_started: Future[ProcessInfo]) -> None:
+    """Register this release's schemas (``clawstream schemas register``): a change the
+    registry refuses as incompatible stops ``up`` here, with the registry's reason."""
+    if registry_started.exception() is not None:
+        raise _Skipped("schemas not registered")
+    client = RegistryClient(settings.schema_registry_url)
+    try:
+        ids = register_all(client)
+    finally:
+        client.close()
+    say("schemas", f"{len(ids)} registered (ids {min(ids.values())}..{max(ids.values())})")
+
+
 def _start_workers(settings: Settings, say: Progress, needs: list[Future[Any]]) -> None:
     for dep in needs:
         if dep.exception() is not None:
-            say("workers", "skipped: Redis, Kafka or the topics failed")
+            say("workers", "skipped: Redis, Kafka, the topics or the schemas failed")
             raise _Skipped("workers not started")
     count = settings.worker_count
     t = time.monotonic()

@@ -186,6 +186,7 @@ def _up_without_services(settings: Settings, monkeypatch: pytest.MonkeyPatch) ->
                          ("registry", stack.schema_registry)):
         monkeypatch.setattr(module, "start", fake(name))
     monkeypatch.setattr(stack, "_topics_step", lambda *_: None)
+    monkeypatch.setattr(stack, "_schemas_step", lambda *_: None)
     stack.up(settings, with_workers=False, with_inference=False)
     return started
 

@@ -115,8 +115,9 @@ class Settings(BaseSettings):
 
     # Schema registry (Apicurio Registry's Confluent-compatible API; deploy/local)
     schema_registry_enabled: bool = Field(
-        default=True, description="`up` starts the schema registry (Apicurio Registry, from "
-        "Maven Central) with the stack; false leaves it out.")
+        default=True, description="Records go out in the Confluent wire format with ids from "
+        "the schema registry, which `up` starts (Apicurio Registry, from Maven Central) and "
+        "registers this release's schemas in; false: no registry, single-object records.")
     schema_registry_port: int = 8085
     schema_registry_version: str = Field(
         default="2.6.13.Final", description="Apicurio Registry's version (3.x needs Java 21+).")
@@ -544,6 +545,8 @@ class Settings(BaseSettings):
                             "its Service name).")
     serve_host: str = Field(default="127.0.0.1", description="Where Ray Serve's HTTP proxy "
                             "runs (a cluster: the RayService's serve Service).")
+    schema_registry_host: str = Field(default="127.0.0.1", description="Where the schema "
+                                      "registry runs (a cluster: its Service name).")
 
     # Cold archive (`clawstream archive`, streams/archive.py): finished requests' records as
     # Parquet, so the hot topics may keep a short retention and the audit trail stays whole.
@@ -600,7 +603,8 @@ class Settings(BaseSettings):
     @property
     def schema_registry_url(self) -> str:
         """The registry's Confluent-compatible API: the base URL Confluent's clients take."""
-        return f"http://127.0.0.1:{self.schema_registry_port}/apis/ccompat/v7"
+        return (f"http://{self.schema_registry_host}:{self.schema_registry_port}"
+                "/apis/ccompat/v7")
 
     @property
     def serve_url(self) -> str:

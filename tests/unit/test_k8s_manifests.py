@@ -164,6 +164,10 @@ def test_the_settings_config_map_names_real_settings_and_points_at_the_services(
     assert settings.bootstrap_servers == "clawstream-kafka-bootstrap:9092"
     assert settings.redis_url == "redis://clawstream-redis:6379/0"
     assert settings.serve_url == "http://clawstream-inference-serve-svc:8000"
+    registry = next(d for d in _docs(K8S / "schema-registry.yaml") if d["kind"] == "Service")
+    assert settings.schema_registry_url == (
+        f"http://{registry['metadata']['name']}:{registry['spec']['ports'][0]['port']}"
+        "/apis/ccompat/v7")
 
 
 def test_the_ray_service_serves_the_apps_the_local_stack_deploys() -> None:

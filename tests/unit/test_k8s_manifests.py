@@ -250,3 +250,98 @@ def test_the_model_deployment_scales_within_the_gpu_groups_bounds(
     assert generation_autoscaling(InferenceConfig.from_settings(Settings()))["max_replicas"] == 1
     low = Settings(inference_min_replicas=3, inference_max_replicas=2)
     assert generation_autoscaling(InferenceConfig.from_settings(low))["max_replicas"] == 3
+
+
+Labels = dict[str, str]
+WORKER: Labels = {"app": "clawstream-worker"}
+GATEWAY: Labels = {"app": "clawstream-gateway"}
+RAY: Labels = {"ray.io/is-ray-node": "yes"}
+REDIS: Labels = {"app": "clawstream-redis"}
+REGISTRY: Labels = {"app": "clawstream-schema-registry"}
+SCHEMAS_JOB: Labels = {"app": "clawstream-schemas"}
+STRANGER: Labels = {"app": "something-else"}
+NAMESPACE: Labels = {"kubernetes.io/metadata.name": "clawstream"}
+MONITORING: Labels = {"kubernetes.io/metadata.name": "monitoring",
+                      "clawstream.dev/monitoring": "true"}
+
+
+def _selects(selector: dict[str, Any], labels: Labels) -> bool:
+    """A label selector's meaning (matchLabels and the In/NotIn/Exists operators)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        value, op = labels.get(expr["key"]), expr["operator"]
+        if ((op == "In" and value not in expr["values"])
+                or (op == "NotIn" and value in expr["values"])
+                or (op == "Exists" and value is None)):
+            return False
+    return True
+
+
+def _peer_matches(peer: dict[str, Any], pod: Labels, namespace: Labels) -> bool:
+    """A ``from`` entry: a pod selector alone means this namespace."""
+    in_namespace = ("namespaceSelector" not in peer and namespace == NAMESPACE) or (
+        "namespaceSelector" in peer and _selects(peer["namespaceSelector"], namespace))
+    return in_namespace and _selects(peer.get("podSelector", {}), pod)
+
+
+def _ingress_allowed(target: Labels, source: Labels, port: int,
+                     source_namespace: Labels = NAMESPACE) -> bool:
+    """NetworkPolicy semantics: a pod selected by any ingress policy takes only what one of
+    those policies' rules lets in (rules add up; no ``from`` means from anywhere, no
+    ``ports`` every port)."""
+    policies = [d for d in _docs(K8S / "network-policies.yaml")
+                if _selects(d["spec"]["podSelector"], target)]
+    assert policies, f"no policy selects {target}: it would be open"
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            peers = rule.get("from")
+            ports = [p["port"] for p in rule.get("ports", [])]
+            if ((peers is None or any(_peer_matches(p, source, source_namespace)
+                                      for p in peers))
+                    and (not ports or port in ports)):
+                return True
+    return False
+
+
+def test_only_the_workers_reach_the_inference_nodes_and_only_workers_and_gateway_redis(
+) -> None:
+    serve = int(_cluster_settings_port("CLAWSTREAM_SERVE_HTTP_PORT"))
+    assert _ingress_allowed(RAY, WORKER, serve)
+    assert _ingress_allowed(RAY, RAY, 6379)  # Ray's nodes talk to each other
+    for other in (GATEWAY, REDIS, REGISTRY, SCHEMAS_JOB, STRANGER):
+        assert not _ingress_allowed(RAY, other, serve), other
+    assert _ingress_allowed(RAY, STRANGER, 8080, MONITORING)  # metrics, from monitoring
+    assert not _ingress_allowed(RAY, STRANGER, serve, MONITORING)
+    assert _ingress_allowed(REDIS, WORKER, 6379) and _ingress_allowed(REDIS, GATEWAY, 6379)
+    for other in (RAY, REGISTRY, SCHEMAS_JOB, STRANGER):
+        assert not _ingress_allowed(REDIS, other, 6379), other
+    assert not _ingress_allowed(REDIS, WORKER, 6379, MONITORING)  # same labels, elsewhere
+    for writer in (WORKER, GATEWAY, SCHEMAS_JOB):
+        assert _ingress_allowed(REGISTRY, writer, 8080)
+    assert not _ingress_allowed(REGISTRY, STRANGER, 8080)
+    assert _ingress_allowed(GATEWAY, STRANGER, 8080, {"kubernetes.io/metadata.name": "x"})
+    assert not _ingress_allowed(GATEWAY, STRANGER, 6066)
+    assert not _ingress_allowed(WORKER, STRANGER, 6066)
+    assert _ingress_allowed(WORKER, STRANGER, 6066, MONITORING)
+    assert not _ingress_allowed(STRANGER, WORKER, 1234)  # default deny
+
+
+def test_kafkas_listener_takes_only_clawstreams_pods_and_keda() -> None:
+    kafka = next(d for d in _docs(K8S / "kafka.yaml") if d["kind"] == "Kafka")
+    [listener] = kafka["spec"]["kafka"]["listeners"]
+    peers = listener["networkPolicyPeers"]
+    for pod in (WORKER, GATEWAY, REGISTRY, SCHEMAS_JOB):
+        assert any(_peer_matches(p, pod, NAMESPACE) for p in peers), pod
+    assert not any(_peer_matches(p, STRANGER, NAMESPACE) for p in peers)
+    assert any(_peer_matches(p, {}, {"kubernetes.io/metadata.name": "keda"}) for p in peers)
+    # Every pod that talks to Kafka carries a label the peers name.
+    for path, kind in (("workers.yaml", "Deployment"), ("gateway.yaml", "Deployment"),
+                       ("schema-registry.yaml", "Deployment"), ("schema-registry.yaml", "Job")):
+        doc = next(d for d in _docs(K8S / path) if d["kind"] == kind)
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert any(_peer_matches(p, labels, NAMESPACE) for p in peers), (path, kind)
+
+
+def _cluster_settings_port(name: str) -> str:
+    return str(next(d for d in _docs(K8S / "settings.yaml"))["data"][name])

@@ -458,6 +458,9 @@ class Settings(BaseSettings):
     gateway_wait_grace_s: float = Field(
         default=2.0, ge=0, description="How long past a request's deadline the gateway waits "
         "for the coordinator's own deadline answer before it gives up with 504.")
+    gateway_key_ttl_days: float = Field(
+        default=90.0, ge=0, description="A new API key expires after this many days (0: "
+        "never); `clawstream keys rotate` replaces one with a grace period.")
     gateway_key_cache_s: float = Field(
         default=5.0, ge=0, description="API-key lookups are cached this long per process: a "
         "revoked key stops working within this time.")

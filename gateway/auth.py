@@ -1,15 +1,18 @@
 """Who is calling: the API key names the tenant; headers may name the user.
 
 ``Authorization: Bearer <key>`` (what OpenAI clients send) or ``X-API-Key``. No key or an
-unknown (or revoked) key is 401; a valid key asking for another tenant
-(``X-Clawstream-Tenant``) is 403. Everything a handler reads afterwards is scoped to the
-key's tenant, and another tenant's request looks exactly like a missing one (404).
+unknown, revoked or expired key is 401 (an expired one says so, and when); a valid key
+asking for another tenant (``X-Clawstream-Tenant``) is 403. Everything a handler reads
+afterwards is scoped to the key's tenant, and another tenant's request looks exactly like a
+missing one (404).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated
 
 import redis.asyncio as aioredis
@@ -53,6 +56,13 @@ async def caller(
         raise overloaded("API keys cannot be checked right now (Redis)") from exc
     if info is None:
         raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
+    if info.expired(int(time.time() * 1000)):
+        assert info.expires_at_ms is not None
+        when = datetime.fromtimestamp(info.expires_at_ms / 1000, UTC).isoformat(
+            timespec="seconds")
+        raise ApiError(401, f"this API key expired at {when}: rotate it (`clawstream keys "
+                       f"rotate {info.key_id} --tenant {info.tenant_id}`) or create a new one",
+                       code="expired_api_key")
     if x_clawstream_tenant is not None and x_clawstream_tenant != info.tenant_id:
         raise ApiError(403, "this API key does not belong to the tenant named in "
                        "X-Clawstream-Tenant", type_="permission_error",

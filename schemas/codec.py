@@ -155,6 +155,11 @@ class _Binding:
 _registry = _Binding()
 
 
+def registry_in_use() -> SchemaIds | None:
+    """What :func:`use_registry` bound this process to (None: single-object)."""
+    return _registry.ids
+
+
 def use_registry(ids: SchemaIds | None) -> None:
     """Write the Confluent format from now on, with ``ids`` (None: single-object again).
     The current schemas' ids are asked for at once, so reading our own records never waits

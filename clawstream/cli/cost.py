@@ -22,12 +22,18 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def parse_duration_s(text: str) -> float | None:
+    """``90s``, ``30m``, ``2h``, ``7d`` in seconds; None for anything else."""
+    match = _DURATION.match(text)
+    return float(match.group(1)) * _UNIT_S[match.group(2)] if match else None
+
+
 def parse_since(text: str, now_ms: int) -> int:
     """``--since``: a duration back from now (``90s``, ``30m``, ``2h``, ``7d``) or an ISO
     timestamp (``2026-11-24T08:00``, local time unless it has an offset); epoch ms out."""
-    match = _DURATION.match(text)
-    if match:
-        return now_ms - int(float(match.group(1)) * _UNIT_S[match.group(2)] * 1000)
+    back_s = parse_duration_s(text)
+    if back_s is not None:
+        return now_ms - int(back_s * 1000)
     try:
         return int(datetime.fromisoformat(text.strip()).timestamp() * 1000)
     except ValueError:

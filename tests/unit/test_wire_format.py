@@ -4,7 +4,6 @@ body) when a registry is bound, single-object otherwise, and both always readabl
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import fastavro
@@ -35,12 +34,6 @@ class Ids:
         if schema_id not in self.extra:
             raise RegistryError(f"no schema {schema_id}")
         return self.extra[schema_id]
-
-
-@pytest.fixture(autouse=True)
-def unbound() -> Iterator[None]:
-    yield
-    use_registry(None)
 
 
 def test_a_bound_process_writes_byte_zero_and_the_big_endian_id() -> None:

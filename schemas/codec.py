@@ -160,13 +160,14 @@ def registry_in_use() -> SchemaIds | None:
     return _registry.ids
 
 
-def use_registry(ids: SchemaIds | None) -> None:
+def use_registry(ids: SchemaIds | None, learn_now: bool = True) -> None:
     """Write the Confluent format from now on, with ``ids`` (None: single-object again).
-    The current schemas' ids are asked for at once, so reading our own records never waits
-    on the registry."""
+    With ``learn_now`` the current schemas' ids are asked for at once, so reading our own
+    records never waits on the registry; without, each is asked for when first written (a
+    command that starts the registry itself binds before it is up)."""
     _registry.ids = ids
     _registry.writers = {}
-    if ids is None:
+    if ids is None or not learn_now:
         return
     for name, schema in _current().items():
         schema_id = ids.id_of(name, schema)
@@ -184,6 +185,7 @@ def _prefix(name: str) -> bytes:
     if ids is not None:
         schema_id = ids.id_of(name, _current()[name])
         if schema_id is not None:
+            _registry.writers.setdefault(schema_id, _Entry(name, _current()[name]))
             return bytes([CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big")
     return _header(name)
 

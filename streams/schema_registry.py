@@ -160,13 +160,14 @@ class RegistryIds:
         return self._client.schema(schema_id)
 
 
-def bind(url: str | None) -> None:
+def bind(url: str | None, learn_now: bool = True) -> None:
     """Write this process's records in the Confluent format with ``url``'s ids (None: no
-    registry, single-object)."""
-    use_registry(RegistryIds(RegistryClient(url)) if url else None)
+    registry, single-object); ``learn_now``: see :func:`use_registry`."""
+    use_registry(RegistryIds(RegistryClient(url)) if url else None, learn_now)
 
 
-def bind_settings(settings: Settings) -> None:
+def bind_settings(settings: Settings, learn_now: bool = True) -> None:
     """:func:`bind` to the settings' registry, when it is on: every process that writes
     records calls it at its start (workers, gateway, CLI)."""
-    bind(settings.schema_registry_url if settings.schema_registry_enabled else None)
+    bind(settings.schema_registry_url if settings.schema_registry_enabled else None,
+         learn_now)

@@ -51,8 +51,9 @@ def _settings() -> Settings:
 @app.callback()
 def _bind_registry() -> None:
     """What a command publishes (ask, flags, canary, dlq redrive) goes out in the schema
-    registry's wire format, as the workers' records do."""
-    bind_settings(_settings())
+    registry's wire format, as the workers' records do. Ids are asked for when first
+    needed: `up` and `demo` bind before they have started the registry."""
+    bind_settings(_settings(), learn_now=False)
 
 
 @app.command()

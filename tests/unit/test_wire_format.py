@@ -115,3 +115,19 @@ def test_binding_learns_the_current_ids_so_reading_our_records_never_asks() -> N
     data = encode(CONTROL_FLAG, FLAG)
     assert decode(data) == (CONTROL_FLAG, FLAG) and ids.fetched == []
     assert set(codec._registry.writers) == set(ids.ids.values())
+
+
+def test_a_lazy_binding_asks_for_an_id_when_first_writing_and_reads_it_back_unasked() -> None:
+    asked: list[str] = []
+
+    class Counting(Ids):
+        def id_of(self, name: str, schema: Schema) -> int | None:
+            asked.append(name)
+            return super().id_of(name, schema)
+
+    ids = Counting({CONTROL_FLAG: 41})
+    use_registry(ids, learn_now=False)  # a command that starts the registry itself
+    assert asked == []
+    data = encode(CONTROL_FLAG, FLAG)
+    assert asked == [CONTROL_FLAG] and data[:5] == b"\x00\x00\x00\x00\x29"
+    assert decode(data) == (CONTROL_FLAG, FLAG) and ids.fetched == []

@@ -12,6 +12,7 @@ import pytest
 
 from clawstream.config import PoolSpec, Settings
 from clawstream.deploy.local.env import isolated_env
+from clawstream.schemas.codec import registry_in_use, use_registry
 from tests.integration import upstream
 from tests.integration.otlp_collector import Collector, collector
 
@@ -52,6 +53,16 @@ TEST_ENV = {
     upstream.KEY_ENV: upstream.KEY,
 }
 os.environ.update(TEST_ENV)
+
+
+@pytest.fixture(autouse=True)
+def registry_binding() -> Iterator[None]:
+    """Each test ends with the codec bound as it began: a command a test runs in this
+    process (CliRunner) binds it to its own stack's registry, a side stack's say, which is
+    gone once that test is over."""
+    bound = registry_in_use()
+    yield
+    use_registry(bound)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -50,7 +50,8 @@ def test_step_completed_events_carry_the_steps_tokens_and_cost(worker: Settings)
     completed = [e["detail"] for e in events if e["event_type"] == "step_completed"]
     assert len(completed) == len(answer["timeline"]) >= 2
     for key in ("prompt_tokens", "completion_tokens"):
-        assert sum(int(d[key]) for d in completed) == answer["usage"][key]
+        assert sum(int(d[key]) for d in completed) == answer["usage"][key], (
+            completed, answer["timeline"], answer["usage"])
     assert sum(float(d["cost_usd"]) for d in completed) == pytest.approx(
         answer["usage"]["cost_usd"])
     model = [d for d in completed if int(d["completion_tokens"]) > 0]

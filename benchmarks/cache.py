@@ -22,6 +22,7 @@ from benchmarks.common import UNLIMITED, bench_stack, console, pct
 from benchmarks.workload import Interaction, generate
 from clawstream.cli.cost import summarise
 from clawstream.cli.cost_cli import layers_table
+from clawstream.streams.kafka_access import client_config
 
 
 @dataclass
@@ -43,7 +44,7 @@ def _answer_reader(bootstrap: str) -> Consumer:
     """A reader positioned at the answer topic's current end, before anything is sent."""
     from clawstream.streams.topics import ANSWERS
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-cache-{time.time()}",
+    consumer = Consumer({**client_config(bootstrap), "group.id": f"bench-cache-{time.time()}",
                          "enable.auto.commit": False})
     parts = consumer.list_topics(ANSWERS.name, timeout=10).topics[ANSWERS.name].partitions
     consumer.assign([TopicPartition(ANSWERS.name, p,
@@ -116,7 +117,7 @@ def run_once(enabled: bool, workload: list[Interaction], in_flight: int) -> Run:
     run = Run("caches on" if enabled else "caches off")
     env = {**UNLIMITED, "CLAWSTREAM_CACHE_ENABLED": "true" if enabled else "false"}
     with bench_stack(env=env) as settings:
-        redis.Redis(port=settings.redis_port).flushdb()  # the bench stack's own Redis
+        redis.Redis.from_url(settings.redis_url).flushdb()  # the bench stack's own Redis
         drive(settings.bootstrap_servers, workload, in_flight, run)
         if enabled:
             run.lookup_ms = asyncio.run(hit_latency(settings))

@@ -18,12 +18,14 @@ import threading
 
 from confluent_kafka import Consumer, Producer
 
+from clawstream.streams.kafka_access import client_config
+
 
 def relay(bootstrap: str, source: str, target: str, stop: threading.Event) -> None:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"floor-{source}",
+    consumer = Consumer({**client_config(bootstrap), "group.id": f"floor-{source}",
                          "auto.offset.reset": "earliest",
                          "enable.auto.commit": True})
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 1,
+    producer = Producer({**client_config(bootstrap), "acks": "all", "linger.ms": 1,
                          "enable.idempotence": True, "partitioner": "murmur2_random"})
     consumer.subscribe([source])
     while not stop.is_set():

@@ -62,6 +62,7 @@ from benchmarks.common import (
     pct,
     stack_processes,
 )
+from clawstream.streams.kafka_access import client_config
 
 Record = dict[str, Any]
 HOPS = {"chat": 4, "researcher": 6}
@@ -109,7 +110,7 @@ class AnswerReader:
         self.arrived: dict[str, tuple[float, bytes]] = {}
         self._ident = ident
         self._stop = threading.Event()
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "enable.auto.commit": False,
+        self._consumer = Consumer({**client_config(bootstrap), "enable.auto.commit": False,
                                    "group.id": f"bench-throughput-{uuid.uuid4().hex[:8]}"})
         parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING if fresh
@@ -320,7 +321,7 @@ def floor_pipeline(bootstrap: str, hops: int) -> Iterator[tuple[list[str], int]]
     tag = uuid.uuid4().hex[:6]
     topics = [f"bench.floor.{tag}.{i}" for i in range(hops)]
     partitions = get_settings().partitions
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap))
     for future in admin.create_topics([NewTopic(t, num_partitions=partitions,
                                                 replication_factor=1)
                                        for t in topics]).values():
@@ -338,7 +339,7 @@ def run_floor_rate(bootstrap: str, topics: list[str], rate: float, duration_s: f
                    relay_pid: int | None = None) -> RateResult:
     reader = AnswerReader(bootstrap, topics[-1], lambda v: v.split(b"|", 1)[0].decode(),
                           fresh=True)
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 1,
+    producer = Producer({**client_config(bootstrap), "acks": "all", "linger.ms": 1,
                          "enable.idempotence": True, "partitioner": "murmur2_random"})
     created: dict[str, float] = {}
     run = uuid.uuid4().hex[:6]
@@ -385,7 +386,7 @@ def calfkit_worker(bootstrap: str, delay_ms: float) -> Iterator[int]:
     from clawstream.config import get_settings
 
     topic = "bench-chat.requests"  # benchmarks/calfkit_agent.py: f"{AGENT}.requests"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap))
     if topic not in admin.list_topics(timeout=10).topics:
         admin.create_topics([NewTopic(topic, num_partitions=get_settings().partitions,
                                       replication_factor=1)])[topic].result()

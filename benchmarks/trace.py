@@ -35,6 +35,7 @@ from clawstream.config import Settings
 from clawstream.schemas import encode
 from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT, AGENT_REQUEST
 from clawstream.schemas.records import empty_usage
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.replay import Selection, select, write_jsonl, write_parquet
 from clawstream.streams.subscriber import consumer
 from clawstream.streams.topics import ANSWERS, EVENTS, REQUESTS_INTERACTIVE
@@ -90,7 +91,7 @@ def fill(settings: Settings, conversations: int, events_per: int, hours: float,
     """Produce the history; returns (a conversation in the middle, its request id, the
     number of records written)."""
     rng = random.Random(seed)
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers,
+    producer = Producer({**client_config(settings.bootstrap_servers),
                          # The partitioner the publisher and Faust use (streams/publisher.py).
                          "partitioner": "murmur2_random", "linger.ms": 50,
                          "batch.num.messages": 10_000, "compression.type": "lz4",

@@ -12,8 +12,9 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -23,6 +24,48 @@ def default_state_dir() -> Path:
     site-packages)."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "clawstream"
+
+
+def credentials_dir(state_dir: Path) -> Path:
+    return state_dir / "credentials"
+
+
+class Login(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    username: str
+    password: str = Field(repr=False)
+    mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    """Kafka only: the SASL mechanism of this login (a rotation moves to the other one)."""
+
+
+class Credentials(BaseModel):
+    """One component's secrets: never one file for all (deploy/local/credentials.py)."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    role: str
+    kafka: Login
+    redis: Login
+
+    @classmethod
+    def load(cls, path: Path) -> Credentials:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise CredentialsError(
+                f"no credentials at {path}: `clawstream up` writes each role's there (set "
+                "CLAWSTREAM_ROLE for another role, CLAWSTREAM_CREDENTIALS_FILE for a file "
+                "elsewhere, or CLAWSTREAM_AUTH=false on a stack started without auth)"
+            ) from None
+        except PermissionError:
+            raise CredentialsError(f"credentials at {path} are not readable by this user "
+                                   "(they are the owner's only, mode 0600)") from None
+        try:
+            return cls.model_validate_json(text)
+        except ValueError as exc:
+            raise CredentialsError(f"credentials at {path} are malformed: {exc}") from None
+
+
+class CredentialsError(RuntimeError):
+    """This process has no usable secret for its role: said once, with what to do."""
 
 
 class UpstreamSpec(BaseModel):
@@ -122,6 +165,27 @@ class Settings(BaseSettings):
     schema_registry_version: str = Field(
         default="2.6.13.Final", description="Apicurio Registry's version (3.x needs Java 21+).")
     schema_registry_heap: str = "256m"
+
+    # Who this process is (least privilege: streams/access.py grants each role its rights)
+    auth: bool = Field(
+        default=True, description="Kafka asks every client for a SASL/SCRAM principal and "
+        "authorises it with ACLs; Redis has one ACL user per role and no default user. "
+        "false: both anonymous and open (a stack started so stays so until purged).")
+    role: str = Field(
+        default="operator", description="The role whose credentials this process uses: "
+        "admin, worker, coordinator, tools, inference, gateway, operator or analyst. The CLI "
+        "is the operator; `up` starts each component with its own.")
+    credentials_file: Path | None = Field(
+        default=None, description="This component's secret file (JSON: kafka and redis "
+        "username and password; a mounted Secret in a cluster). Unset: the file `up` wrote "
+        "for the role, <state_dir>/credentials/<role>.json.")
+    kafka_username: str | None = Field(
+        default=None, description="With kafka_password, redis_username and redis_password "
+        "(a cluster's Secrets as env vars): this component's logins, over any file.")
+    kafka_password: SecretStr | None = None
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
 
     # Redis
     redis_port: int = 6379
@@ -600,8 +664,48 @@ class Settings(BaseSettings):
         return 2 if self.topic_replication_factor >= 3 else 1
 
     @property
+    def credentials_path(self) -> Path:
+        return self.credentials_file or credentials_dir(self.state_dir) / f"{self.role}.json"
+
+    def credentials(self) -> Credentials | None:
+        """This process's principal (None with auth off); read when a client is made, so a
+        rotated secret is taken by the next client without a restart of the settings."""
+        if not self.auth:
+            return None
+        if self.kafka_username is not None:
+            return self._credentials_from_env()
+        return Credentials.load(self.credentials_path)
+
+    def _credentials_from_env(self) -> Credentials:
+        given = {"kafka_password": self.kafka_password, "redis_username": self.redis_username,
+                 "redis_password": self.redis_password}
+        missing = [f"CLAWSTREAM_{k.upper()}" for k, v in given.items() if v is None]
+        if missing or self.kafka_username is None or self.kafka_password is None \
+                or self.redis_password is None or self.redis_username is None:
+            raise CredentialsError(f"CLAWSTREAM_KAFKA_USERNAME is set but {', '.join(missing)} "
+                                   "not: a component's logins come as the four together")
+        return Credentials(
+            role=self.role,
+            kafka=Login(username=self.kafka_username,
+                        password=self.kafka_password.get_secret_value(),
+                        mechanism=self.kafka_sasl_mechanism),
+            redis=Login(username=self.redis_username,
+                        password=self.redis_password.get_secret_value()))
+
+    def kafka_security(self) -> dict[str, str]:
+        """librdkafka's security settings for this process's principal."""
+        creds = self.credentials()
+        if creds is None:
+            return {}
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": creds.kafka.mechanism,
+                "sasl.username": creds.kafka.username, "sasl.password": creds.kafka.password}
+
+    @property
     def redis_url(self) -> str:
-        return f"redis://{self.redis_host}:{self.redis_port}/0"
+        creds = self.credentials()
+        login = "" if creds is None else (
+            f"{quote(creds.redis.username, safe='')}:{quote(creds.redis.password, safe='')}@")
+        return f"redis://{login}{self.redis_host}:{self.redis_port}/0"
 
     @property
     def schema_registry_url(self) -> str:

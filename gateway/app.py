@@ -19,6 +19,7 @@ from clawstream.config import Settings, get_settings
 from clawstream.gateway import errors, native, openai_edge
 from clawstream.gateway.limits import RequestLimits
 from clawstream.gateway.service import Gateway
+from clawstream.streams import kafka_access
 from clawstream.streams.schema_registry import bind_settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bind_settings(settings)  # the requests it publishes: the registry's wire format
+        kafka_access.bind(settings)  # the gateway's role, from its own secret file
         gateway = Gateway(settings)
         app.state.gateway = gateway
         await gateway.start()

@@ -9,7 +9,7 @@ processor module creates no clients, directories or timers. The composition root
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,10 +27,38 @@ from clawstream.streams.topics import (
 )
 
 
-def create_app(settings: Settings, worker_name: str) -> faust.App:
+def faust_credentials(settings: Settings) -> faust.SASLCredentials | None:
+    """The worker role's SCRAM login for aiokafka (None: an anonymous broker)."""
+    creds = settings.credentials()
+    if creds is None:
+        return None
+    return faust.SASLCredentials(username=creds.kafka.username, password=creds.kafka.password,
+                                 mechanism=creds.kafka.mechanism)
+
+
+WorkerPart = Literal["coordinator", "tools", "inference"]
+WORKER_PARTS: Final[tuple[WorkerPart, ...]] = ("coordinator", "tools", "inference")
+
+
+def worker_parts(role: str) -> tuple[WorkerPart, ...]:
+    """What a worker runs: only its part when started as one part's role (least privilege:
+    a tool executor's login cannot answer or read requests), all three otherwise."""
+    return tuple(p for p in WORKER_PARTS if p == role) or WORKER_PARTS
+
+
+def worker_app_id(app_id: str, parts: tuple[WorkerPart, ...]) -> str:
+    """The Faust app id, hence consumer group: a coordinator's is the stack's (its tables'
+    changelogs are named after it); executors run apart form a group of their own, since
+    Faust assigns partitions as if every member of a group ran the same agents."""
+    return app_id if "coordinator" in parts else f"{app_id}-{parts[0]}"
+
+
+def create_app(settings: Settings, worker_name: str,
+               parts: tuple[WorkerPart, ...] = WORKER_PARTS) -> faust.App:
     return faust.App(
-        settings.app_id,
+        worker_app_id(settings.app_id, parts),
         broker=[f"kafka://{hp}" for hp in settings.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.state_dir / "faust" / worker_name),
         topic_partitions=settings.partitions,

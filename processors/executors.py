@@ -150,8 +150,10 @@ class StepExecutors:
             self._run_tool_item, self._finish, settings.tool_concurrency,
             reserved=settings.dispatch_interactive_reserved)
 
-    def install(self, app: faust.App, topics: WorkerTopics) -> None:
-        """Register the fetching agents and the dispatch loops on ``app``."""
+    def install(self, app: faust.App, topics: WorkerTopics, *, tools: bool = True,
+                inference: bool = True) -> None:
+        """Register the fetching agents of the model steps (``inference``) and of the tool
+        steps (``tools``), and the dispatch loops, on ``app``."""
 
         async def dispatch_inference(stream: faust.StreamT) -> None:
             await self._intake(stream, self.model_dispatcher, self._model_item)
@@ -162,12 +164,15 @@ class StepExecutors:
         async def execute_tools(stream: faust.StreamT) -> None:
             await self._intake(stream, self.tool_dispatcher, Pending)
 
-        app.agent(topics.inference_interactive,
-                  name="clawstream.dispatch_inference")(dispatch_inference)
-        app.agent(topics.inference_batch,
-                  name="clawstream.dispatch_inference_batch")(dispatch_inference_batch)
-        app.agent(topics.tools, name="clawstream.execute_tools")(execute_tools)
-        app.task(self.run_dispatchers)
+        if inference:
+            app.agent(topics.inference_interactive,
+                      name="clawstream.dispatch_inference")(dispatch_inference)
+            app.agent(topics.inference_batch,
+                      name="clawstream.dispatch_inference_batch")(dispatch_inference_batch)
+        if tools:
+            app.agent(topics.tools, name="clawstream.execute_tools")(execute_tools)
+        if tools or inference:
+            app.task(self.run_dispatchers)
 
     async def run_dispatchers(self) -> None:
         await asyncio.gather(self.model_dispatcher.run_forever(),

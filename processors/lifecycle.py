@@ -50,7 +50,7 @@ class ClawstreamWorker(faust_fence.DrainingWorker):
         app = self.app
         faust_fence.check_app(app)
         self._watchdog = StallWatchdog(
-            bootstrap=self.settings.bootstrap_servers, group=self.settings.app_id,
+            bootstrap=self.settings.bootstrap_servers, group=app.conf.id,
             topics=(REQUESTS_INTERACTIVE.name, RESULTS.name),
             timeout_s=self.settings.worker_stall_timeout_s,
             assignment=lambda: {(tp.topic, tp.partition) for tp in app.consumer.assignment()},

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clawstream.streams.kafka_access import client_config
+
 log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
@@ -103,7 +105,7 @@ class StallWatchdog(threading.Thread):
     def run(self) -> None:
         from confluent_kafka import Consumer, KafkaException
 
-        client = Consumer({"bootstrap.servers": self._servers, "group.id": self._group,
+        client = Consumer({**client_config(self._servers), "group.id": self._group,
                            "enable.auto.commit": False})
         while not self._stopped.wait(self._interval_s):
             try:

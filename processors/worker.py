@@ -19,7 +19,14 @@ from clawstream.config import Settings, upstream_models
 from clawstream.inference.client import InferenceClient
 from clawstream.processors import faust_fence
 from clawstream.processors.answered import PriorAnswers
-from clawstream.processors.app import add_pages, create_app, create_tables, create_topics
+from clawstream.processors.app import (
+    WorkerPart,
+    add_pages,
+    create_app,
+    create_tables,
+    create_topics,
+    worker_parts,
+)
 from clawstream.processors.caching import Caches
 from clawstream.processors.canary.watcher import CanaryWatcher
 from clawstream.processors.conversation import Rules
@@ -45,7 +52,10 @@ class Worker:
     flag_reader: FlagReader
     serve_replicas: ServeReplicas
     """Serve's replica count per deployment, for the limiter (starts with its ``start``)."""
-    coordinator: Coordinator
+    parts: tuple[WorkerPart, ...]
+    """What it runs (processors/app.py worker_parts): all three unless started as one."""
+    coordinator: Coordinator | None
+    """None in a worker that runs only executors."""
     executors: StepExecutors
     canary_watcher: CanaryWatcher
     """Rolls a failing canary back (starts with :meth:`CanaryWatcher.start`)."""
@@ -76,9 +86,9 @@ def build_worker(settings: Settings, name: str, registry: Registry | None = None
     app with a Faust worker."""
     faust_fence.install()
     registry = registry or load_registry(settings)
-    app = create_app(settings, name)
+    parts = worker_parts(settings.role)
+    app = create_app(settings, name, parts)
     topics = create_topics(app)
-    tables = create_tables(app, settings)
     add_pages(app, name, lambda: faust_fence.recovered(app))
     REGISTRY.register(ConsumerLag(settings.app_id, lambda: faust_fence.consumer_positions(app)))
     spans = otlp_exporter(settings.otlp_endpoint, name) if settings.otlp_endpoint else None
@@ -88,18 +98,21 @@ def build_worker(settings: Settings, name: str, registry: Registry | None = None
     serve_replicas = ServeReplicas(settings)
     inference = inference_client(settings)
     caches = Caches(settings, inference)
-    rules = Rules(Policy.from_settings(settings), registry)
-    coordinator = Coordinator(worker_name=name, settings=settings, rules=rules, tables=tables,
-                              emitter=emitter, redis=redis, flags=flag_reader.view,
-                              prior_answers=PriorAnswers(settings))
+    coordinator = None
+    if "coordinator" in parts:
+        coordinator = Coordinator(worker_name=name, settings=settings,
+                                  rules=Rules(Policy.from_settings(settings), registry),
+                                  tables=create_tables(app, settings), emitter=emitter,
+                                  redis=redis, flags=flag_reader.view,
+                                  prior_answers=PriorAnswers(settings))
+        coordinator.install(app, topics)
     executors = StepExecutors(
         worker_name=name, settings=settings, emitter=emitter, inference=inference,
         caches=caches, ledger=EffectLedger(redis),
         tools=registry.build_tools(ToolResources(settings, redis, caches.embeddings)),
         admission=PoolAdmission(redis, settings, flag_reader.view, serve_replicas.running),
         flags=flag_reader.view)
-    coordinator.install(app, topics)
-    executors.install(app, topics)
+    executors.install(app, topics, tools="tools" in parts, inference="inference" in parts)
     watcher = CanaryWatcher(settings, registry, flag_reader.view, name)
-    return Worker(name, settings, app, registry, flag_reader, serve_replicas, coordinator,
-                  executors, watcher, spans)
+    return Worker(name, settings, app, registry, flag_reader, serve_replicas, parts,
+                  coordinator, executors, watcher, spans)

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
@@ -18,6 +19,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.topics import CATALOGUE, TopicSpec, changelog_topics, with_retention
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def ensure_topics(bootstrap: str, partitions: int, app_id: str,
     changes = TopicChanges()
 
     def once() -> TopicChanges:
-        _ensure_once(AdminClient({"bootstrap.servers": bootstrap}), specs, partitions,
+        _ensure_once(AdminClient(client_config(bootstrap)), specs, partitions,
                      timeout_s, replication_factor, min_insync_replicas, changes)
         return changes
 
@@ -136,14 +138,56 @@ def _align_retention(admin: AdminClient, specs: list[TopicSpec], timeout_s: floa
     return stale
 
 
+class LoginRefused(RuntimeError):
+    """The brokers answer but will not let this process in: waiting does not help."""
+
+
 def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    """True if a broker at ``bootstrap`` answers a metadata request within ``timeout_s``."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    """True if a broker at ``bootstrap`` answers a metadata request within ``timeout_s``;
+    LoginRefused if it refuses this process's login (or its lack of one)."""
+    errors: list[KafkaError] = []
+    said = _Said()
+    config = client_config(bootstrap)
+    admin = AdminClient({**config, "error_cb": errors.append,  # type: ignore[dict-item]
+                         "logger": said})  # type: ignore[dict-item]
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException:
+        admin.poll(0)  # the error callbacks of what went wrong
+        refusal = login_refusal(errors, said.lines, config)
+        if refusal is not None:
+            raise LoginRefused(f"Kafka at {bootstrap}: {refusal}") from None
         return False
     return True
+
+
+class _Said(logging.Logger):
+    """librdkafka's log lines of one probe (they say more than its error callbacks)."""
+
+    def __init__(self) -> None:
+        super().__init__("clawstream.kafka-probe")
+        self.lines: list[str] = []
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        self.lines.append(str(msg) % args if args else str(msg))
+
+
+def login_refusal(errors: list[KafkaError], said: list[str],
+                  config: dict[str, Any]) -> str | None:
+    """What a person must hear when the brokers refused a client: the wrong password, or
+    a client without a login on brokers that ask for one. None: the brokers are away.
+
+    A broker that wants a login answers an anonymous client's version request, then
+    closes the connection at its first real request: "closed ... in state UP"."""
+    user = config.get("sasl.username")
+    for error in errors:
+        if error.code() == KafkaError._AUTHENTICATION:
+            return (f"the login of user {user!r} was refused ({error.str()}): check this "
+                    "role's secret file or CLAWSTREAM_KAFKA_USERNAME/PASSWORD")
+    if user is None and any("closed" in line and "in state UP" in line for line in said):
+        return ("the brokers closed the connection of this client, which has no login: "
+                "they ask for one (CLAWSTREAM_AUTH=true and the role's secret file)")
+    return None
 
 
 def wait_for_broker(bootstrap: str, *, base_s: float = 0.5, cap_s: float = 5.0,

@@ -29,6 +29,7 @@ from clawstream.config import get_settings
 from clawstream.schemas import encode
 from clawstream.schemas.names import AGENT_REQUEST
 from clawstream.schemas.records import AgentRequest
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.topics import parse_lane, request_topic
 from clawstream.streams.tracecontext import Headers, headers_for
 
@@ -64,7 +65,7 @@ def producer_config(bootstrap: str, linger_ms: int = 2,
     (and aiokafka's) partitioner: requests must land on the same partition as the results
     Faust produces for that conversation, or co-partitioning breaks."""
     return {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": linger_ms,

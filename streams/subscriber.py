@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from clawstream.schemas import DecodeError, decode, decode_as
 from clawstream.schemas.names import AGENT_ANSWER
 from clawstream.schemas.records import AgentAnswer, AgentRequest, WireRecord
+from clawstream.streams.kafka_access import client_config
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def consumer(bootstrap: str, group: str | None = None, **overrides: Any) -> Cons
     """A consumer; without ``group`` a throw-away group id that is never committed (readers
     that assign partitions themselves)."""
     return Consumer({
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "group.id": group or f"clawstream-reader-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": group is not None,
         "auto.offset.reset": "earliest",

@@ -13,6 +13,7 @@ from rich.table import Table
 from clawstream.cli.archive_cli import archive_command
 from clawstream.cli.canary_cli import app as canary_app
 from clawstream.cli.cost_cli import cost as cost_command
+from clawstream.cli.credentials_cli import app as credentials_app
 from clawstream.cli.dlq import dlq_app
 from clawstream.cli.eval_cli import eval_command
 from clawstream.cli.flags_cli import app as flags_app
@@ -26,12 +27,14 @@ from clawstream.cli.trace_cli import trace as trace_command
 from clawstream.config import Settings
 from clawstream.schemas.names import AGENT_ANSWER, AGENT_EVENT
 from clawstream.schemas.records import AgentAnswer, AgentEvent
+from clawstream.streams import kafka_access
 from clawstream.streams.schema_registry import bind_settings
 
 app = typer.Typer(help="clawstream: AI-agent conversations on Kafka.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(flags_app, name="flags")
 app.add_typer(keys_app, name="keys")
+app.add_typer(credentials_app, name="credentials")
 app.add_typer(canary_app, name="canary")
 app.add_typer(schemas_app, name="schemas")
 console = Console()
@@ -50,10 +53,13 @@ def _settings() -> Settings:
 
 @app.callback()
 def _bind_registry() -> None:
-    """What a command publishes (ask, flags, canary, dlq redrive) goes out in the schema
-    registry's wire format, as the workers' records do. Ids are asked for when first
-    needed: `up` and `demo` bind before they have started the registry."""
-    bind_settings(_settings(), learn_now=False)
+    """Kafka clients log in as this process's role. What a command publishes (ask, flags,
+    canary, dlq redrive) goes out in the schema registry's wire format, as the workers'
+    records do. Ids are asked for when first needed: `up` and `demo` bind before they have
+    started the registry."""
+    settings = _settings()
+    bind_settings(settings, learn_now=False)
+    kafka_access.bind(settings)  # as the operator, unless CLAWSTREAM_ROLE says otherwise
 
 
 @app.command()

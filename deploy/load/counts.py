@@ -12,7 +12,7 @@ from typing import Any
 from clawstream.config import Settings
 
 Record = dict[str, Any]
-EFFECTS_KEY = "fault:effects:{counter}"
+EFFECTS_KEY = "tool:fault:effects:{counter}"
 """Redis counter of the effect the ``fault-effect`` fixture tool applies once per key."""
 LOST, DOUBLED, DUPLICATE_EFFECTS, MISSING_EFFECTS = (
     "requests lost (must be 0)", "answers doubled (must be 0)",
@@ -51,7 +51,7 @@ def count_effects(settings: Settings, conversations: Iterable[str]) -> list[int]
     the tool counts under the request's conversation id."""
     import redis
 
-    r = redis.Redis(port=settings.redis_port, decode_responses=True)
+    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     return [int(r.get(EFFECTS_KEY.format(counter=c)) or 0) for c in conversations]
 
 

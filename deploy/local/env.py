@@ -34,10 +34,18 @@ def _jsonable(value: object) -> object:
     return str(value)
 
 
+# Whose secrets a process uses is the spawner's choice per child, never inherited.
+IDENTITY = ("role", "credentials_file", "kafka_username", "kafka_password", "redis_username",
+            "redis_password")
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
-    """``CLAWSTREAM_<FIELD>`` for every set field of ``settings`` (None fields are left out)."""
+    """``CLAWSTREAM_<FIELD>`` for every set field of ``settings`` (None fields are left out),
+    but the identity fields."""
     env: dict[str, str] = {}
     for field in type(settings).model_fields:
+        if field in IDENTITY:
+            continue
         value = getattr(settings, field)
         if value is not None:
             env[PREFIX + field.upper()] = _encode(value)
@@ -53,13 +61,21 @@ def isolated_env(state_dir: Path, ports: Mapping[str, int]) -> dict[str, str]:
     offset = int(os.environ.get("CLAWSTREAM_PORT_OFFSET", "0"))
     env = {f"{PREFIX}{name.upper()}": str(port + offset) for name, port in ports.items()}
     env[f"{PREFIX}STATE_DIR"] = str(state_dir)
+    # Its owner (a test session, a benchmark) creates it, reads every topic and key and
+    # breaks things: the admin. Each component it starts still runs as its own role.
+    env[f"{PREFIX}ROLE"] = "admin"
     return env
 
 
-def child_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The inherited environment, overlaid with ``settings`` and then ``extra``."""
-    env = dict(os.environ)
+def child_env(settings: Settings, extra: Mapping[str, str] | None = None, *,
+              role: str) -> dict[str, str]:
+    """The inherited environment, overlaid with ``settings`` and then ``extra``; the child
+    acts as ``role`` with that role's own secret file (least privilege: never the
+    spawner's)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {PREFIX + f.upper() for f in IDENTITY}}
     env.update(settings_env(settings))
+    env[f"{PREFIX}ROLE"] = role
     if extra:
         env.update(extra)
     return env

@@ -49,7 +49,7 @@ def start(settings: Settings, *, wait: bool = True, timeout: float = READY_TIMEO
     if info is None:
         procs.reclaim(NAME)
         ensure_ports_free({"gateway_port": settings.gateway_port}, component=NAME)
-        info = procs.start(NAME, command(), env=child_env(settings), cwd=Path.cwd())
+        info = procs.start(NAME, command(), env=child_env(settings, role="gateway"), cwd=Path.cwd())
     if wait:
         reason = wait_for(lambda: is_ready(settings), timeout=timeout, interval=0.2,
                           abort=lambda: None if procs.is_running(NAME) else f"{NAME} exited")

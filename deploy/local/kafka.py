@@ -20,12 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from clawstream.config import Settings
+from clawstream.deploy.local import credentials
 from clawstream.deploy.local.errors import NotReadyError, StackError
 from clawstream.deploy.local.maven import cache_root, copy_command, fetch_libs
 from clawstream.deploy.local.ports import ensure_ports_free
 from clawstream.deploy.local.process import Processes, ProcessInfo
 from clawstream.deploy.local.tools import require_java
 from clawstream.deploy.local.wait import wait_for
+from clawstream.streams.kafka_access import client_config
 
 NAME = "kafka"
 POM = Path(__file__).resolve().parent.parent / "kafka" / "pom.xml"
@@ -109,15 +111,16 @@ def server_properties(settings: Settings, node: int = 1) -> dict[str, str]:
                       for n in settings.kafka_nodes)
     replicas = str(settings.topic_replication_factor)
     min_isr = str(settings.min_insync_replicas)
+    protocol = "SASL_PLAINTEXT" if settings.auth else "PLAINTEXT"
     props = {
         "process.roles": "broker,controller",
         "node.id": str(node),
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctrl}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "listeners": f"CLIENT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctrl}",
+        "advertised.listeners": f"CLIENT://127.0.0.1:{port}",
+        "inter.broker.listener.name": "CLIENT",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": f"CLIENT:{protocol},CONTROLLER:{protocol}",
         "log.dirs": str(data_dir(settings, node)),
         "num.partitions": str(settings.partitions),
         "default.replication.factor": replicas,
@@ -149,6 +152,8 @@ def server_properties(settings: Settings, node: int = 1) -> dict[str, str]:
         # A follower that was down (SIGKILL) is out of the ISR; it rejoins once it has
         # caught up. Loopback followers fall behind only when dead: 10 s, not 30 s.
         props["replica.lag.time.max.ms"] = "10000"
+    if settings.auth:
+        props.update(credentials.broker_auth_properties(settings, "CLIENT", "CONTROLLER"))
     if _major(settings.kafka_version) >= 4:
         props["share.coordinator.state.topic.replication.factor"] = replicas
         props["share.coordinator.state.topic.min.isr"] = min_isr
@@ -162,9 +167,9 @@ def render_properties(props: dict[str, str]) -> str:
 
 
 def write_properties(settings: Settings, node: int = 1) -> Path:
+    """Readable by the owner only: it holds the admin's login."""
     path = properties_file(settings, node)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_properties(server_properties(settings, node)))
+    credentials.write_private(path, render_properties(server_properties(settings, node)))
     return path
 
 
@@ -228,6 +233,7 @@ def format_storage(settings: Settings, java: str, libs: Path, node: int = 1) -> 
             _cluster_id(settings, java, libs),
             "-c",
             str(properties_file(settings, node)),
+            *(credentials.format_scram_args(settings) if settings.auth else []),
         )
     )
     return True
@@ -236,8 +242,9 @@ def format_storage(settings: Settings, java: str, libs: Path, node: int = 1) -> 
 def _run_tool(cmd: list[str]) -> str:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
+        shown = ["--add-scram ..." if a.startswith("SCRAM-") else a for a in cmd[-6:]]
         raise StackError(
-            f"{' '.join(cmd[-6:])} failed (exit {result.returncode}):\n"
+            f"{' '.join(shown)} failed (exit {result.returncode}):\n"
             + "\n".join((result.stdout + result.stderr).splitlines()[-30:])
         )
     return result.stdout
@@ -248,7 +255,7 @@ def live_brokers(bootstrap: str, timeout: float = 2.0) -> set[int] | None:
     or None if no broker of ``bootstrap`` answers within ``timeout``."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = AdminClient(client_config(bootstrap, log_level=0))
     try:
         return set(admin.list_topics(timeout=timeout).brokers)
     except Exception:

@@ -145,7 +145,7 @@ def start(
         temp_dir(settings).mkdir(parents=True, exist_ok=True)
         _address_file(settings).unlink(missing_ok=True)
         argv = command(settings, ray, client_port=free_port(), agent_port=free_port())
-        env = child_env(settings, RAY_ENV)
+        env = child_env(settings, RAY_ENV, role="inference")
         info = procs.start(NAME, argv, env=env, cwd=Path.cwd())
 
     def died() -> str | None:
@@ -176,7 +176,7 @@ def deploy_serve(settings: Settings) -> None:
     try:
         done = subprocess.run(
             [sys.executable, "-m", DEPLOY_MODULE], input=settings.model_dump_json(),
-            env=child_env(settings, RAY_ENV), capture_output=True, text=True,
+            env=child_env(settings, RAY_ENV, role="inference"), capture_output=True, text=True,
             timeout=DEPLOY_PROCESS_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
         raise StackError(f"the Serve deploy did not end in {DEPLOY_PROCESS_TIMEOUT_S:.0f} s"

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clawstream.config import Settings
+from clawstream.deploy.local import credentials
 from clawstream.deploy.local.errors import NotReadyError
 from clawstream.deploy.local.ports import ensure_ports_free
 from clawstream.deploy.local.process import Processes, ProcessInfo
@@ -57,6 +58,7 @@ def command(settings: Settings, binary: str = "redis-server") -> list[str]:
         settings.redis_maxmemory,
         "--maxmemory-policy",
         "volatile-lru",
+        *(["--aclfile", str(credentials.acl_file(settings))] if settings.auth else []),
     ]
 
 
@@ -65,12 +67,11 @@ def data_dir(settings: Settings) -> Path:
 
 
 def is_ready(settings: Settings, timeout: float = 0.5) -> bool:
-    """True if Redis answers PING."""
+    """True if Redis answers PING (as the admin: the default user is off)."""
     import redis
 
-    client = redis.Redis(
-        host="127.0.0.1",
-        port=settings.redis_port,
+    client = redis.Redis.from_url(
+        credentials.as_role(settings, credentials.ADMIN).redis_url,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
     )
@@ -96,6 +97,8 @@ def start(
         binary = require("redis-server")
         ensure_ports_free({"redis_port": settings.redis_port}, component=NAME)
         data_dir(settings).mkdir(parents=True, exist_ok=True)
+        if settings.auth:
+            credentials.write_acl_file(settings)
         info = procs.start(NAME, command(settings, binary))
 
     def died() -> str | None:
@@ -107,6 +110,8 @@ def start(
             f"redis on 127.0.0.1:{settings.redis_port}: {reason}. "
             f"Log {procs.log_file(NAME)} ends with:\n{procs.tail(NAME)}"
         )
+    if settings.auth:
+        credentials.apply_redis(settings)
     return info
 
 

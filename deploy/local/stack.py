@@ -32,6 +32,7 @@ from rich.console import Console
 from clawstream.config import Settings
 from clawstream.deploy.local import (
     code_version,
+    credentials,
     gateway,
     kafka,
     prometheus,
@@ -43,6 +44,7 @@ from clawstream.deploy.local import (
 from clawstream.deploy.local.errors import StackError
 from clawstream.deploy.local.ports import port_holder, port_is_free
 from clawstream.deploy.local.process import Processes, ProcessInfo
+from clawstream.streams import kafka_access
 from clawstream.streams.admin import ensure_topics
 from clawstream.streams.schema_registry import RegistryClient, register_all
 
@@ -106,6 +108,8 @@ def up(
     failure, and ``down`` cleans up whatever did start.
     """
     say = progress or _quiet
+    if settings.auth:
+        _prepare_credentials(settings, say)
     errors: dict[str, BaseException] = {}
     version = code_version.current()
     redeploy = _restart_other_code(settings, version, say) or redeploy
@@ -196,6 +200,23 @@ def up(
     return status(settings)
 
 
+def _prepare_credentials(settings: Settings, say: Progress) -> None:
+    """Every role's secret file (written once), and this process acting as the admin: it
+    creates topics, users and ACLs. A broker formatted before auth has no admin login to
+    create them with, so that stack must be purged (or kept with auth off)."""
+    first = not credentials.path_of(settings, credentials.ADMIN).is_file()
+    if first and (kafka.data_dir(settings) / "meta.properties").is_file():
+        raise StackError(
+            f"the stack in {settings.state_dir} was started without auth, and its broker "
+            "cannot be given an admin login afterwards: `clawstream down --purge` starts it "
+            "afresh with auth, CLAWSTREAM_AUTH=false keeps it open")
+    credentials.ensure(settings)
+    if first:
+        say("credentials", "a secret file per role in "
+            f"{credentials.path_of(settings, credentials.ADMIN).parent}")
+    kafka_access.bind(credentials.as_role(settings, credentials.ADMIN))
+
+
 def _restart_other_code(settings: Settings, version: str, say: Progress) -> bool:
     """Stop the workers and the gateway of a stack started by other code (they are started
     again by this ``up``); True when the Serve app must be deployed again too."""
@@ -236,6 +257,8 @@ def _topics_step(settings: Settings, say: Progress, kafka_started: Future[Proces
                             min_insync_replicas=settings.min_insync_replicas)
     if changes.created:
         say("topics", f"created {', '.join(changes.created)}")
+    if settings.auth:
+        credentials.apply_kafka(settings)
     for name, (old, new) in changes.retention.items():
         say("topics", f"retention of {name}: {old} -> {new} ms")
 

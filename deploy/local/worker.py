@@ -53,7 +53,8 @@ def command(name: str) -> list[str]:
 
 def worker_env(settings: Settings, index: int) -> dict[str, str]:
     """Inherited environment + the stack's settings + this worker's own web port."""
-    return child_env(settings, {"CLAWSTREAM_WORKER_WEB_PORT": str(web_port(settings, index))})
+    return child_env(settings, {"CLAWSTREAM_WORKER_WEB_PORT": str(web_port(settings, index))},
+                     role="worker")
 
 
 def is_ready(settings: Settings, index: int, timeout: float = 1.0) -> bool:
@@ -104,7 +105,7 @@ def start(
     sup = supervisor_name(index)
     info = procs.info(sup)
     if info is None:
-        info = procs.start(sup, supervisor_command(index), env=child_env(settings),
+        info = procs.start(sup, supervisor_command(index), env=child_env(settings, role="worker"),
                            cwd=Path.cwd())
     if wait:
         wait_ready(settings, index, timeout=timeout)

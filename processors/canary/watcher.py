@@ -35,6 +35,7 @@ from clawstream.processors.canary.stats import Thresholds, VersionStats, rollbac
 from clawstream.processors.flow.flags import FlagView
 from clawstream.processors.keys import canary_rollback_key
 from clawstream.schemas.records import AgentAnswer
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.subscriber import poll_answer
 from clawstream.streams.topics import ANSWERS
 
@@ -106,7 +107,7 @@ class CanaryWatcher:
                 self._stop.wait(2.0)
 
     def _follow(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self._settings.bootstrap_servers,
+        consumer = Consumer({**client_config(self._settings.bootstrap_servers),
                              "group.id": f"clawstream-canary-{self._worker}",
                              "enable.auto.commit": False, "auto.offset.reset": "latest"})
         watched: dict[str, Watched] = {}

@@ -32,6 +32,7 @@ from clawstream.processors.canary.rule import ROUTE_PREFIX, parse_route
 from clawstream.schemas import DecodeError, decode_as
 from clawstream.schemas.names import CONTROL_FLAG
 from clawstream.schemas.records import ControlFlag
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.publisher import Publisher
 from clawstream.streams.topics import CONTROL_FLAGS
 
@@ -159,7 +160,7 @@ class FlagReader:
 
 
 def _consumer(bootstrap: str) -> Consumer:
-    return Consumer({"bootstrap.servers": bootstrap, "enable.auto.commit": False,
+    return Consumer({**client_config(bootstrap), "enable.auto.commit": False,
                      "group.id": f"clawstream-flags-{uuid.uuid4().hex[:8]}",
                      "auto.offset.reset": "earliest"})
 

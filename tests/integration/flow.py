@@ -80,7 +80,7 @@ def has_event(kind: str, count: int = 1, **detail: str) -> Callable[[list[Record
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis(port=settings.redis_port, decode_responses=True)
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True)
 
 
 def await_push(client: redis.Redis, key: str, timeout_s: float = 60) -> str:

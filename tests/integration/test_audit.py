@@ -10,6 +10,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from clawstream.config import Settings
 from clawstream.deploy.local import up
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.topics import ANSWERS, DAY_MS, EVENTS, RESULTS, TOOL_REQUESTS
 from tests.integration.flow import ask, events_of, has_event
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def _retention(settings: Settings, *topics: str) -> dict[str, int]:
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(client_config(settings.bootstrap_servers))
     described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in topics])
     return {res.name: int(f.result()["retention.ms"].value) for res, f in described.items()}
 

@@ -32,6 +32,7 @@ from clawstream.schemas.names import (
     STEP_COMMAND,
     STEP_RESULT,
 )
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.publisher import Publisher, new_request
 from clawstream.streams.schema_registry import bind_settings
 from clawstream.streams.topics import ANSWERS, EVENTS, RESULTS, TOOL_REQUESTS, request_topic
@@ -68,7 +69,7 @@ def _raw_records(settings: Settings, topic: str, key: str, until_count: int,
                  timeout_s: float = 60) -> list[bytes]:
     """The raw values of ``topic`` under ``key``, read from the start until there are
     ``until_count`` of them (or every one there is, once the time is up)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+    consumer = Consumer({**client_config(settings.bootstrap_servers),
                          "group.id": f"spec-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False})
     try:

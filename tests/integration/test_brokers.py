@@ -19,6 +19,7 @@ from clawstream.config import Settings
 from clawstream.deploy.local import kafka, status
 from clawstream.deploy.local.process import Processes
 from clawstream.deploy.local.wait import wait_for
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.topics import CATALOGUE, REQUESTS_INTERACTIVE
 from tests.integration.flow import side_stack
 
@@ -34,14 +35,14 @@ def cluster() -> Iterator[Settings]:
 
 def _isr_sizes(settings: Settings) -> dict[tuple[str, int], int]:
     """(topic, partition) -> ISR size, over the catalogue's topics."""
-    topics = AdminClient({"bootstrap.servers": settings.bootstrap_servers}).list_topics(
+    topics = AdminClient(client_config(settings.bootstrap_servers)).list_topics(
         timeout=10).topics
     return {(spec.name, p): len(meta.isrs)
             for spec in CATALOGUE for p, meta in topics[spec.name].partitions.items()}
 
 
 def test_topics_are_replicated_three_times_with_two_in_sync(cluster: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
+    admin = AdminClient(client_config(cluster.bootstrap_servers))
     meta = admin.list_topics(timeout=10)
     assert set(meta.brokers) == {1, 2, 3}
     assert set(_isr_sizes(cluster).values()) == {3}

@@ -379,7 +379,7 @@ def tight_gateway(gateway: Settings) -> Iterator[str]:
     """A second gateway process on another port that waits on at most one request."""
     settings = gateway.model_copy(update={"gateway_port": free_port(),
                                           "gateway_max_inflight": 1})
-    proc = subprocess.Popen(gateway_proc.command(), env=child_env(settings),
+    proc = subprocess.Popen(gateway_proc.command(), env=child_env(settings, role="gateway"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: gateway_proc.is_ready(settings), timeout=60,

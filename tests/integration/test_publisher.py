@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from clawstream.config import Settings
 from clawstream.schemas import decode, encode
 from clawstream.schemas.names import CONTROL_FLAG
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.publisher import Publisher, PublishError
 from clawstream.streams.subscriber import read_topic
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def _topic(settings: Settings) -> str:
     name = f"test.publisher.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(client_config(settings.bootstrap_servers))
     admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1)])[name].result()
     return name
 

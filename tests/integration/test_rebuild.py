@@ -15,6 +15,7 @@ from clawstream.cli.app import app
 from clawstream.cli.rebuild_cli import live_view
 from clawstream.config import Settings
 from clawstream.deploy.local.wait import wait_for
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.subscriber import key_partition
 from clawstream.streams.topics import CONVERSATIONS_TABLE, changelog_topic
 from tests.integration.flow import answer_to, ask, script, script_marker, send
@@ -78,7 +79,7 @@ def test_a_table_that_disagrees_with_its_events_is_shown(worker: Settings) -> No
     tampered["exchanges"][0]["assistant"] = "something never said"
     topic = changelog_topic(worker.app_id, CONVERSATIONS_TABLE)
     partition = key_partition(conversation_id, worker.partitions)
-    producer = Producer({"bootstrap.servers": worker.bootstrap_servers})
+    producer = Producer(client_config(worker.bootstrap_servers))
 
     def write(state: Any) -> None:
         producer.produce(topic, json.dumps(state).encode(),

@@ -20,6 +20,7 @@ from clawstream.config import Settings
 from clawstream.schemas.codec import CURRENT, use_registry
 from clawstream.schemas.names import AGENT_ANSWER
 from clawstream.streams import schema_registry
+from clawstream.streams.kafka_access import client_config
 from clawstream.streams.schema_registry import IncompatibleSchema, RegistryClient
 from clawstream.streams.topics import (
     ANSWERS,
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 def raw_values(settings: Settings, topic: str, conversation_id: str) -> list[bytes]:
     """The conversation's records on ``topic`` as bytes, read by a plain consumer."""
-    reader = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+    reader = Consumer({**client_config(settings.bootstrap_servers),
                        "group.id": f"raw-{uuid.uuid4().hex[:8]}",
                        "enable.auto.commit": False})
     try:

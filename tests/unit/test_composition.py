@@ -32,6 +32,7 @@ def test_two_workers_in_one_process(tmp_path: Path) -> None:
     one = build_worker(settings, "worker-a")
     two = build_worker(settings, "worker-b")
     assert one.app is not two.app
+    assert one.coordinator is not None and two.coordinator is not None
     assert one.coordinator.conversations is not two.coordinator.conversations
     assert {"clawstream.coordinate", "clawstream.admit_batch", "clawstream.execute_tools",
             "clawstream.dispatch_inference"} <= set(one.app.agents)

@@ -29,13 +29,41 @@ def test_single_combined_kraft_node_on_loopback(settings: Settings) -> None:
     assert props["process.roles"] == "broker,controller"
     assert props["node.id"] == "1"
     assert props["controller.quorum.voters"] == "1@127.0.0.1:39193"
-    assert props["listeners"] == "PLAINTEXT://127.0.0.1:39192,CONTROLLER://127.0.0.1:39193"
-    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:39192"
+    assert props["listeners"] == "CLIENT://127.0.0.1:39192,CONTROLLER://127.0.0.1:39193"
+    assert props["advertised.listeners"] == "CLIENT://127.0.0.1:39192"
     assert props["controller.listener.names"] == "CONTROLLER"
-    assert "CONTROLLER:PLAINTEXT" in props["listener.security.protocol.map"]
+    assert props["listener.security.protocol.map"] == "CLIENT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    assert "authorizer.class.name" not in props  # auth off (the unit tests' default)
     assert props["group.initial.rebalance.delay.ms"] == "0"
     assert props["auto.create.topics.enable"] == "false"
     assert Path(props["log.dirs"]).is_relative_to(settings.state_dir)
+
+
+def test_with_auth_every_listener_asks_for_a_login_and_acls_decide(
+        settings: Settings) -> None:
+    from clawstream.deploy.local import credentials
+
+    authed = settings.model_copy(update={"auth": True})
+    admin = credentials.ensure(authed)["admin"].kafka
+    props = kafka.server_properties(authed)
+    assert props["listener.security.protocol.map"] == (
+        "CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT")
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512,SCRAM-SHA-256"
+    assert props["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+    assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == "User:admin"
+    assert f'password="{admin.password}"' in props[
+        "listener.name.client.scram-sha-512.sasl.jaas.config"]
+    path = kafka.write_properties(authed)
+    assert path.stat().st_mode & 0o777 == 0o600  # it holds the admin's login
+    for role in ("admin", "worker", "gateway", "analyst"):
+        secret = credentials.path_of(authed, role)
+        assert secret.stat().st_mode & 0o777 == 0o600
+        assert secret.parent.stat().st_mode & 0o777 == 0o700
+    assert credentials.ensure(authed)["admin"].kafka == admin  # written once, then kept
+    assert len({c.kafka.password for c in credentials.ensure(authed).values()}) == 8
 
 
 def test_replication_factors_are_one(settings: Settings) -> None:
@@ -134,7 +162,7 @@ def test_three_nodes_form_one_quorum_with_their_own_ports_and_dirs(tmp_path: Pat
     assert {p["controller.quorum.voters"] for p in props} == {voters}
     assert [p["node.id"] for p in props] == ["1", "2", "3"]
     assert [p["advertised.listeners"] for p in props] == [
-        f"PLAINTEXT://127.0.0.1:{port}" for port in (39192, 39202, 39212)]
+        f"CLIENT://127.0.0.1:{port}" for port in (39192, 39202, 39212)]
     assert len({p["log.dirs"] for p in props}) == 3
     assert kafka.data_dir(settings, 2) == tmp_path / "kafka-2" / "data"
     for p in props:

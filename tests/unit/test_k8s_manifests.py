@@ -1,6 +1,7 @@
 """deploy/k8s validated offline: kubeconform (a Go tool of deploy/k8s/tools) against
 Kubernetes' JSON schemas (the kubernetes-validate package) and JSON schemas made from the
-operators' vendored CRDs (deploy/k8s/crds); the topics cannot drift from the catalogue."""
+operators' vendored CRDs (deploy/k8s/crds); the topics cannot drift from the catalogue, nor
+the Kafka and Redis users from the roles of deploy/access.py (issue 18, least privilege)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import yaml
 
 from clawstream.config import Settings
 from clawstream.deploy import k8s_topics
+from clawstream.deploy.access import ROLES, Grant, Role, kafka_grants, redis_rules
 from clawstream.streams.topics import CATALOGUE, changelog_topics
 
 K8S = Path(k8s_topics.__file__).resolve().parent / "k8s"
@@ -34,6 +37,11 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 def _manifests() -> list[Path]:
     return [K8S / name for name in _docs(K8S / "kustomization.yaml")[0]["resources"]]
+
+
+# Templates an operator fills in and applies once, outside the kustomization (an apply would
+# reset the passwords to the placeholders); validated all the same.
+LOGIN_TEMPLATES = K8S / "redis-logins.yaml"
 
 
 def _strict(schema: Any) -> Any:
@@ -99,16 +107,17 @@ def kubernetes_schemas(target: Path) -> None:
 def schemas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("schemas")
     kubernetes_schemas(target)
-    assert set(crd_schemas(target)) == {"Kafka", "KafkaNodePool", "KafkaTopic", "RayService",
-                                        "ScaledObject"}
+    assert set(crd_schemas(target)) == {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser",
+                                        "RayService", "ScaledObject", "TriggerAuthentication"}
     return target
 
 
 def test_every_manifest_validates(schemas: Path) -> None:
-    result = kubeconform(_manifests(), schemas)
+    files = [*_manifests(), LOGIN_TEMPLATES]
+    result = kubeconform(files, schemas)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)["summary"]
-    documents = sum(len(_docs(p)) for p in _manifests())
+    documents = sum(len(_docs(p)) for p in files)
     assert summary["valid"] == documents and summary["skipped"] == 0
 
 
@@ -117,6 +126,8 @@ def test_every_manifest_validates(schemas: Path) -> None:
     ("ScaledObject", lambda d: d["spec"].update(minReplicaCount="two")),
     ("RayService", lambda d: d["spec"]["rayClusterConfig"].update(headGroup={})),
     ("Deployment", lambda d: d["spec"].update(replica=2)),
+    ("KafkaUser", lambda d: d["spec"]["authorization"]["acls"][0].update(operations=["Reed"])),
+    ("TriggerAuthentication", lambda d: d["spec"].update(secretTargetRefs=[])),
 ])
 def test_a_broken_manifest_is_refused(schemas: Path, tmp_path: Path, kind: str,
                                       change: Any) -> None:
@@ -160,9 +171,10 @@ def test_the_settings_config_map_names_real_settings_and_points_at_the_services(
     data = next(d for d in _docs(K8S / "settings.yaml"))["data"]
     fields = {f"CLAWSTREAM_{name.upper()}" for name in Settings.model_fields}
     assert set(data) <= fields, f"not settings: {sorted(set(data) - fields)}"
-    settings = _cluster_settings(monkeypatch)
+    settings = _pod_settings(monkeypatch, _workload("Deployment", "clawstream-worker"))
     assert settings.bootstrap_servers == "clawstream-kafka-bootstrap:9092"
-    assert settings.redis_url == "redis://clawstream-redis:6379/0"
+    assert settings.redis_url == (
+        "redis://clawstream-worker:secret-clawstream-worker-redis@clawstream-redis:6379/0")
     assert settings.serve_url == "http://clawstream-inference-serve-svc:8000"
     registry = next(d for d in _docs(K8S / "schema-registry.yaml") if d["kind"] == "Service")
     assert settings.schema_registry_url == (
@@ -345,3 +357,279 @@ def test_kafkas_listener_takes_only_clawstreams_pods_and_keda() -> None:
 
 def _cluster_settings_port(name: str) -> str:
     return str(next(d for d in _docs(K8S / "settings.yaml"))["data"][name])
+
+
+# Least privilege (issue 18): the cluster carries deploy/access.py's roles ------------------
+
+KAFKA_INFRA_USERS = {"clawstream-schema-registry", "clawstream-keda"}
+"""Logins of software that is not clawstream's and so has no role: the schema registry and
+KEDA; each reaches only what it needs (test_the_registry_and_keda_logins_...)."""
+CLUSTER_ROLES: tuple[Role, ...] = tuple(r for r in ROLES if r != "admin")
+"""Nothing in the cluster creates topics or grants (topics.yaml, kafka-users.yaml do)."""
+
+
+def _login_name(role: str) -> str:
+    """A role's KafkaUser (so Strimzi's Secret of its password) and its Redis user."""
+    return f"clawstream-{role}"
+
+
+def _redis_secret_name(role: str) -> str:
+    return f"clawstream-{role}-redis"
+
+
+def _all_docs() -> list[dict[str, Any]]:
+    return [d for p in _manifests() for d in _docs(p)]
+
+
+def _kafka_users() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in _all_docs() if d["kind"] == "KafkaUser"}
+
+
+def _strimzi_acl(grant: Grant) -> dict[str, Any]:
+    """A grant as a KafkaUser's ACL rule (Strimzi's resource types and CamelCase operations)."""
+    resource: dict[str, Any] = {"type": grant.kind}
+    if grant.kind != "cluster":
+        resource |= {"name": grant.name, "patternType": "prefix" if grant.prefixed else "literal"}
+    operations = ["".join(w.capitalize() for w in op.split("_")) for op in grant.operations]
+    return {"resource": resource, "operations": operations}
+
+
+def test_kafka_authenticates_every_client_and_grants_only_acls() -> None:
+    kafka = next(d for d in _docs(K8S / "kafka.yaml") if d["kind"] == "Kafka")
+    [listener] = kafka["spec"]["kafka"]["listeners"]
+    assert listener["authentication"] == {"type": "scram-sha-512"}
+    # No super user of ours: Strimzi's own operators are the only ones (it makes them so).
+    assert kafka["spec"]["kafka"]["authorization"] == {"type": "simple"}
+    assert "userOperator" in kafka["spec"]["entityOperator"], "KafkaUsers need it"
+    assert "allow.everyone.if.no.acl.found" not in kafka["spec"]["kafka"]["config"]
+
+
+def test_every_roles_kafka_user_has_exactly_its_grants(monkeypatch: pytest.MonkeyPatch) -> None:
+    app_id = _cluster_settings(monkeypatch).app_id
+    users = _kafka_users()
+    assert set(users) == {_login_name(r) for r in CLUSTER_ROLES} | KAFKA_INFRA_USERS
+    for role in CLUSTER_ROLES:
+        user = users[_login_name(role)]
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "clawstream"
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+        assert user["spec"]["authorization"]["type"] == "simple"
+        wanted = [_strimzi_acl(g) for g in kafka_grants(role, app_id)]
+        assert user["spec"]["authorization"]["acls"] == wanted, (
+            f"deploy/k8s/kafka-users.yaml: {role}'s ACLs drifted from deploy/access.py; they "
+            "are:\n" + yaml.safe_dump(wanted, sort_keys=False))
+
+
+def test_the_registry_and_keda_logins_reach_only_what_they_need() -> None:
+    users = _kafka_users()
+    for name in KAFKA_INFRA_USERS:
+        assert users[name]["spec"]["authentication"] == {"type": "scram-sha-512"}
+    # KEDA: describes the workers' group and the topics it scales on, reads no record.
+    scaled = next(d for d in _docs(K8S / "workers.yaml") if d["kind"] == "ScaledObject")
+    triggers = scaled["spec"]["triggers"]
+    wanted = [{"resource": {"type": "group", "name": triggers[0]["metadata"]["consumerGroup"],
+                            "patternType": "literal"}, "operations": ["Describe"]},
+              *({"resource": {"type": "topic", "name": t["metadata"]["topic"],
+                              "patternType": "literal"}, "operations": ["Describe"]}
+                for t in triggers)]
+    assert users["clawstream-keda"]["spec"]["authorization"]["acls"] == wanted
+    auth = {d["metadata"]["name"]: d for d in _docs(K8S / "workers.yaml")
+            if d["kind"] == "TriggerAuthentication"}
+    for trigger in triggers:
+        ref = auth[trigger["authenticationRef"]["name"]]
+        assert ref["spec"]["secretTargetRef"] == [
+            {"parameter": "password", "name": "clawstream-keda", "key": "password"}]
+        config = {c["parameter"]: (c["name"], c["key"]) for c in ref["spec"]["configMapTargetRef"]}
+        login = next(d for d in _docs(K8S / "workers.yaml") if d["kind"] == "ConfigMap"
+                     and d["metadata"]["name"] == config["username"][0])["data"]
+        assert login[config["username"][1]] == "clawstream-keda"
+        assert login[config["sasl"][1]] == "scram_sha512"
+    # The registry: its journal (read whole at each start, in a group of a random name).
+    registry = _workload("Deployment", "clawstream-schema-registry")
+    env = {e["name"]: e for e in _containers(registry)[0]["env"]}
+    journal = env["REGISTRY_KAFKASQL_TOPIC"]["value"]
+    assert users["clawstream-schema-registry"]["spec"]["authorization"]["acls"] == [
+        {"resource": {"type": "topic", "name": journal, "patternType": "literal"},
+         "operations": ["Read", "Write", "Describe"]},
+        {"resource": {"type": "group", "name": "*", "patternType": "literal"},
+         "operations": ["Read"]}]
+    assert env["REGISTRY_KAFKA_COMMON_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+    assert env["REGISTRY_KAFKA_COMMON_SECURITY_PROTOCOL"]["value"] == "SASL_PLAINTEXT"
+    assert env["REGISTRY_KAFKA_COMMON_SASL_JAAS_CONFIG"]["valueFrom"]["secretKeyRef"] == {
+        "name": "clawstream-schema-registry", "key": "sasl.jaas.config"}
+
+
+def _redis() -> tuple[dict[str, Any], dict[str, str]]:
+    docs = _docs(K8S / "redis.yaml")
+    stateful = next(d for d in docs if d["kind"] == "StatefulSet")
+    rules = next(d for d in docs if d["kind"] == "ConfigMap"
+                 and d["metadata"]["name"] == "clawstream-redis-acl")["data"]
+    return stateful, rules
+
+
+def _login_templates() -> dict[str, dict[str, str]]:
+    return {d["metadata"]["name"]: d["stringData"] for d in _docs(LOGIN_TEMPLATES)}
+
+
+def test_redis_has_the_roles_users_and_rules_and_no_default_user(tmp_path: Path) -> None:
+    stateful, rules = _redis()
+    assert rules == {role: redis_rules(role) for role in CLUSTER_ROLES}, (
+        "deploy/k8s/redis.yaml's clawstream-redis-acl drifted from deploy/access.py")
+    # One Secret per role (none for all), read only by Redis to write its ACL file.
+    templates = _login_templates()
+    assert set(templates) == {_redis_secret_name(r) for r in CLUSTER_ROLES}
+    for role in CLUSTER_ROLES:
+        assert set(templates[_redis_secret_name(role)]) == {"username", "password"}
+        assert templates[_redis_secret_name(role)]["username"] == _login_name(role)
+    pod = stateful["spec"]["template"]["spec"]
+    [logins] = [v for v in pod["volumes"] if v["name"] == "logins"]
+    assert [s["secret"]["name"] for s in logins["projected"]["sources"]] == [
+        _redis_secret_name(r) for r in CLUSTER_ROLES]
+    for source, role in zip(logins["projected"]["sources"], CLUSTER_ROLES, strict=True):
+        assert source["secret"]["items"] == [{"key": "username", "path": f"{role}/username"},
+                                             {"key": "password", "path": f"{role}/password"}]
+    [redis] = pod["containers"]
+    assert redis["args"][redis["args"].index("--aclfile") + 1] == "/etc/redis/acl/users.acl"
+
+    # The init container's script, run on the mounted files: the file Redis starts with.
+    [init] = pod["initContainers"]
+    script = init["command"][-1]
+    root = tmp_path / "etc-redis"
+    (root / "rules").mkdir(parents=True)
+    for name, rule in rules.items():
+        (root / "rules" / name).write_text(rule)
+        (root / "logins" / name).mkdir(parents=True)
+        (root / "logins" / name / "username").write_text(_login_name(name))
+        (root / "logins" / name / "password").write_text(f"pw of {name}")
+    (root / "acl").mkdir()
+    local = script.replace("/etc/redis/", f"{root}/").replace('chown redis:redis "$acl.new"\n',
+                                                              "")
+    subprocess.run(["sh", "-c", local], check=True, timeout=30)
+    lines = (root / "acl" / "users.acl").read_text().splitlines()
+    assert lines[0] == "user default off resetkeys -@all"
+    assert sorted(lines[1:]) == sorted(
+        f"user {_login_name(role)} on #{sha256(f'pw of {role}'.encode()).hexdigest()} "
+        f"{redis_rules(role)}" for role in CLUSTER_ROLES)
+    # ... and refuses a template's placeholder.
+    (root / "logins" / "gateway" / "password").write_text(
+        templates[_redis_secret_name("gateway")]["password"])
+    refused = subprocess.run(["sh", "-c", local], capture_output=True, text=True, timeout=30,
+                             check=False)
+    assert refused.returncode != 0 and "clawstream-gateway-redis" in refused.stderr
+
+
+def _workloads() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in _all_docs()
+            if d["kind"] in ("Deployment", "StatefulSet", "Job", "RayService")}
+
+
+def _workload(kind: str, name: str) -> dict[str, Any]:
+    return _workloads()[(kind, name)]
+
+
+def _pod_specs(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    if workload["kind"] == "RayService":
+        cluster = workload["spec"]["rayClusterConfig"]
+        return [cluster["headGroupSpec"]["template"]["spec"],
+                *(g["template"]["spec"] for g in cluster["workerGroupSpecs"])]
+    return [workload["spec"]["template"]["spec"]]
+
+
+def _containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for pod in _pod_specs(workload)
+            for c in (*pod.get("initContainers", []), *pod["containers"])]
+
+
+def _secrets_read(workload: dict[str, Any]) -> set[str]:
+    """Every Secret a workload's pods can read: env, envFrom and volumes."""
+    names: set[str] = set()
+    for container in _containers(workload):
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["name"])
+        names |= {e["secretRef"]["name"] for e in container.get("envFrom", [])
+                  if "secretRef" in e}
+    for pod in _pod_specs(workload):
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                names.add(volume["secret"]["secretName"])
+            for source in volume.get("projected", {}).get("sources", []):
+                if "secret" in source:
+                    names.add(source["secret"]["name"])
+    return names
+
+
+ROLE_OF: dict[tuple[str, str], Role] = {
+    ("Deployment", "clawstream-worker"): "worker",
+    ("Deployment", "clawstream-gateway"): "gateway",
+    ("Job", "clawstream-schemas"): "operator",  # the CLI
+}
+OTHER_SECRETS: dict[tuple[str, str], set[str]] = {
+    ("Deployment", "clawstream-schema-registry"): {"clawstream-schema-registry"},
+    ("StatefulSet", "clawstream-redis"): {_redis_secret_name(r) for r in CLUSTER_ROLES},
+    ("RayService", "clawstream-inference"): set(),  # the inference nodes: no Kafka, no Redis
+}
+
+
+def test_each_component_reads_only_its_own_roles_secrets() -> None:
+    workloads = _workloads()
+    assert set(workloads) == set(ROLE_OF) | set(OTHER_SECRETS), \
+        "a new workload: say here which secrets it may read"
+    for key, role in ROLE_OF.items():
+        workload = workloads[key]
+        kafka, redis = _login_name(role), _redis_secret_name(role)
+        assert _secrets_read(workload) == {kafka, redis}, key
+        [container] = _containers(workload)
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+        assert env["CLAWSTREAM_ROLE"] == role, key
+        assert env["CLAWSTREAM_KAFKA_USERNAME"] == kafka and kafka in _kafka_users(), key
+        assert env["CLAWSTREAM_KAFKA_PASSWORD"] == {
+            "secretKeyRef": {"name": kafka, "key": "password"}}, key
+        for field in ("username", "password"):
+            assert env[f"CLAWSTREAM_REDIS_{field.upper()}"] == {
+                "secretKeyRef": {"name": redis, "key": field}}, key
+    for key, secrets in OTHER_SECRETS.items():
+        assert _secrets_read(workloads[key]) == secrets, key
+        names = {e["name"] for c in _containers(workloads[key]) for e in c.get("env", [])}
+        assert not {n for n in names if n.startswith(("CLAWSTREAM_KAFKA_", "CLAWSTREAM_REDIS_",
+                                                      "CLAWSTREAM_ROLE"))}, key
+    # Every CLAWSTREAM_ variable a pod sets is a setting.
+    fields = {f"CLAWSTREAM_{name.upper()}" for name in Settings.model_fields}
+    for key, workload in workloads.items():
+        for container in _containers(workload):
+            names = {e["name"] for e in container.get("env", [])
+                     if e["name"].startswith("CLAWSTREAM_")}
+            assert names <= fields, (key, sorted(names - fields))
+
+
+def _pod_settings(monkeypatch: pytest.MonkeyPatch, workload: dict[str, Any]) -> Settings:
+    """Settings as the workload's container reads them: the ConfigMap, its own variables,
+    the Redis login's username from its template and any password as ``secret-<name>``."""
+    _cluster_settings(monkeypatch)
+    templates = _login_templates()
+    [container] = _containers(workload)
+    for env in container.get("env", []):
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["key"] == "password":
+            monkeypatch.setenv(env["name"], f"secret-{ref['name']}")
+        elif ref:
+            monkeypatch.setenv(env["name"], templates[ref["name"]][ref["key"]])
+        elif "value" in env:
+            monkeypatch.setenv(env["name"], env["value"])
+    return Settings()
+
+
+@pytest.mark.parametrize("key", sorted(ROLE_OF))
+def test_a_component_logs_in_as_its_role(monkeypatch: pytest.MonkeyPatch,
+                                         key: tuple[str, str]) -> None:
+    role = ROLE_OF[key]
+    settings = _pod_settings(monkeypatch, _workload(*key))
+    assert settings.auth  # the ConfigMap's, whatever a unit test's default
+    creds = settings.credentials()
+    assert creds is not None and creds.role == role
+    security = settings.kafka_security()
+    assert security["sasl.username"] == _login_name(role)
+    assert security["sasl.password"] == f"secret-{_login_name(role)}"
+    assert security["sasl.mechanism"] == "SCRAM-SHA-512"  # the KafkaUsers' authentication
+    assert settings.redis_url.startswith(
+        f"redis://{_login_name(role)}:secret-{_redis_secret_name(role)}@")

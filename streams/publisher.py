@@ -47,6 +47,13 @@ class PublisherBusy(PublishError):
     """The producer's local queue is full: the broker is not keeping up (back off)."""
 
 
+def _why(err: KafkaError, topic: str) -> str:
+    if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        return (f"the brokers refused this process's login the right to write to {topic} "
+                "(its role's ACLs: deploy/access.py)")
+    return str(err)
+
+
 Delivery = Future[None]
 """Settles when the broker acknowledged the record (result ``None``) or gave up on it
 (:class:`PublishError`); ``.result(timeout)`` waits for the ack."""
@@ -118,7 +125,7 @@ class Publisher:
         delivery.set_running_or_notify_cancel()
 
         def report(err: KafkaError | None, _msg: Message) -> None:
-            error = None if err is None else PublishError(str(err))
+            error = None if err is None else PublishError(_why(err, topic))
             if error is None:
                 delivery.set_result(None)
             else:

@@ -23,12 +23,16 @@ def set_(name: str, value: str,
          ) -> None:
     """Set a flag; every processor applies it within 2 s, no restart."""
     from clawstream.processors.flow.flags import set_flag
+    from clawstream.streams.publisher import PublishError
 
     try:
         set_flag(Settings().bootstrap_servers, name, value, by)
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
+    except PublishError as exc:
+        console.print(f"[red]not set: {exc}[/]")
+        raise typer.Exit(1) from exc
     console.print(f"{name} = {value}")
 
 

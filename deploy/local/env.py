@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from clawstream.config import Settings
+from clawstream.config import Settings, upstream_models
 
 PREFIX = "CLAWSTREAM_"
 
@@ -67,13 +67,21 @@ def isolated_env(state_dir: Path, ports: Mapping[str, int]) -> dict[str, str]:
     return env
 
 
+def upstream_key_envs(settings: Settings) -> set[str]:
+    """The environment variables that hold the upstream model servers' API keys."""
+    return {spec.api_key_env for spec in upstream_models(settings.pools).values()
+            if spec.api_key_env}
+
+
 def child_env(settings: Settings, extra: Mapping[str, str] | None = None, *,
               role: str) -> dict[str, str]:
     """The inherited environment, overlaid with ``settings`` and then ``extra``; the child
     acts as ``role`` with that role's own secret file (least privilege: never the
     spawner's)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {PREFIX + f.upper() for f in IDENTITY}}
+    withheld = {PREFIX + f.upper() for f in IDENTITY}
+    if role != "inference":  # the upstream models' API keys reach only the model servers
+        withheld |= upstream_key_envs(settings)
+    env = {k: v for k, v in os.environ.items() if k not in withheld}
     env.update(settings_env(settings))
     env[f"{PREFIX}ROLE"] = role
     if extra:

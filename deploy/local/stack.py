@@ -110,6 +110,8 @@ def up(
     say = progress or _quiet
     if settings.auth:
         _prepare_credentials(settings, say)
+    # This process acts as the admin: it creates topics, users and ACLs.
+    kafka_access.bind(credentials.as_role(settings, credentials.ADMIN))
     errors: dict[str, BaseException] = {}
     version = code_version.current()
     redeploy = _restart_other_code(settings, version, say) or redeploy
@@ -201,9 +203,8 @@ def up(
 
 
 def _prepare_credentials(settings: Settings, say: Progress) -> None:
-    """Every role's secret file (written once), and this process acting as the admin: it
-    creates topics, users and ACLs. A broker formatted before auth has no admin login to
-    create them with, so that stack must be purged (or kept with auth off)."""
+    """Every role's secret file (written once). A broker formatted before auth has no admin
+    login to create users with, so that stack must be purged (or kept with auth off)."""
     first = not credentials.path_of(settings, credentials.ADMIN).is_file()
     if first and (kafka.data_dir(settings) / "meta.properties").is_file():
         raise StackError(
@@ -214,7 +215,6 @@ def _prepare_credentials(settings: Settings, say: Progress) -> None:
     if first:
         say("credentials", "a secret file per role in "
             f"{credentials.path_of(settings, credentials.ADMIN).parent}")
-    kafka_access.bind(credentials.as_role(settings, credentials.ADMIN))
 
 
 def _restart_other_code(settings: Settings, version: str, say: Progress) -> bool:

@@ -6,6 +6,7 @@ load fails no request."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -346,3 +347,34 @@ def test_the_admin_login_is_not_rotated_live(stack: Settings) -> None:
     with pytest.raises(StackError, match="brokers' own login"):
         rotate(stack, "admin", grace_s=0)
 
+
+
+def test_no_password_reaches_a_log(worker: Settings) -> None:
+    """Every process the stack runs logs to its log dir: brokers (they print their
+    configuration), Redis, the registry, workers, gateway, supervisors."""
+    secrets = {s for creds in credentials.ensure(worker).values()
+               for s in (creds.kafka.password, creds.redis.password)}
+    logs = [p for p in worker.log_dir.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("kafka") for p in logs)
+    for path in logs:
+        text = path.read_text(errors="replace")
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"{path} holds a password"
+
+
+def test_the_cli_is_the_operator_and_an_analyst_cannot_change_a_flag(stack: Settings) -> None:
+    cli = str(Path(sys.executable).with_name("clawstream"))
+    flag = f"limit.user.lp-{uuid.uuid4().hex[:6]}"
+
+    def run(role: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([cli, *args], env=child_env(stack, role=role),
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    refused = run("analyst", "flags", "set", flag, "5")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "refused this process's login the right to write to control.flags" in (
+        " ".join(refused.stdout.split()))
+    assert run("operator", "flags", "set", flag, "5").returncode == 0
+    shown = run("analyst", "flags", "get", flag)  # reading flags is not the analyst's either
+    assert shown.returncode != 0
+    assert flag in run("operator", "flags", "get", flag).stdout

@@ -37,6 +37,26 @@ def test_env_carries_the_stack_settings_and_own_port(settings: Settings) -> None
     assert "HOME" in env  # inherited
 
 
+def test_a_child_acts_as_its_own_role_and_sees_no_one_elses_secret(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clawstream.config import PoolSpec, UpstreamSpec
+    from clawstream.deploy.local.env import child_env
+
+    with_upstream = settings.model_copy(update={"pools": {"remote": PoolSpec(
+        capacity_tokens_per_s=100, backend_model="m", upstream=UpstreamSpec(
+            base_url="http://up.example", model="m", api_key_env="UPSTREAM_KEY"))}})
+    monkeypatch.setenv("UPSTREAM_KEY", "sk-secret")
+    monkeypatch.setenv("CLAWSTREAM_CREDENTIALS_FILE", "/the/spawners/own.json")
+    monkeypatch.setenv("CLAWSTREAM_KAFKA_PASSWORD", "spawners-password")
+    worker_env = child_env(with_upstream, role="worker")
+    assert worker_env["CLAWSTREAM_ROLE"] == "worker"
+    assert not {"UPSTREAM_KEY", "CLAWSTREAM_CREDENTIALS_FILE",
+                "CLAWSTREAM_KAFKA_PASSWORD"} & worker_env.keys()
+    model_env = child_env(with_upstream, role="inference")
+    assert model_env["UPSTREAM_KEY"] == "sk-secret"  # only where the model calls run
+    assert "CLAWSTREAM_KAFKA_PASSWORD" not in model_env
+
+
 def test_settings_env_round_trips(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in settings_env(settings).items():
         monkeypatch.setenv(key, value)

@@ -75,8 +75,8 @@ def _worker_app(app_id: str, parts: tuple[WorkerPart, ...]) -> tuple[Grant, ...]
 def _part(part: WorkerPart, app_id: str) -> tuple[Grant, ...]:
     if part == "coordinator":
         return (*_topics(READ, *REQUEST_TOPICS, RESULTS, FLAGS, ANSWERS),
-                *_topics(WRITE, *COMMAND_TOPICS, RESULTS, EVENTS, ANSWERS,
-                         DLQ, FLAGS),
+                *_topics(WRITE, *COMMAND_TOPICS, RESULTS, EVENTS, ANSWERS, DLQ, FLAGS,
+                         *REQUEST_TOPICS),  # a sub-agent's request
                 Grant("group", READER_GROUPS, READ, prefixed=True),
                 Grant("group", CANARY_GROUPS, READ, prefixed=True))
     if part == "tools":

@@ -370,11 +370,11 @@ def test_the_cli_is_the_operator_and_an_analyst_cannot_change_a_flag(stack: Sett
         return subprocess.run([cli, *args], env=child_env(stack, role=role),
                               capture_output=True, text=True, timeout=120, check=False)
 
-    refused = run("analyst", "flags", "set", flag, "5")
+    refused = run("analyst", "flags", "set", flag, "50/100")
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "refused this process's login the right to write to control.flags" in (
         " ".join(refused.stdout.split()))
-    assert run("operator", "flags", "set", flag, "5").returncode == 0
+    assert run("operator", "flags", "set", flag, "50/100").returncode == 0
     shown = run("analyst", "flags", "get", flag)  # reading flags is not the analyst's either
     assert shown.returncode != 0
     assert flag in run("operator", "flags", "get", flag).stdout

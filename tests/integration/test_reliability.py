@@ -168,7 +168,7 @@ def test_sigkill_during_a_mutating_call_applies_the_effect_once(worker: Settings
 def test_redrive_completes_the_request_and_a_second_redrive_changes_nothing(
         worker: Settings) -> None:
     r = redis_client(worker)
-    fixed = _cid("dependency-up")
+    fixed = f"tool:{_cid('dependency-up')}"  # the tools' own Redis namespace
     conversation = _cid("redrive")
     request = send(worker, agent="fault-flaky", conversation_id=conversation, text="go",
                    options=_args(args0={"fail_until_key": fixed, "output": "recovered"}))

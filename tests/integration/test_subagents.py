@@ -243,7 +243,7 @@ def test_a_parent_that_fails_cancels_its_child_and_compensates_the_childs_effect
     # failure, long after the child has applied its effects.
     script(worker, marker, {"tool_calls": [
         _delegate(HELPDESK, f"book {desk}"),
-        {"name": "fault_flaky", "arguments": {"fail_until_key": f"never-{counter}",
+        {"name": "fault_flaky", "arguments": {"fail_until_key": f"tool:never-{counter}",
                                               "retry_after_s": 8}}]})
     request = send(worker, agent=PLANNER, conversation_id=conversation, text=f"go {marker}")
     await_push(r, faults.STARTED_KEY.format(counter=counter))  # "second" is applied, held

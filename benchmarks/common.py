@@ -67,6 +67,7 @@ def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
     from clawstream.deploy.local import RichProgress, down, up
     from clawstream.deploy.local import worker as worker_proc
     from clawstream.streams.admin import ensure_topics
+    from clawstream.streams.schema_registry import bind_settings
 
     get_settings.cache_clear()
     settings = Settings()
@@ -80,6 +81,8 @@ def bench_stack(workers: int = 1, env: Mapping[str, str] | None = None,
         ensure_topics(settings.bootstrap_servers, settings.partitions, settings.app_id,
                       replication_factor=settings.topic_replication_factor,
                       min_insync_replicas=settings.min_insync_replicas)
+        # The records the workers write carry the registry's ids: read and write as they do.
+        bind_settings(settings)
         t = time.monotonic()
         for index in range(workers):
             worker_proc.start(settings, index)

@@ -215,7 +215,8 @@ def write_acl_file(settings: Settings) -> Path:
 
 def apply_redis(settings: Settings) -> None:
     """Every role's user as this release defines it, on a running Redis (an ACL file from
-    an older release gains new roles and rules; passwords already there stay valid)."""
+    an older release gains new roles and rules). Each user is reset to the password of its
+    role's file: an old password a rotation still honours ends here."""
     import redis
 
     client = redis.Redis.from_url(as_role(settings, ADMIN).redis_url, socket_timeout=5.0)
